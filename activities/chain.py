@@ -1,0 +1,296 @@
+"""Nonce, signing, broadcast and confirmations. Every step is idempotent per withdrawal:
+
+- `allocate_nonce` returns the allocation already recorded for the withdrawal, if any;
+- `sign_transaction` returns the attempt already recorded for the purpose, never re-signs it;
+- `broadcast_transaction` sends the recorded bytes, so a resend is the same transaction;
+- `await_transaction` looks for a receipt of any attempt at the withdrawal's nonce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from eth_abi import encode as abi_encode
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import fees as feemath
+from activities.rpc import ChainIdMismatch, Chains, ChainRpc, RpcError, RpcUnavailable
+from activities.rpc_errors import RpcErrorKind
+from activities.signer import KeystoreSigner, SignerUnavailable
+from models import repo
+from models.db import Database
+from models.domain import (
+    AwaitInput,
+    BroadcastInput,
+    ErrorType,
+    Inclusion,
+    NonceAllocation,
+    SignedTx,
+    SignInput,
+    TxPurpose,
+    WithdrawalRef,
+)
+from models.tables import TxAttempt, Withdrawal
+from settings import EngineConfig, NetworkConfig
+
+log = structlog.get_logger()
+
+TRANSFER_SELECTOR = bytes.fromhex("a9059cbb")  # transfer(address,uint256)
+
+
+def erc20_transfer_data(to: str, amount: int) -> str:
+    return "0x" + (TRANSFER_SELECTOR + abi_encode(["address", "uint256"], [to, amount])).hex()
+
+
+def _fail(kind: ErrorType, message: str, *, retryable: bool = False) -> ApplicationError:
+    return ApplicationError(message, type=kind.value, non_retryable=not retryable)
+
+
+def _rpc_down(e: Exception) -> ApplicationError:
+    return _fail(ErrorType.RPC_UNAVAILABLE, str(e)[:500], retryable=True)
+
+
+class ChainActivities:
+    def __init__(self, db: Database, chains: Chains, signer: KeystoreSigner, config: EngineConfig) -> None:
+        self.db, self.chains, self.signer, self.config = db, chains, signer, config
+
+    async def _withdrawal(self, withdrawal_id: str) -> Withdrawal:
+        async with self.db.transaction() as s:
+            w = await repo.get_withdrawal(s, withdrawal_id)
+        if w is None:
+            raise LookupError(withdrawal_id)
+        return w
+
+    async def ensure_hot_wallets(self) -> None:
+        """Register every configured hot wallet; its first nonce is the chain's pending nonce."""
+        for network, cfg in self.config.networks.items():
+            for wallet in cfg.hot_wallets:
+                nonce = await self.chains[network].pending_nonce(wallet)
+                async with self.db.transaction() as s:
+                    await repo.ensure_hot_wallet(s, network, wallet, nonce)
+
+    @activity.defn
+    async def allocate_nonce(self, ref: WithdrawalRef) -> NonceAllocation:
+        async with self.db.transaction() as s:
+            alloc = await repo.allocate_nonce(s, ref.withdrawal_id)
+        log.info("withdrawal.nonce.allocated", withdrawal_id=ref.withdrawal_id, nonce=alloc.nonce)
+        return NonceAllocation(hot_wallet=alloc.hot_wallet, nonce=alloc.nonce)
+
+    # --- signing -------------------------------------------------------------------------------
+
+    async def _fees(self, cfg: NetworkConfig, rpc: ChainRpc) -> feemath.Fees:
+        cap = int(cfg.max_fee_per_gas_cap_gwei * 10**9)
+        if cfg.fee_model == "legacy":
+            return feemath.legacy(await rpc.gas_price(), cfg.legacy_gas_price_multiplier, cap)
+        head = await rpc.block("latest")
+        base = int((head or {}).get("baseFeePerGas", "0x0"), 16)
+        priority = await rpc.max_priority_fee()
+        if priority is None:
+            priority = int(cfg.priority_fee_gwei * 10**9)
+        return feemath.eip1559(base, priority, cap)
+
+    async def _gas_limit(self, cfg: NetworkConfig, rpc: ChainRpc, tx: dict[str, Any], native: bool) -> int:
+        if native and (await rpc.get_code(tx["to"])) in ("0x", "0x0", ""):
+            return cfg.native_gas_limit
+        try:
+            estimate = await rpc.estimate_gas({k: v for k, v in tx.items() if k in ("from", "to", "value", "data")})
+        except RpcError as e:
+            if e.kind is RpcErrorKind.EXECUTION_REVERTED:
+                raise _fail(ErrorType.EXECUTION_REVERTED, f"the transfer would revert: {e.message}") from e
+            raise
+        limit = int(Decimal(estimate) * cfg.gas_limit_margin)
+        return min(limit, cfg.token_gas_limit_cap) if not native else limit
+
+    @activity.defn
+    async def sign_transaction(self, inp: SignInput) -> SignedTx:
+        """Build, sign and record a transaction at the withdrawal's nonce. The attempt is committed
+        before anything is broadcast; a repeat returns the recorded attempt unchanged."""
+        w = await self._withdrawal(inp.withdrawal_id)
+        async with self.db.transaction() as s:
+            attempts = await repo.attempts_for(s, w.id)
+        mine = [a for a in attempts if a.purpose == inp.purpose]
+        if mine:
+            return SignedTx(tx_hash=mine[-1].tx_hash, nonce=mine[-1].nonce, purpose=mine[-1].purpose)
+        if w.nonce is None or w.hot_wallet is None:
+            raise _fail(ErrorType.NONCE_CONFLICT, "no nonce allocated")
+        cfg = self.config.networks[w.network]
+        rpc = self.chains[w.network]
+        if not self.signer.has(w.hot_wallet):
+            raise _fail(ErrorType.SIGNER_UNAVAILABLE, f"no signing key for hot wallet {w.hot_wallet}")
+        try:
+            if inp.purpose == TxPurpose.CANCEL:
+                tx: dict[str, Any] = {"from": w.hot_wallet, "to": w.hot_wallet, "value": 0, "data": "0x"}
+                tx["gas"] = cfg.native_gas_limit
+            elif w.asset == cfg.native_asset:
+                tx = {"from": w.hot_wallet, "to": w.to_address, "value": w.amount, "data": "0x"}
+                tx["gas"] = await self._gas_limit(cfg, rpc, tx, native=True)
+            else:
+                token = cfg.tokens[w.asset].address
+                tx = {"from": w.hot_wallet, "to": token, "value": 0, "data": erc20_transfer_data(w.to_address, w.amount)}
+                tx["gas"] = await self._gas_limit(cfg, rpc, tx, native=False)
+            try:
+                fees = await self._fees(cfg, rpc)
+            except feemath.FeeAboveCap as e:
+                if inp.purpose != TxPurpose.CANCEL:
+                    raise _fail(ErrorType.FEE_ABOVE_CAP, str(e), retryable=True) from e
+                fees = await self._uncapped_fees(cfg, rpc)
+        except (RpcUnavailable, ChainIdMismatch) as e:
+            if isinstance(e, ChainIdMismatch):
+                raise _fail(ErrorType.CHAIN_ID_MISMATCH, str(e)) from e
+            raise _rpc_down(e) from e
+        if attempts:  # a replacement at the same nonce must outbid every earlier attempt
+            top = max(attempts, key=lambda a: a.max_fee_per_gas or a.gas_price or 0)
+            fees = feemath.replacement(
+                fees, feemath.Fees(top.max_fee_per_gas, top.max_priority_fee_per_gas, top.gas_price)
+            )
+        tx.pop("from")
+        tx.update(nonce=w.nonce, chainId=cfg.chain_id)
+        if fees.gas_price is not None:
+            tx["gasPrice"] = fees.gas_price
+        else:
+            tx.update(maxFeePerGas=fees.max_fee_per_gas, maxPriorityFeePerGas=fees.max_priority_fee_per_gas, type=2)
+        try:
+            raw, tx_hash = self.signer.sign(w.hot_wallet, tx)
+        except SignerUnavailable as e:
+            raise _fail(ErrorType.SIGNER_UNAVAILABLE, str(e)) from e
+        attempt = TxAttempt(
+            withdrawal_id=w.id,
+            purpose=inp.purpose,
+            seq=0,
+            network=w.network,
+            hot_wallet=w.hot_wallet,
+            nonce=w.nonce,
+            tx_hash=tx_hash,
+            raw_tx=raw,
+            tx_type=2 if fees.gas_price is None else 0,
+            gas_limit=tx["gas"],
+            max_fee_per_gas=fees.max_fee_per_gas,
+            max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            gas_price=fees.gas_price,
+        )
+        async with self.db.transaction() as s:
+            await repo.record_attempt(s, attempt)
+        log.info("withdrawal.signed", withdrawal_id=w.id, tx_hash=tx_hash, nonce=w.nonce, purpose=inp.purpose)
+        return SignedTx(tx_hash=tx_hash, nonce=w.nonce, purpose=inp.purpose)
+
+    async def _uncapped_fees(self, cfg: NetworkConfig, rpc: ChainRpc) -> feemath.Fees:
+        """A cancellation is never blocked by the cap: quote without it."""
+        big = 2**255
+        if cfg.fee_model == "legacy":
+            return feemath.legacy(await rpc.gas_price(), cfg.legacy_gas_price_multiplier, big)
+        head = await rpc.block("latest")
+        base = int((head or {}).get("baseFeePerGas", "0x0"), 16)
+        return feemath.eip1559(base, await rpc.max_priority_fee() or int(cfg.priority_fee_gwei * 10**9), big)
+
+    # --- broadcast -----------------------------------------------------------------------------
+
+    async def _mined_attempt(self, rpc: ChainRpc, attempts: list[TxAttempt]) -> tuple[TxAttempt, dict[str, Any]] | None:
+        for a in reversed(attempts):
+            r = await rpc.receipt(a.tx_hash)
+            if r is not None:
+                return a, r
+        return None
+
+    @activity.defn
+    async def broadcast_transaction(self, inp: BroadcastInput) -> str:
+        """Send the recorded bytes and classify the node's answer (see `activities.rpc_errors`)."""
+        async with self.db.transaction() as s:
+            attempt = await repo.attempt_by_hash(s, inp.tx_hash)
+            attempts = await repo.attempts_for(s, inp.withdrawal_id)
+        if attempt is None:
+            raise LookupError(inp.tx_hash)
+        rpc = self.chains[attempt.network]
+        try:
+            await rpc.send_raw(attempt.raw_tx)
+        except RpcError as e:
+            kind = e.kind
+            if kind is RpcErrorKind.NONCE_TOO_LOW:
+                # Maybe ours was mined already (a resend after a crash): reconcile by our hashes.
+                try:
+                    mined = await self._mined_attempt(rpc, attempts)
+                except RpcUnavailable as down:
+                    raise _rpc_down(down) from down
+                if mined is None:
+                    raise _fail(
+                        ErrorType.NONCE_CONFLICT,
+                        f"nonce {attempt.nonce} of {attempt.hot_wallet} was used by a transaction the engine did not send",
+                    ) from e
+            elif kind is RpcErrorKind.INSUFFICIENT_FUNDS:
+                raise _fail(ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS, f"hot wallet cannot pay: {e.message}") from e
+            elif kind.transient:
+                raise _rpc_down(e) from e
+            elif kind is not RpcErrorKind.ALREADY_KNOWN:
+                async with self.db.transaction() as s:
+                    await repo.mark_attempt(s, attempt.tx_hash, "FAILED", f"{kind}: {e.message}"[:1000])
+                raise _fail(ErrorType.BROADCAST_REJECTED, f"{kind}: {e.message}"[:500]) from e
+        except RpcUnavailable as e:
+            raise _rpc_down(e) from e  # unknown outcome: the retry resends the same bytes
+        async with self.db.transaction() as s:
+            await repo.mark_attempt(s, attempt.tx_hash, "BROADCAST")
+        log.info("withdrawal.broadcast.sent", withdrawal_id=inp.withdrawal_id, tx_hash=attempt.tx_hash)
+        return attempt.tx_hash
+
+    # --- confirmations -------------------------------------------------------------------------
+
+    @activity.defn
+    async def await_transaction(self, inp: AwaitInput) -> Inclusion:
+        """Wait until one of the withdrawal's attempts is in a block (`until_included_only`) or has the
+        required confirmations on the canonical chain. Resends the recorded bytes if nothing is mined
+        for a while (a dropped transaction), heartbeating throughout."""
+        w = await self._withdrawal(inp.withdrawal_id)
+        cfg = self.config.networks[w.network]
+        rpc = self.chains[w.network]
+        poll = max(0.2, min(cfg.block_time_seconds / 2, 5.0))
+        resend_after = max(30.0, cfg.block_time_seconds * 10)
+        last_send = time.monotonic()
+        async with self.db.transaction() as s:
+            attempts = await repo.attempts_for(s, w.id)
+        while True:
+            activity.heartbeat()
+            try:
+                mined = await self._mined_attempt(rpc, attempts)
+                if mined is not None:
+                    attempt, receipt = mined
+                    block_number = int(receipt["blockNumber"], 16)
+                    head = await rpc.block_number(max_age=poll / 2)
+                    confirmations = max(0, head - block_number + 1)
+                    if inp.until_included_only or confirmations >= inp.required_confirmations:
+                        if not inp.until_included_only:
+                            block = await rpc.block(block_number)
+                            if block is None or block.get("hash") != receipt.get("blockHash"):
+                                log.warning("withdrawal.reorg.detected", withdrawal_id=w.id, tx_hash=attempt.tx_hash)
+                                await asyncio.sleep(poll)
+                                continue
+                        fee = int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice", "0x0"), 16)
+                        async with self.db.transaction() as s:
+                            await repo.record_inclusion(
+                                s,
+                                w.id,
+                                tx_hash=attempt.tx_hash,
+                                block_number=block_number,
+                                confirmations=confirmations,
+                                fee_wei=fee,
+                            )
+                        return Inclusion(
+                            tx_hash=attempt.tx_hash,
+                            purpose=attempt.purpose,
+                            block_number=block_number,
+                            confirmations=confirmations,
+                            success=int(receipt.get("status", "0x1"), 16) == 1,
+                            fee_wei=str(fee),
+                        )
+                elif time.monotonic() - last_send > resend_after:
+                    for a in attempts:
+                        try:
+                            await rpc.send_raw(a.raw_tx)
+                        except RpcError as e:
+                            log.info("withdrawal.resend.answer", withdrawal_id=w.id, tx_hash=a.tx_hash, kind=e.kind)
+                    last_send = time.monotonic()
+            except RpcUnavailable as e:
+                log.warning("withdrawal.confirmations.rpc_down", withdrawal_id=w.id, error=str(e)[:200])
+            await asyncio.sleep(poll)

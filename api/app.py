@@ -1,0 +1,58 @@
+"""FastAPI application. `uvicorn api.app:create_app --factory` runs it with settings from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.deps import AppState, TemporalConnector
+from api.errors import install_error_handlers
+from api.ratelimit import RateLimiter
+from api.routes import admin, health, withdrawals
+from logging_setup import configure_logging
+from models.db import Database
+from settings import Settings
+
+
+def create_app(state: AppState | None = None) -> FastAPI:
+    """Build the app. Tests pass a ready `AppState`; otherwise the lifespan builds it once."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = state is None
+        if owned:
+            settings = Settings()
+            configure_logging(settings.log_level)
+            redis = None
+            if settings.redis_url:
+                from redis.asyncio import Redis
+
+                redis = Redis.from_url(settings.redis_url)
+            app.state.engine = AppState(
+                settings=settings,
+                config=settings.engine_config,
+                db=Database(settings.db_url),
+                temporal=TemporalConnector(settings),
+                limiter=RateLimiter(redis),
+            )
+        else:
+            app.state.engine = state
+        yield
+        if owned:
+            await app.state.engine.db.dispose()
+
+    app = FastAPI(
+        title="Withdrawal engine",
+        version="0.1.0",
+        description="Withdrawals of native coins and ERC-20 tokens; each one a durable Temporal workflow.",
+        docs_url="/api-docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(withdrawals.router)
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    return app

@@ -1,0 +1,165 @@
+"""Operator routes (JWT with roles VIEWER < OPERATOR < ADMIN) and login."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field, StrictStr
+from temporalio.service import RPCError
+
+from api.deps import AdminDep, OperatorDep, StateDep, ViewerDep
+from api.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized
+from api.security import generate_api_key, hash_api_key, hash_password, issue_jwt, verify_password
+from api.withdrawals import withdrawal_view
+from models import repo
+from models.domain import OperatorInput
+from models.tables import ApiClient, User
+from workflows.withdrawal import WithdrawalWorkflow
+
+router = APIRouter(tags=["admin"])
+
+
+class LoginBody(BaseModel):
+    username: StrictStr = Field(min_length=1, max_length=120)
+    password: StrictStr = Field(min_length=1, max_length=200)
+
+
+class RegisterBody(LoginBody):
+    role: Literal["ADMIN", "OPERATOR", "VIEWER"] = "VIEWER"
+    password: StrictStr = Field(min_length=12, max_length=200)
+
+
+class ActionBody(BaseModel):
+    reason: StrictStr | None = Field(default=None, max_length=500)
+
+
+class ApiKeyBody(BaseModel):
+    name: StrictStr = Field(min_length=1, max_length=120)
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    scopes: list[Literal["withdrawals:write", "withdrawals:read"]] = ["withdrawals:write", "withdrawals:read"]
+
+
+@router.post("/auth/login")
+async def login(body: LoginBody, state: StateDep) -> dict[str, Any]:
+    async with state.db.transaction() as s:
+        user = await repo.get_user(s, body.username)
+    if user is None or not verify_password(body.password, user.password_hash):
+        raise Unauthorized("invalid username or password")
+    ttl = state.settings.jwt_ttl_seconds
+    token = issue_jwt(user.username, user.role, state.settings.jwt_secret.get_secret_value(), ttl)
+    return {"access_token": token, "token_type": "bearer", "expires_in": ttl, "role": user.role}
+
+
+@router.post("/auth/register", status_code=201)
+async def register(body: RegisterBody, state: StateDep, _: AdminDep) -> dict[str, Any]:
+    async with state.db.transaction() as s:
+        if await repo.get_user(s, body.username) is not None:
+            raise Conflict("username already exists", field="username")
+        s.add(User(id=str(uuid.uuid4()), username=body.username, password_hash=hash_password(body.password),
+                   role=body.role))
+    return {"username": body.username, "role": body.role}
+
+
+@router.get("/admin/transactions")
+async def list_transactions(
+    state: StateDep,
+    _: ViewerDep,
+    status: str | None = None,
+    network: str | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    async with state.db.transaction() as s:
+        rows = await repo.list_withdrawals(s, status=status, network=network, limit=limit, offset=offset)
+    return {"items": [withdrawal_view(w, state.config) | {"client_id": w.client_id} for w in rows]}
+
+
+@router.get("/admin/transactions/{withdrawal_id}")
+async def transaction_detail(withdrawal_id: str, state: StateDep, _: ViewerDep) -> dict[str, Any]:
+    async with state.db.transaction() as s:
+        w = await repo.get_withdrawal(s, withdrawal_id)
+        attempts = await repo.attempts_for(s, withdrawal_id) if w else []
+        reservations = await repo.reservations_for(s, withdrawal_id) if w else []
+    if w is None:
+        raise NotFound("withdrawal not found")
+    return withdrawal_view(w, state.config) | {
+        "client_id": w.client_id,
+        "hot_wallet": w.hot_wallet,
+        "nonce": w.nonce,
+        "workflow_id": f"withdrawal-{w.id}",
+        "attempts": [
+            {"tx_hash": a.tx_hash, "purpose": a.purpose, "nonce": a.nonce, "type": a.tx_type, "outcome": a.outcome,
+             "max_fee_per_gas": a.max_fee_per_gas and str(a.max_fee_per_gas),
+             "max_priority_fee_per_gas": a.max_priority_fee_per_gas and str(a.max_priority_fee_per_gas),
+             "gas_price": a.gas_price and str(a.gas_price), "error": a.error}
+            for a in attempts
+        ],
+        "reservations": [{"asset": r.asset, "amount": str(r.amount), "state": r.state} for r in reservations],
+    }
+
+
+async def _signal(state: StateDep, withdrawal_id: str, name: str, body: ActionBody | None, who: str) -> dict[str, Any]:
+    async with state.db.transaction() as s:
+        w = await repo.get_withdrawal(s, withdrawal_id)
+    if w is None:
+        raise NotFound("withdrawal not found")
+    client = await state.temporal.get()
+    handle = client.get_workflow_handle_for(WithdrawalWorkflow.run, f"withdrawal-{withdrawal_id}")
+    try:
+        await handle.signal(name, OperatorInput(reason=body.reason if body else None, operator=who))
+    except RPCError as e:
+        raise Conflict(f"cannot {name}: the withdrawal's workflow is not running ({w.status})") from e
+    return {"id": withdrawal_id, "signal": name, "accepted": True, "status": w.status}
+
+
+@router.post("/admin/transactions/{withdrawal_id}/retry")
+async def retry(withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None) -> dict[str, Any]:
+    return await _signal(state, withdrawal_id, "retry", body, op.username)
+
+
+@router.post("/admin/transactions/{withdrawal_id}/cancel")
+async def cancel(withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None) -> dict[str, Any]:
+    return await _signal(state, withdrawal_id, "cancel", body, op.username)
+
+
+@router.post("/admin/transactions/{withdrawal_id}/approve")
+async def approve(withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None) -> dict[str, Any]:
+    return await _signal(state, withdrawal_id, "approve", body, op.username)
+
+
+@router.post("/admin/transactions/{withdrawal_id}/reject")
+async def reject(withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None) -> dict[str, Any]:
+    return await _signal(state, withdrawal_id, "reject", body, op.username)
+
+
+@router.get("/admin/stats/status")
+async def stats_status(state: StateDep, _: ViewerDep) -> dict[str, Any]:
+    async with state.db.transaction() as s:
+        rows = await repo.count_by_status_and_network(s)
+    out: dict[str, dict[str, int]] = {}
+    for network, status, count in rows:
+        out.setdefault(status, {})[network] = count
+    return {"by_status": out}
+
+
+@router.post("/admin/api-keys", status_code=201)
+async def create_api_key(body: ApiKeyBody, state: StateDep, _: AdminDep) -> dict[str, Any]:
+    key = generate_api_key()
+    client = ApiClient(id=str(uuid.uuid4()), name=body.name, key_hash=hash_api_key(key), key_prefix=key[:10],
+                       rate_limit_per_minute=body.rate_limit_per_minute, scopes=" ".join(body.scopes))
+    async with state.db.transaction() as s:
+        s.add(client)
+    return {"id": client.id, "name": client.name, "api_key": key, "scopes": body.scopes}
+
+
+@router.delete("/admin/api-keys/{client_id}")
+async def revoke_api_key(client_id: str, state: StateDep, _: AdminDep) -> dict[str, Any]:
+    async with state.db.transaction() as s:
+        client = await s.get(ApiClient, client_id)
+        if client is None:
+            raise NotFound("API key not found")
+        client.active = False
+        s.add(client)
+    return {"id": client_id, "active": False}

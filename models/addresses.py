@@ -1,0 +1,25 @@
+"""EVM address validation."""
+
+from __future__ import annotations
+
+import re
+
+from eth_utils import is_checksum_address, to_checksum_address
+
+_HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+
+
+class AddressError(ValueError):
+    pass
+
+
+def normalize_address(text: str) -> str:
+    """Return the EIP-55 form. Mixed case must already be a valid checksum; all-lower/upper is accepted."""
+    if not isinstance(text, str) or not _HEX_ADDRESS.match(text):
+        raise AddressError("address must be 0x followed by 40 hex characters")
+    body = text[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(text):
+        raise AddressError("address has an invalid EIP-55 checksum")
+    if int(body, 16) == 0:
+        raise AddressError("the zero address cannot receive withdrawals")
+    return to_checksum_address(text)

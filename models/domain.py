@@ -1,0 +1,172 @@
+"""Domain types shared by workflows, activities and the API.
+
+Standard library only: the workflow sandbox imports this module on every workflow task.
+Amounts travel as decimal strings of base units (uint256 does not fit a JSON number safely).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class WithdrawalStatus(StrEnum):
+    PENDING = "PENDING"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    WAITING_FOR_FUNDS = "WAITING_FOR_FUNDS"
+    PROCESSING = "PROCESSING"
+    BROADCAST = "BROADCAST"
+    CONFIRMING = "CONFIRMING"
+    CONFIRMED = "CONFIRMED"
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {WithdrawalStatus.CONFIRMED, WithdrawalStatus.REJECTED, WithdrawalStatus.CANCELLED, WithdrawalStatus.FAILED}
+)
+
+
+class ErrorType(StrEnum):
+    """Named failure types (`ApplicationError.type`), listed in one place."""
+
+    IDEMPOTENCY_KEY_REUSED = "IdempotencyKeyReused"
+    LIMIT_EXCEEDED = "LimitExceeded"
+    INSUFFICIENT_HOT_WALLET_FUNDS = "InsufficientHotWalletFunds"
+    NONCE_CONFLICT = "NonceConflict"
+    BROADCAST_REJECTED = "BroadcastRejected"
+    EXECUTION_REVERTED = "ExecutionReverted"
+    FEE_ABOVE_CAP = "FeeAboveCap"
+    CHAIN_ID_MISMATCH = "ChainIdMismatch"
+    SIGNER_UNAVAILABLE = "SignerUnavailable"
+    NOT_MINED = "NotMined"
+    RPC_UNAVAILABLE = "RpcUnavailable"
+
+
+class TxPurpose(StrEnum):
+    WITHDRAWAL = "WITHDRAWAL"
+    CANCEL = "CANCEL"  # 0-value self-transfer at the withdrawal's nonce
+
+
+@dataclass(frozen=True, kw_only=True)
+class WithdrawalRequest:
+    """Workflow input: a validated request. `amount` is in base units."""
+
+    withdrawal_id: str
+    client_id: str
+    idempotency_key: str
+    fingerprint: str
+    user_id: str
+    network: str
+    asset: str
+    to_address: str
+    amount: str
+    client_reference: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmitInput:
+    """Update `submit`, sent with update-with-start by the API."""
+
+    fingerprint: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    """Answer of the admission step (limits and reservation)."""
+
+    accepted: bool
+    status: str
+    error_code: str | None = None
+    error_message: str | None = None
+    hot_wallet: str | None = None
+    requires_approval: bool = False
+    required_confirmations: int = 1
+    approval_timeout_seconds: int = 86_400
+    funds_retry_seconds: int = 15
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmitResult:
+    created: bool
+    admission: Admission
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperatorInput:
+    """Input of every operator signal; every field is optional so `{}` or nothing works."""
+
+    reason: str | None = None
+    operator: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WithdrawalRef:
+    withdrawal_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusChange:
+    withdrawal_id: str
+    status: str
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NonceAllocation:
+    hot_wallet: str
+    nonce: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignInput:
+    withdrawal_id: str
+    purpose: str = TxPurpose.WITHDRAWAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedTx:
+    tx_hash: str
+    nonce: int
+    purpose: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BroadcastInput:
+    withdrawal_id: str
+    tx_hash: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AwaitInput:
+    withdrawal_id: str
+    required_confirmations: int
+    # Return as soon as the transaction is in a block (to report CONFIRMING), or wait for all.
+    until_included_only: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inclusion:
+    tx_hash: str
+    purpose: str
+    block_number: int
+    confirmations: int
+    success: bool
+    fee_wei: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    withdrawal_id: str
+    status: str
+    tx_hash: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    history: list[str] = field(default_factory=list)

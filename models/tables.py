@@ -1,0 +1,161 @@
+"""Tables. Amounts and fees are base units: `U256` is NUMERIC(78,0) on MySQL and exact text on SQLite."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, Numeric, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class U256(TypeDecorator[int]):
+    """An unsigned 256-bit integer. SQLite's NUMERIC would round large values through REAL, so there
+    it is stored as text; sums over it are done in Python."""
+
+    impl = Numeric(78, 0)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(78))
+        return dialect.type_descriptor(Numeric(78, 0))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = int(value)
+        return str(value) if dialect.name == "sqlite" else Decimal(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(DateTime(), nullable=False, **kw))
+
+
+class ApiClient(SQLModel, table=True):
+    __tablename__ = "api_clients"
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=120)
+    key_hash: str = Field(max_length=64, unique=True, index=True)
+    key_prefix: str = Field(max_length=16)
+    active: bool = True
+    expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(), nullable=True))
+    rate_limit_per_minute: int | None = None
+    # Space-separated permissions: withdrawals:write withdrawals:read
+    scopes: str = Field(default="withdrawals:write withdrawals:read", max_length=255)
+    created_at: datetime = _ts()
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: str = Field(primary_key=True, max_length=36)
+    username: str = Field(max_length=120, unique=True, index=True)
+    password_hash: str = Field(max_length=255)
+    role: str = Field(max_length=20)  # ADMIN | OPERATOR | VIEWER
+    created_at: datetime = _ts()
+
+
+class Withdrawal(SQLModel, table=True):
+    __tablename__ = "withdrawals"
+    __table_args__ = (
+        UniqueConstraint("client_id", "idempotency_key", name="uq_withdrawal_idempotency"),
+        Index("ix_withdrawal_user_day", "network", "asset", "user_id", "created_at"),
+    )
+    id: str = Field(primary_key=True, max_length=36)
+    client_id: str = Field(max_length=36, index=True)
+    idempotency_key: str = Field(max_length=255)
+    fingerprint: str = Field(max_length=64)
+    user_id: str = Field(max_length=255)
+    network: str = Field(max_length=32)
+    asset: str = Field(max_length=32)
+    to_address: str = Field(max_length=42)
+    amount: int = Field(sa_column=Column(U256(), nullable=False))
+    decimals: int
+    client_reference: str | None = Field(default=None, max_length=255)
+    status: str = Field(max_length=32, index=True)
+    hot_wallet: str | None = Field(default=None, max_length=42)
+    nonce: int | None = None
+    tx_hash: str | None = Field(default=None, max_length=66)
+    block_number: int | None = None
+    confirmations: int = 0
+    required_confirmations: int
+    fee_wei: int | None = Field(default=None, sa_column=Column(U256(), nullable=True))
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class TxAttempt(SQLModel, table=True):
+    """Every signed transaction, recorded before it is broadcast."""
+
+    __tablename__ = "tx_attempts"
+    __table_args__ = (UniqueConstraint("withdrawal_id", "purpose", "seq", name="uq_attempt_seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    withdrawal_id: str = Field(max_length=36, index=True)
+    purpose: str = Field(max_length=16)
+    seq: int = 0
+    network: str = Field(max_length=32)
+    hot_wallet: str = Field(max_length=42)
+    nonce: int
+    tx_hash: str = Field(max_length=66, unique=True)
+    raw_tx: str = Field(sa_column=Column(Text(), nullable=False))
+    tx_type: int
+    gas_limit: int
+    max_fee_per_gas: int | None = Field(default=None, sa_column=Column(U256(), nullable=True))
+    max_priority_fee_per_gas: int | None = Field(default=None, sa_column=Column(U256(), nullable=True))
+    gas_price: int | None = Field(default=None, sa_column=Column(U256(), nullable=True))
+    outcome: str = Field(default="SIGNED", max_length=16)  # SIGNED | BROADCAST | MINED | REPLACED | FAILED
+    error: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class HotWallet(SQLModel, table=True):
+    """Row per (network, address); locked to serialize nonce allocation and reservations."""
+
+    __tablename__ = "hot_wallets"
+    __table_args__ = (UniqueConstraint("network", "address", name="uq_hot_wallet"),)
+    id: int | None = Field(default=None, primary_key=True)
+    network: str = Field(max_length=32)
+    address: str = Field(max_length=42)
+    next_nonce: int
+    created_at: datetime = _ts()
+
+
+class NonceAllocation(SQLModel, table=True):
+    __tablename__ = "nonce_allocations"
+    __table_args__ = (UniqueConstraint("network", "hot_wallet", "nonce", name="uq_nonce"),)
+    id: int | None = Field(default=None, primary_key=True)
+    network: str = Field(max_length=32)
+    hot_wallet: str = Field(max_length=42)
+    nonce: int
+    withdrawal_id: str = Field(max_length=36, unique=True)
+    created_at: datetime = _ts()
+
+
+class FundReservation(SQLModel, table=True):
+    __tablename__ = "fund_reservations"
+    __table_args__ = (
+        UniqueConstraint("withdrawal_id", "asset", name="uq_reservation"),
+        Index("ix_reservation_wallet_state", "network", "hot_wallet", "state"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    withdrawal_id: str = Field(max_length=36)
+    network: str = Field(max_length=32)
+    hot_wallet: str = Field(max_length=42)
+    asset: str = Field(max_length=32)
+    amount: int = Field(sa_column=Column(U256(), nullable=False))
+    state: str = Field(default="HELD", max_length=16)  # HELD | CONSUMED | RELEASED
+    created_at: datetime = _ts()
+    settled_at: datetime | None = Field(default=None, sa_column=Column(DateTime(), nullable=True))

@@ -1,0 +1,163 @@
+"""One typed place for configuration.
+
+`Settings` comes from the environment (prefix ``WE_``) and ``.env``; it says where things are
+(database, Temporal, the network config file, the keystore) and holds the secrets.
+`EngineConfig` comes from the network config file (TOML or JSON): networks, tokens, hot wallets,
+confirmations, fee caps and limits. Workflows never read either: what they need arrives in
+their input or from an activity.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from eth_utils import is_address, to_checksum_address
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent
+
+# Well-known development secrets. They are fine on a laptop and refused anywhere else.
+DEV_KEYSTORE_PASSWORD = "dev-keystore-password"  # noqa: S105
+DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
+DEV_WEBHOOK_SECRET = "dev-webhook-secret"  # noqa: S105
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WE_", env_file=".env", extra="ignore")
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    data_dir: Path = ROOT / ".data"
+    database_url: str = ""
+    config_file: Path = ROOT / "config" / "dev.toml"
+    keystore_dir: Path | None = None
+    keystore_password: SecretStr = SecretStr(DEV_KEYSTORE_PASSWORD)
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_ttl_seconds: int = 3600
+    webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
+    redis_url: str | None = None
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "withdrawals"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    rate_limit_per_minute: int = 600
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _enforce_non_default_secrets(self) -> Settings:
+        if self.env == "prod":
+            for name, dev_value in (
+                ("keystore_password", DEV_KEYSTORE_PASSWORD),
+                ("jwt_secret", DEV_JWT_SECRET),
+                ("webhook_secret", DEV_WEBHOOK_SECRET),
+            ):
+                if getattr(self, name).get_secret_value() == dev_value:
+                    raise ValueError(f"WE_{name.upper()} is the development default; set a real secret")
+            if not self.database_url:
+                raise ValueError("WE_DATABASE_URL must be set outside dev")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'engine.db'}"
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.keystore_dir or self.data_dir / "keystore"
+
+    @cached_property
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig.load(self.config_file)
+
+
+class TokenConfig(BaseModel):
+    address: str
+    decimals: int = Field(ge=0, le=36)
+
+    @field_validator("address")
+    @classmethod
+    def _checksum(cls, v: str) -> str:
+        if not is_address(v):
+            raise ValueError(f"not an address: {v}")
+        return to_checksum_address(v)
+
+
+class AssetLimits(BaseModel):
+    """Limits in the asset's own units (decimal strings in the file)."""
+
+    per_transaction: Decimal
+    daily_per_user: Decimal
+    approval_threshold: Decimal
+
+
+class NetworkConfig(BaseModel):
+    chain_id: int
+    rpc_urls: list[str] = Field(min_length=1)
+    native_asset: str
+    native_decimals: int = 18
+    fee_model: Literal["eip1559", "legacy"]
+    required_confirmations: int = Field(ge=1)
+    block_time_seconds: float = 12.0
+    hot_wallets: list[str] = Field(min_length=1)
+    tokens: dict[str, TokenConfig] = {}
+    limits: dict[str, AssetLimits] = {}
+    max_fee_per_gas_cap_gwei: Decimal = Decimal(500)
+    priority_fee_gwei: Decimal = Decimal("1.5")
+    legacy_gas_price_multiplier: Decimal = Decimal("1.2")
+    native_gas_limit: int = 21_000
+    token_gas_limit_cap: int = 200_000
+    gas_limit_margin: Decimal = Decimal("1.25")
+    rpc_timeout_seconds: float = 10.0
+
+    @field_validator("hot_wallets")
+    @classmethod
+    def _checksum_wallets(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if not is_address(a):
+                raise ValueError(f"not an address: {a}")
+        return [to_checksum_address(a) for a in v]
+
+    @field_validator("chain_id")
+    @classmethod
+    def _chain_id(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("chain_id must be positive")
+        return v
+
+    def asset_decimals(self, asset: str) -> int | None:
+        if asset == self.native_asset:
+            return self.native_decimals
+        token = self.tokens.get(asset)
+        return token.decimals if token else None
+
+    @property
+    def assets(self) -> list[str]:
+        return [self.native_asset, *self.tokens]
+
+    def fee_allowance_wei(self, asset: str) -> int:
+        """Worst-case fee reserved from the native balance: gas limit cap times max fee cap."""
+        gas = self.native_gas_limit if asset == self.native_asset else self.token_gas_limit_cap
+        return gas * int(self.max_fee_per_gas_cap_gwei * 10**9)
+
+
+class EngineConfig(BaseModel):
+    networks: dict[str, NetworkConfig]
+    approval_timeout_seconds: int = 86_400
+    funds_retry_seconds: int = 15
+
+    @classmethod
+    def load(cls, path: Path) -> EngineConfig:
+        text = Path(path).read_text()
+        data = json.loads(text) if str(path).endswith(".json") else tomllib.loads(text)
+        return cls.model_validate(data)
+
+    def network(self, name: str) -> NetworkConfig | None:
+        return self.networks.get(name)

@@ -1,0 +1,95 @@
+"""The Temporal worker: builds the dependencies once and runs the withdrawal workflow and activities.
+
+    python worker.py            # settings from WE_* environment variables / .env
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.chain import ChainActivities
+from activities.funds import FundsActivities
+from activities.rpc import Chains
+from activities.signer import KeystoreSigner
+from logging_setup import configure_logging
+from models.db import Database
+from settings import EngineConfig, Settings
+from workflows.withdrawal import WithdrawalWorkflow
+
+log = structlog.get_logger()
+
+
+class Engine:
+    """The worker's dependencies, built once."""
+
+    def __init__(self, settings: Settings, config: EngineConfig, signer: KeystoreSigner) -> None:
+        self.settings, self.config = settings, config
+        self.db = Database(settings.db_url)
+        self.chains = Chains(config.networks)
+        self.funds = FundsActivities(self.db, self.chains, config)
+        self.chain = ChainActivities(self.db, self.chains, signer, config)
+
+    @property
+    def activities(self) -> list[object]:
+        return [
+            self.funds.admit,
+            self.funds.reserve,
+            self.funds.record_status,
+            self.chain.allocate_nonce,
+            self.chain.sign_transaction,
+            self.chain.broadcast_transaction,
+            self.chain.await_transaction,
+        ]
+
+    async def start(self) -> None:
+        await self.chains.verify_all()
+        await self.chain.ensure_hot_wallets()
+
+    async def aclose(self) -> None:
+        await self.chains.aclose()
+        await self.db.dispose()
+
+
+def build_worker(client: Client, engine: Engine, task_queue: str) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[WithdrawalWorkflow],
+        activities=engine.activities,  # type: ignore[arg-type]
+        max_concurrent_activities=1000,
+        max_concurrent_local_activities=200,
+    )
+
+
+async def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    config = settings.engine_config
+    signer = await asyncio.to_thread(
+        KeystoreSigner.from_dir, settings.keystore_path, settings.keystore_password.get_secret_value()
+    )
+    missing = [w for n in config.networks.values() for w in n.hot_wallets if not signer.has(w)]
+    if missing:
+        log.warning("worker.keystore.missing_keys", hot_wallets=missing)
+    engine = Engine(settings, config, signer)
+    await engine.start()
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    worker = build_worker(client, engine, settings.task_queue)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker.started", task_queue=settings.task_queue, networks=list(config.networks))
+    async with worker:
+        await stop.wait()
+    await engine.aclose()
+    log.info("worker.stopped")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,360 @@
+"""WithdrawalWorkflow: one durable workflow per withdrawal (DESIGN §4).
+
+admit (limits + reservation, answered to the API through the `submit` update) → [wait for funds]
+→ [approval] → allocate nonce → sign → broadcast → included → confirmed.
+Anything automatic handling cannot resolve parks the withdrawal in NEEDS_ATTENTION until an
+operator sends `retry` or `cancel`. Compensation (releasing the reservation) happens exactly once,
+in the status record of REJECTED / CANCELLED / FAILED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.chain import ChainActivities
+    from activities.funds import FundsActivities
+    from models.domain import (
+        Admission,
+        AwaitInput,
+        BroadcastInput,
+        ErrorType,
+        Inclusion,
+        OperatorInput,
+        Outcome,
+        SignedTx,
+        SignInput,
+        StatusChange,
+        SubmitInput,
+        SubmitResult,
+        TxPurpose,
+        WithdrawalRef,
+        WithdrawalRequest,
+        WithdrawalStatus,
+    )
+    from workflows import search_attributes as sa
+
+T = TypeVar("T")
+S = WithdrawalStatus
+
+LOCAL_TIMEOUT = timedelta(seconds=30)
+STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=6)
+FOREVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+
+
+class _CancelRequested(Exception):
+    pass
+
+
+@workflow.defn(name="WithdrawalWorkflow")
+class WithdrawalWorkflow:
+    @workflow.init
+    def __init__(self, req: WithdrawalRequest) -> None:
+        self._req = req
+        self._status: str = S.PENDING
+        self._admission: Admission | None = None
+        self._submitted = False
+        self._approval: str | None = None
+        self._cancel: OperatorInput | None = None
+        self._retry = False
+        self._broadcast = False
+        self._nonce: int | None = None
+        self._tx_hash: str | None = None
+        self._error: tuple[str, str] | None = None
+        self._history: list[str] = []
+
+    # --- operator interface --------------------------------------------------------------------
+
+    @workflow.update(description="Used by the API (update-with-start): answers with the admission decision.")
+    async def submit(self, inp: SubmitInput) -> SubmitResult:
+        created = not self._submitted
+        self._submitted = True
+        await workflow.wait_condition(lambda: self._admission is not None)
+        assert self._admission is not None
+        return SubmitResult(created=created, admission=self._admission)
+
+    @submit.validator
+    def _validate_submit(self, inp: SubmitInput) -> None:
+        if inp.fingerprint != self._req.fingerprint:
+            raise ApplicationError(
+                "Idempotency-Key already used with a different request body", type=ErrorType.IDEMPOTENCY_KEY_REUSED
+            )
+
+    @workflow.signal(description='Resume a withdrawal in NEEDS_ATTENTION. Input: {"reason"?, "operator"?} or nothing.')
+    def retry(self, inp: OperatorInput | None = None) -> None:
+        if self._status != S.NEEDS_ATTENTION:
+            workflow.logger.warning("retry ignored: withdrawal is %s", self._status)
+            return
+        self._note("retry", inp)
+        self._retry = True
+
+    @workflow.signal(description='Cancel before broadcast. Input: {"reason"?, "operator"?} or nothing.')
+    def cancel(self, inp: OperatorInput | None = None) -> None:
+        if self._broadcast or S(self._status).terminal:
+            workflow.logger.warning("cancel ignored: withdrawal is %s (already broadcast or final)", self._status)
+            self._note("cancel refused (already broadcast or final)", inp)
+            return
+        self._note("cancel", inp)
+        self._cancel = inp or OperatorInput()
+
+    @workflow.signal(description='Approve a withdrawal in AWAITING_APPROVAL. Input: {"reason"?, "operator"?}.')
+    def approve(self, inp: OperatorInput | None = None) -> None:
+        if self._status == S.AWAITING_APPROVAL and self._approval is None:
+            self._note("approve", inp)
+            self._approval = "approved"
+
+    @workflow.signal(description='Reject a withdrawal in AWAITING_APPROVAL. Input: {"reason"?, "operator"?}.')
+    def reject(self, inp: OperatorInput | None = None) -> None:
+        if self._status == S.AWAITING_APPROVAL and self._approval is None:
+            self._note("reject", inp)
+            self._approval = "rejected"
+
+    @workflow.query(description="Current status, nonce, tx hash, error and operator history.")
+    def status(self) -> dict[str, object]:
+        return {
+            "status": self._status,
+            "nonce": self._nonce,
+            "tx_hash": self._tx_hash,
+            "error": {"code": self._error[0], "message": self._error[1]} if self._error else None,
+            "history": list(self._history),
+        }
+
+    # --- main path -----------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, req: WithdrawalRequest) -> Outcome:
+        adm = await workflow.execute_local_activity_method(
+            FundsActivities.admit, req, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=FOREVER_RETRY
+        )
+        self._admission = adm
+        self._status = adm.status
+        self._error = (adm.error_code, adm.error_message or "") if adm.error_code else None
+        self._publish()
+        try:
+            if adm.accepted:
+                await self._process(adm)
+        except _CancelRequested:
+            await self._cancelled()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return Outcome(
+            withdrawal_id=req.withdrawal_id,
+            status=self._status,
+            tx_hash=self._tx_hash,
+            error_code=self._error[0] if self._error else None,
+            error_message=self._error[1] if self._error else None,
+            history=self._history,
+        )
+
+    async def _process(self, adm: Admission) -> None:
+        if adm.status == S.WAITING_FOR_FUNDS:
+            await self._wait_for_funds(adm)
+        if adm.requires_approval:
+            await self._set_status(S.AWAITING_APPROVAL)
+            try:
+                await workflow.wait_condition(
+                    lambda: self._approval is not None or self._cancel is not None,
+                    timeout=timedelta(seconds=adm.approval_timeout_seconds),
+                )
+            except TimeoutError:
+                self._approval = "timeout"
+            self._check_cancel()
+            if self._approval != "approved":
+                reason = "approval timed out" if self._approval == "timeout" else "rejected by an operator"
+                await self._set_status(S.REJECTED, ("APPROVAL_REJECTED", reason))
+                return
+            await self._set_status(S.PENDING)
+        self._check_cancel()
+
+        ref = WithdrawalRef(withdrawal_id=self._req.withdrawal_id)
+        alloc = await self._step(lambda: self._local(ChainActivities.allocate_nonce, ref))
+        self._nonce = alloc.nonce
+        await self._set_status(S.PROCESSING)
+        self._check_cancel()
+        signed: SignedTx = await self._step(
+            lambda: self._local(ChainActivities.sign_transaction, SignInput(withdrawal_id=ref.withdrawal_id))
+        )
+        self._tx_hash = signed.tx_hash
+        self._publish()
+        self._check_cancel()
+        await self._broadcast_step(signed.tx_hash)
+        self._broadcast = True
+        await self._set_status(S.BROADCAST)
+        await self._confirm(adm.required_confirmations)
+
+    async def _confirm(self, required: int) -> None:
+        included = await self._step(lambda: self._await(required, until_included_only=True))
+        self._tx_hash = included.tx_hash
+        await self._set_status(S.CONFIRMING)
+        final = await self._step(lambda: self._await(required, until_included_only=False))
+        self._tx_hash = final.tx_hash
+        if final.purpose == TxPurpose.CANCEL:
+            await self._set_status(S.CANCELLED, self._cancel_error())
+        elif final.success:
+            await self._set_status(S.CONFIRMED, None)
+        else:
+            await self._set_status(S.FAILED, (ErrorType.EXECUTION_REVERTED.value, "transaction mined but reverted"))
+
+    async def _wait_for_funds(self, adm: Admission) -> None:
+        self._publish()
+        ref = WithdrawalRef(withdrawal_id=self._req.withdrawal_id)
+        while True:
+            try:
+                await workflow.wait_condition(
+                    lambda: self._cancel is not None, timeout=timedelta(seconds=adm.funds_retry_seconds)
+                )
+            except TimeoutError:
+                pass
+            self._check_cancel()
+            wallet = await self._local(FundsActivities.reserve, ref, retry=FOREVER_RETRY)
+            if wallet:
+                await self._set_status(S.PENDING)
+                return
+
+    async def _broadcast_step(self, tx_hash: str) -> None:
+        inp = BroadcastInput(withdrawal_id=self._req.withdrawal_id, tx_hash=tx_hash)
+        while True:
+            try:
+                await self._step(lambda: self._local(ChainActivities.broadcast_transaction, inp), funds_error=True)
+                return
+            except _InsufficientFunds:
+                if self._status != S.WAITING_FOR_FUNDS:
+                    await self._set_status(S.WAITING_FOR_FUNDS, (ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS.value,
+                                                                 "hot wallet balance too low to broadcast"))
+                assert self._admission is not None
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._cancel is not None,
+                        timeout=timedelta(seconds=self._admission.funds_retry_seconds),
+                    )
+                except TimeoutError:
+                    pass
+                self._check_cancel()
+
+    async def _cancelled(self) -> None:
+        """Cancel requested before broadcast. Without a nonce nothing reached the chain; with one,
+        the nonce is filled by a 0-value self-transfer so later nonces do not stall."""
+        if self._nonce is None:
+            await self._set_status(S.CANCELLED, self._cancel_error())
+            return
+        ref = self._req.withdrawal_id
+        self._cancel_done = True
+        signed = await self._step(
+            lambda: self._local(ChainActivities.sign_transaction, SignInput(withdrawal_id=ref, purpose=TxPurpose.CANCEL)),
+            cancellable=False,
+        )
+        self._tx_hash = signed.tx_hash
+        await self._step(
+            lambda: self._local(ChainActivities.broadcast_transaction, BroadcastInput(withdrawal_id=ref, tx_hash=signed.tx_hash)),
+            cancellable=False,
+        )
+        self._broadcast = True
+        await self._set_status(S.BROADCAST)
+        assert self._admission is not None
+        await self._confirm(self._admission.required_confirmations)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _check_cancel(self) -> None:
+        if self._cancel is not None:
+            raise _CancelRequested()
+
+    def _cancel_error(self) -> tuple[str, str]:
+        reason = (self._cancel.reason if self._cancel else None) or "cancelled by an operator"
+        return ("CANCELLED", reason)
+
+    async def _local(self, fn: Callable[..., Awaitable[T]], arg: object, *, retry: RetryPolicy = STEP_RETRY) -> T:
+        return await workflow.execute_local_activity_method(
+            fn, arg, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=retry  # type: ignore[arg-type]
+        )
+
+    async def _await(self, required: int, *, until_included_only: bool) -> Inclusion:
+        return await workflow.execute_activity_method(
+            ChainActivities.await_transaction,
+            AwaitInput(
+                withdrawal_id=self._req.withdrawal_id,
+                required_confirmations=required,
+                until_included_only=until_included_only,
+            ),
+            start_to_close_timeout=timedelta(hours=1),
+            heartbeat_timeout=timedelta(seconds=20),
+            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10),
+                                     maximum_attempts=20),
+        )
+
+    async def _step(
+        self, call: Callable[[], Awaitable[T]], *, funds_error: bool = False, cancellable: bool = True
+    ) -> T:
+        """Run a step; when automatic handling is exhausted, park in NEEDS_ATTENTION until `retry`
+        (run the step again) or `cancel` (only before broadcast)."""
+        while True:
+            try:
+                return await call()
+            except ActivityError as err:
+                cause = err.cause
+                code = cause.type if isinstance(cause, ApplicationError) and cause.type else "ACTIVITY_FAILED"
+                message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+                if funds_error and code == ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS:
+                    raise _InsufficientFunds() from err
+                resume = self._status
+                await self._set_status(S.NEEDS_ATTENTION, (code, message))
+                self._retry = False
+                await workflow.wait_condition(
+                    lambda: self._retry or (cancellable and self._cancel is not None and not self._broadcast)
+                )
+                if not self._retry:
+                    raise _CancelRequested() from err
+                self._retry = False
+                await self._set_status(resume, None)
+
+    async def _set_status(self, status: str, error: tuple[str, str] | None = None) -> None:
+        self._status = status
+        self._error = error
+        self._history.append(status)
+        self._publish()
+        await self._local(
+            FundsActivities.record_status,
+            StatusChange(
+                withdrawal_id=self._req.withdrawal_id,
+                status=status,
+                error_code=error[0] if error else None,
+                error_message=error[1] if error else None,
+            ),
+            retry=FOREVER_RETRY,
+        )
+
+    def _note(self, action: str, inp: OperatorInput | None) -> None:
+        who = (inp.operator if inp else None) or "operator"
+        why = f": {inp.reason}" if inp and inp.reason else ""
+        self._history.append(f"{action} by {who}{why}")
+
+    def _publish(self) -> None:
+        """Search attributes and the Web UI summary follow every status change."""
+        updates = [sa.WITHDRAWAL_STATUS.value_set(self._status)]
+        if self._tx_hash:
+            updates.append(sa.TX_HASH.value_set(self._tx_hash))
+        workflow.upsert_search_attributes(updates)
+        r = self._req
+        lines = [
+            f"**{self._status}** · {r.network} · {r.asset} · amount (base units) {r.amount}",
+            f"to `{r.to_address}`",
+        ]
+        if self._nonce is not None:
+            lines.append(f"nonce {self._nonce}")
+        if self._tx_hash:
+            lines.append(f"tx `{self._tx_hash}`")
+        if self._error:
+            lines.append(f"error `{self._error[0]}`: {self._error[1]}")
+        if self._status == S.NEEDS_ATTENTION:
+            lines.append("Send signal `retry` to resume or `cancel` to stop (before broadcast).")
+        workflow.set_current_details("\n\n".join(lines))
+
+
+class _InsufficientFunds(Exception):
+    pass
