@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from datetime import timedelta
 
 import structlog
 from temporalio.client import Client
@@ -63,6 +64,7 @@ def build_worker(client: Client, engine: Engine, task_queue: str) -> Worker:
         activities=engine.activities,  # type: ignore[arg-type]
         max_concurrent_activities=1000,
         max_concurrent_local_activities=200,
+        graceful_shutdown_timeout=timedelta(seconds=5),
     )
 
 
@@ -85,8 +87,14 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker.started", task_queue=settings.task_queue, networks=list(config.networks))
-    async with worker:
-        await stop.wait()
+    run = asyncio.create_task(worker.run())
+    await stop.wait()
+    try:
+        # Activities are idempotent: whatever is cut short here is retried by another worker.
+        await asyncio.wait_for(worker.shutdown(), timeout=15)
+    except TimeoutError:
+        log.warning("worker.shutdown.timeout")
+    run.cancel()
     await engine.aclose()
     log.info("worker.stopped")
 
