@@ -51,6 +51,8 @@ def create_app(state: AppState | None = None) -> FastAPI:
         redoc_url=None,
         lifespan=lifespan,
     )
+    if state is not None:
+        app.state.engine = state
     install_error_handlers(app)
     app.include_router(withdrawals.router)
     app.include_router(health.router)

@@ -107,13 +107,13 @@ async def record_inclusion(
     w.tx_hash, w.block_number, w.confirmations, w.fee_wei = tx_hash, block_number, confirmations, fee_wei
     w.updated_at = utcnow()
     s.add(w)
-    await s.execute(
+    await s.exec(
         update(TxAttempt)
         .where(col(TxAttempt.withdrawal_id) == withdrawal_id, col(TxAttempt.tx_hash) != tx_hash)
         .where(col(TxAttempt.outcome).in_(["SIGNED", "BROADCAST"]))
         .values(outcome="REPLACED", updated_at=utcnow())
     )
-    await s.execute(
+    await s.exec(
         update(TxAttempt).where(col(TxAttempt.tx_hash) == tx_hash).values(outcome="MINED", updated_at=utcnow())
     )
 
@@ -228,7 +228,7 @@ async def reserve_existing(s: AsyncSession, withdrawal_id: str, cfg: NetworkConf
 
 async def settle_reservations(s: AsyncSession, withdrawal_id: str, state: str) -> int:
     """HELD -> CONSUMED or RELEASED. Only HELD rows move, so a repeat changes nothing."""
-    result: Any = await s.execute(
+    result: Any = await s.exec(
         update(FundReservation)
         .where(col(FundReservation.withdrawal_id) == withdrawal_id, col(FundReservation.state) == "HELD")
         .values(state=state, settled_at=utcnow())
@@ -308,7 +308,7 @@ async def record_attempt(s: AsyncSession, attempt: TxAttempt) -> None:
 
 
 async def mark_attempt(s: AsyncSession, tx_hash: str, outcome: str, error: str | None = None) -> None:
-    await s.execute(
+    await s.exec(
         update(TxAttempt)
         .where(col(TxAttempt.tx_hash) == tx_hash, col(TxAttempt.outcome).in_(["SIGNED", "BROADCAST"]))
         .values(outcome=outcome, error=error, updated_at=utcnow())

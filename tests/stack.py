@@ -1,0 +1,226 @@
+"""Real processes for the tests: a Temporal dev server and one anvil per dev network, on free ports.
+
+Shared by the pytest fixtures and the history generator (tests/histories/make_histories.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_account import Account
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.signer import KeystoreSigner, _Key
+from api.app import create_app
+from api.deps import AppState, TemporalConnector
+from api.ratelimit import RateLimiter
+from devstack import chain, processes
+from devstack.bootstrap import ensure_api_client, migrate
+from models.db import Database
+from settings import EngineConfig, Settings
+from worker import Engine, build_worker
+
+# network -> (chain id, native asset, fee model)
+NETWORKS = {
+    "ethereum": (31337, "ETH", "eip1559"),
+    "bsc": (31338, "BNB", "legacy"),
+    "polygon": (31339, "POL", "eip1559"),
+}
+BLOCK_TIME = 0.5
+CONFIRMATIONS = 3
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    temporal_port: int
+    rpc_urls: dict[str, str]
+    tokens: dict[str, dict[str, str]]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    def start_anvil(self, network: str) -> None:
+        port = int(self.rpc_urls[network].rsplit(":", 1)[1])
+        chain_id = NETWORKS[network][0]
+        proc = processes.start(processes.anvil_command(port, chain_id, block_time=BLOCK_TIME),
+                               self.tmp / f"anvil-{network}.log")
+        processes.wait_for_port(port, proc)
+        self.procs[f"anvil-{network}"] = proc
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            processes.stop(p)
+
+
+def start_stack(tmp: Path) -> Stack:
+    tmp.mkdir(parents=True, exist_ok=True)
+    tport, uiport = processes.free_port(), processes.free_port()
+    stack = Stack(tmp=tmp, temporal_port=tport,
+                  rpc_urls={n: f"http://127.0.0.1:{processes.free_port()}" for n in NETWORKS}, tokens={})
+    t = processes.start(processes.temporal_command(tmp / "temporal.db", tport, uiport), tmp / "temporal.log")
+    stack.procs["temporal"] = t
+    for network in NETWORKS:
+        stack.start_anvil(network)
+    processes.wait_for_port(tport, t, timeout=60)
+    for network, url in stack.rpc_urls.items():
+        chain.wait_for_rpc(url)
+        stack.tokens[network] = chain.deploy_tokens(url)
+    return stack
+
+
+def engine_config(stack: Stack, hot_wallets: list[str], **overrides: Any) -> EngineConfig:
+    limits = {"per_transaction": "1000", "daily_per_user": "5000", "approval_threshold": "100"}
+    token_limits = {"per_transaction": "1000000", "daily_per_user": "5000000", "approval_threshold": "10000"}
+    networks = {}
+    for name, (chain_id, native, fee_model) in NETWORKS.items():
+        networks[name] = {
+            "chain_id": chain_id,
+            "rpc_urls": [stack.rpc_urls[name]],
+            "native_asset": native,
+            "fee_model": fee_model,
+            "required_confirmations": CONFIRMATIONS,
+            "block_time_seconds": BLOCK_TIME,
+            "hot_wallets": hot_wallets,
+            "tokens": {s: {"address": a, "decimals": 6} for s, a in stack.tokens[name].items()},
+            "limits": {native: limits, "USDT": token_limits, "USDC": token_limits},
+        }
+    data: dict[str, Any] = {"networks": networks, "funds_retry_seconds": 1, "approval_timeout_seconds": 3600}
+    data.update(overrides)
+    return EngineConfig.model_validate(data)
+
+
+def new_wallet() -> tuple[str, str]:
+    key = "0x" + secrets.token_hex(32)
+    return Account.from_key(key).address, key
+
+
+async def fund(stack: Stack, wallet: str, *, native: int = 1000 * 10**18, tokens: int = 10_000_000 * 10**6,
+               networks: tuple[str, ...] = tuple(NETWORKS)) -> None:
+    def _do() -> None:
+        hashes = []
+        for n in networks:
+            url = stack.rpc_urls[n]
+            chain.set_balance(url, wallet, native)
+            for address in stack.tokens[n].values():
+                if tokens:
+                    hashes.append((url, chain.mint(url, address, wallet, tokens, wait=False)))
+        for url, h in hashes:
+            w3 = chain.web3_for(url)
+            assert w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.1)["status"] == 1
+
+    await asyncio.to_thread(_do)
+
+
+@dataclass
+class Harness:
+    """One engine under test: its own task queue, hot wallet(s), API client and in-process worker."""
+
+    stack: Stack
+    config: EngineConfig
+    settings: Settings
+    db: Database
+    client: Client
+    engine: Engine
+    http: httpx.AsyncClient
+    api_key: str
+    client_id: str
+    keys: dict[str, str]
+    worker: Worker | None = None
+    _run: asyncio.Task[None] | None = None
+
+    async def start_worker(self) -> None:
+        self.worker = build_worker(self.client, self.engine, self.settings.task_queue)
+        self._run = asyncio.create_task(self.worker.run())
+
+    async def stop_worker(self) -> None:
+        if self.worker is not None:
+            await self.worker.shutdown()
+            self.worker = None
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"X-API-Key": self.api_key, "Idempotency-Key": key or str(uuid.uuid4())}
+
+    async def request(self, body: dict[str, Any], key: str | None = None) -> httpx.Response:
+        return await self.http.post("/withdrawal/request", json=body, headers=self.headers(key))
+
+    async def status(self, withdrawal_id: str) -> dict[str, Any]:
+        r = await self.http.get(f"/withdrawal/status/{withdrawal_id}", headers={"X-API-Key": self.api_key})
+        assert r.status_code == 200, r.text
+        data: dict[str, Any] = r.json()
+        return data
+
+    async def wait_status(self, withdrawal_id: str, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            w = await self.status(withdrawal_id)
+            if w["status"] in statuses:
+                return w
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"withdrawal {withdrawal_id} stuck in {w['status']}: {w}")
+            await asyncio.sleep(0.2)
+
+    def config_file(self) -> Path:
+        path = self.stack.tmp / f"config-{self.settings.task_queue}.json"
+        path.write_text(json.dumps(self.config.model_dump(mode="json"), default=str))
+        return path
+
+
+async def make_harness(stack: Stack, db_url: str, *, wallets: int = 1, fund_wallets: bool = True,
+                       config_overrides: dict[str, Any] | None = None, start_worker: bool = True) -> Harness:
+    generated = [new_wallet() for _ in range(wallets)]
+    keys = dict(generated)
+    if fund_wallets:
+        await asyncio.gather(*(fund(stack, addr) for addr in keys))
+    config = engine_config(stack, list(keys), **(config_overrides or {}))
+    settings = Settings(env="test", database_url=db_url, temporal_address=stack.temporal_address,
+                        task_queue=f"tq-{uuid.uuid4()}", data_dir=stack.tmp)
+    signer = KeystoreSigner({a: _Key(bytes.fromhex(k[2:])) for a, k in keys.items()})
+    engine = Engine(settings, config, signer)
+    await engine.start()
+    client = await Client.connect(stack.temporal_address)
+    db = Database(db_url)
+    api_key = "we_test_" + secrets.token_hex(16)
+    client_id = await ensure_api_client(db, api_key, name="test")
+    state = AppState(settings=settings, config=config, db=db, temporal=TemporalConnector(settings, client),
+                     limiter=RateLimiter())
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(state)), base_url="http://engine")
+    h = Harness(stack=stack, config=config, settings=settings, db=db, client=client, engine=engine, http=http,
+                api_key=api_key, client_id=client_id, keys=keys)
+    if start_worker:
+        await h.start_worker()
+    return h
+
+
+async def close_harness(h: Harness) -> None:
+    await h.stop_worker()
+    await h.http.aclose()
+    await h.engine.aclose()
+    await h.db.dispose()
+
+
+def new_sqlite_db(tmp: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp / f'engine-{uuid.uuid4().hex[:8]}.db'}"
+    migrate(url)
+    return url
+
+
+def native_body(network: str, to: str, amount: str = "0.5", **kw: Any) -> dict[str, Any]:
+    return {"user_id": "user-1", "network": network, "asset": NETWORKS[network][1], "to_address": to,
+            "amount": amount, **kw}
+
+
+def units(amount: str, decimals: int) -> int:
+    return int(Decimal(amount).scaleb(decimals))
