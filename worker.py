@@ -71,6 +71,7 @@ def build_worker(client: Client, engine: Engine, task_queue: str) -> Worker:
 async def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
+    log.info("worker.boot", env=settings.env)
     config = settings.engine_config
     signer = await asyncio.to_thread(
         KeystoreSigner.from_dir, settings.keystore_path, settings.keystore_password.get_secret_value()
@@ -79,6 +80,7 @@ async def main() -> None:
     if missing:
         log.warning("worker.keystore.missing_keys", hot_wallets=missing)
     engine = Engine(settings, config, signer)
+    log.info("worker.starting", task_queue=settings.task_queue, hot_wallets=len(signer.addresses))
     await engine.start()
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
     worker = build_worker(client, engine, settings.task_queue)

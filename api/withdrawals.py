@@ -11,7 +11,11 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
-from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
@@ -207,7 +211,7 @@ async def submit(state: AppState, client: ApiClient, key: str, body: WithdrawalB
         if existing is None:
             raise ServiceUnavailable("withdrawal state unavailable", headers={"Retry-After": "5"}) from e
         return _replay(existing, fp, state.config)
-    except (RPCError, TimeoutError) as e:
+    except (RPCError, TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as e:
         log.warning("api.submit.temporal_unavailable", withdrawal_id=wid, error_type=type(e).__name__)
         raise ServiceUnavailable("workflow service unavailable; retry with the same Idempotency-Key",
                                  headers={"Retry-After": "5"}) from e

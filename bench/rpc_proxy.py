@@ -48,7 +48,9 @@ def proxied_config(config_file: Path, network: str, out_dir: Path) -> tuple[Path
     upstream = str(nets[network]["rpc_urls"][0])
     parts = urlsplit(upstream)
     if parts.hostname not in ("127.0.0.1", PROXY_HOST) or parts.port is None:
-        raise SystemExit(f"error: --rpc-proxy needs a local anvil URL like http://127.0.0.1:8545, got {upstream}")
+        raise SystemExit(
+            f"error: --rpc-proxy needs a local anvil URL (http://127.0.0.1:PORT), got {upstream}"
+        )
     upstream = f"http://127.0.0.1:{parts.port}"
     proxy_url = f"http://{PROXY_HOST}:{parts.port}"
     nets[network]["rpc_urls"] = [proxy_url]
@@ -72,11 +74,15 @@ class CountingProxy:
         self.host, self.port = parts.hostname or PROXY_HOST, parts.port or 8545
         self.upstream = upstream
         self.calls: Counter[str] = Counter()
-        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-                                       timeout=30)
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100), timeout=30
+        )
         app = Starlette(routes=[Route("/{path:path}", self._forward, methods=["POST", "GET"])])
-        self._server = _QuietServer(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
-                                                   access_log=False, lifespan="off"))
+        self._server = _QuietServer(
+            uvicorn.Config(
+                app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off"
+            )
+        )
         self._task: asyncio.Task[None] | None = None
 
     def total(self) -> int:
@@ -95,9 +101,12 @@ class CountingProxy:
         body = await request.body()
         self._count(body)
         try:
-            r = await self._http.request(request.method, self.upstream + request.url.path, content=body,
-                                         headers={"content-type": request.headers.get("content-type",
-                                                                                     "application/json")})
+            r = await self._http.request(
+                request.method,
+                self.upstream + request.url.path,
+                content=body,
+                headers={"content-type": request.headers.get("content-type", "application/json")},
+            )
         except httpx.HTTPError as e:
             return Response(f"upstream unavailable: {e}", status_code=502)
         return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))

@@ -186,7 +186,7 @@ async def make_harness(stack: Stack, db_url: str, *, wallets: int = 1, fund_wall
         await asyncio.gather(*(fund(stack, addr) for addr in keys))
     config = engine_config(stack, list(keys), **(config_overrides or {}))
     settings = Settings(env="test", database_url=db_url, temporal_address=stack.temporal_address,
-                        task_queue=f"tq-{uuid.uuid4()}", data_dir=stack.tmp)
+                        task_queue=f"tq-{uuid.uuid4()}", data_dir=stack.tmp, rate_limit_per_minute=1_000_000)
     signer = KeystoreSigner({a: _Key(bytes.fromhex(k[2:])) for a, k in keys.items()})
     engine = Engine(settings, config, signer)
     await engine.start()

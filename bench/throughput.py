@@ -1,0 +1,619 @@
+"""End-to-end throughput of the running stack, and the bare-Temporal ceiling on the same server.
+
+    .venv/bin/python bench/throughput.py [--n 200] [--concurrency 50] [--network ethereum]
+        [--asset ETH] [--credentials .data/dev-credentials.json] [--rpc-proxy] [--no-ceiling]
+
+Needs `make run` (for unthrottled figures: `WE_RATE_LIMIT_PER_MINUTE=1000000 make run`, since the dev API
+key's default limit of 600 requests/min counts status polls too). Prints one `name: value` line per
+figure (DESIGN §7); see docs/benchmarks.md for what each one means and how it is measured.
+
+Phase 1 drives N withdrawals through the REST API: `POST /withdrawal/request` with at most
+`--concurrency` POSTs in flight, then `GET /withdrawal/status/{id}` until each is terminal.
+Phase 2 (the ceiling) starts N `bench.noop_workflow.NoopWithdrawalWorkflow`s by update-with-start with
+the same concurrency, on the same Temporal server, served by a worker in this process on its own task
+queue; each runs the same mix of no-op activities as a happy-path native withdrawal (8 local, 2 regular).
+
+Exit status: 0 when every withdrawal was accepted and CONFIRMED (and the ceiling ran), 1 when some
+were not, 2 when the stack is not reachable or the bench is misused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import secrets
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make `bench.*` importable (the sandbox re-imports it)
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from eth_utils import to_checksum_address  # noqa: E402
+from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
+from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
+
+from bench.noop_workflow import LOCAL, REGULAR, WITHDRAWAL_HAPPY_PATH, NoopInput, NoopWithdrawalWorkflow, noop  # noqa: E402
+from bench.rpc_proxy import CountingProxy, proxied_config  # noqa: E402
+
+TERMINAL = frozenset({"CONFIRMED", "REJECTED", "CANCELLED", "FAILED"})
+BROADCAST_OR_LATER = frozenset({"BROADCAST", "CONFIRMING", "CONFIRMED"})
+
+
+class BenchError(Exception):
+    """A setup problem reported as one clear line (exit status 2)."""
+
+
+def figure(name: str, value: object) -> None:
+    if isinstance(value, float):
+        value = f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    sys.stdout.write(f"{name}: {value}\n")
+    sys.stdout.flush()
+
+
+def note(message: str) -> None:
+    sys.stderr.write(f"# {message}\n")
+    sys.stderr.flush()
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (p99 of 10 samples is the largest)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def counts(items: Iterable[object]) -> str:
+    c = Counter(str(i) for i in items)
+    return " ".join(f"{k}={v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
+
+
+def server_time(iso: str | None) -> float | None:
+    """The API's timestamps are naive UTC with a `Z` suffix; same machine, same clock as ours."""
+    if not iso:
+        return None
+    try:
+        ts = datetime.fromisoformat(iso.removesuffix("Z"))
+    except ValueError:
+        return None
+    return ts.replace(tzinfo=UTC).timestamp()
+
+
+# --- the stack's processes: CPU seconds from /proc ------------------------------------------------
+
+
+def _proc_cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _proc_ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def stack_processes(api_port: int, rpc_port: int | None) -> dict[str, int]:
+    """The children of the `make run` supervisor serving `api_port`: worker, api, temporal, anvil."""
+    if not Path("/proc").is_dir():
+        return {}
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    supervisors = {p for p in pids if "devstack.run" in _proc_cmdline(p)}
+    by_parent: dict[int, dict[str, int]] = {}
+    for pid in pids:
+        parent = _proc_ppid(pid)
+        if parent not in supervisors:
+            continue
+        assert parent is not None
+        cmd = _proc_cmdline(pid)
+        joined = " ".join(cmd)
+        found = by_parent.setdefault(parent, {})
+        if any(c.endswith("worker.py") for c in cmd):
+            found["worker"] = pid
+        elif "uvicorn" in joined and str(api_port) in cmd:
+            found["api"] = pid
+        elif "start-dev" in cmd:
+            found["temporal"] = pid
+        elif "anvil" in joined and rpc_port is not None and str(rpc_port) in cmd:
+            found["anvil"] = pid
+    for found in by_parent.values():
+        if "api" in found:
+            return found
+    return {}
+
+
+class CpuMeter:
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.bench_start = sum(os.times()[:2])
+        self.t0 = time.monotonic()
+
+    def report(self, prefix: str = "") -> None:
+        elapsed = time.monotonic() - self.t0
+        if elapsed <= 0:
+            return
+        for name, pid in self.pids.items():
+            before, after = self.start.get(name), cpu_seconds(pid)
+            if before is not None and after is not None:
+                used = after - before
+                figure(
+                    f"{prefix}cpu_cores_{name}", f"{used / elapsed:.2f} ({used:.1f} s over {elapsed:.1f} s)"
+                )
+        used = sum(os.times()[:2]) - self.bench_start
+        figure(f"{prefix}cpu_cores_bench", f"{used / elapsed:.2f} ({used:.1f} s over {elapsed:.1f} s)")
+
+
+# --- phase 1: withdrawals through the REST API ----------------------------------------------------
+
+
+class RateGate:
+    """Spaces requests at most `rate` per second (the status polls), first come first served."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.next = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            at = max(now, self.next)
+            self.next = at + self.interval
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+@dataclass
+class Track:
+    """What the bench saw of one withdrawal. Times are `time.time()` seconds."""
+
+    index: int
+    key: str
+    id: str | None = None
+    http_status: int | None = None
+    post_started: float = 0.0
+    post_returned: float = 0.0
+    post_status: str | None = None
+    status: str | None = None
+    broadcast_seen: float | None = None
+    broadcast_gap: float | None = None  # how long before `broadcast_seen` we last looked
+    terminal_seen: float | None = None
+    terminal_at: float | None = None  # the row's updated_at when it turned terminal
+    last_look: float = 0.0
+    error: str | None = None
+
+    def observe(self, w: dict[str, Any], now: float) -> None:
+        self.status = str(w.get("status"))
+        if self.broadcast_seen is None and self.status in BROADCAST_OR_LATER:
+            self.broadcast_seen = now
+            self.broadcast_gap = now - self.last_look
+        if self.terminal_seen is None and self.status in TERMINAL:
+            self.terminal_seen = now
+            self.terminal_at = server_time(w.get("updated_at")) or now
+        self.last_look = now
+
+
+class EngineRun:
+    def __init__(self, args: argparse.Namespace, creds: dict[str, Any]) -> None:
+        self.args = args
+        self.api = str(creds["api_url"]).rstrip("/")
+        self.api_key = str(creds["api_key"])
+        self.run_id = uuid.uuid4().hex[:10]
+        self.deadline = 0.0
+        self.post_gate = asyncio.Semaphore(args.concurrency)
+        self.poll_gate = RateGate(args.poll_rps)
+        self.http_codes: Counter[str] = Counter()
+        self.status_gets = 0
+        self.http: httpx.AsyncClient | None = None
+        self.confirmed_per_s: float | None = None
+
+    async def _send(self, method: str, url: str, **kw: Any) -> httpx.Response | None:
+        """One request; waits out 429/503 (Retry-After) and transport errors until the deadline."""
+        assert self.http is not None
+        while time.monotonic() < self.deadline:
+            try:
+                r = await self.http.request(method, url, **kw)
+            except httpx.HTTPError as e:
+                self.http_codes[type(e).__name__] += 1
+                await asyncio.sleep(1.0)
+                continue
+            if r.status_code in (429, 503):
+                self.http_codes[str(r.status_code)] += 1
+                try:
+                    wait = float(r.headers.get("Retry-After", "1"))
+                except ValueError:
+                    wait = 1.0
+                await asyncio.sleep(min(max(wait, 0.2), max(0.0, self.deadline - time.monotonic())))
+                continue
+            return r
+        return None
+
+    def _body(self, i: int) -> dict[str, str]:
+        return {
+            "user_id": f"bench-{self.run_id}",
+            "network": self.args.network,
+            "asset": self.args.asset,
+            "to_address": to_checksum_address("0x" + secrets.token_hex(20)),
+            "amount": self.args.amount,
+            "client_reference": f"bench-{self.run_id}-{i}",
+        }
+
+    async def _drive(self, t: Track) -> None:
+        headers = {"X-API-Key": self.api_key, "Idempotency-Key": t.key}
+        async with self.post_gate:
+            t.post_started = t.last_look = time.time()
+            r = await self._send(
+                "POST", f"{self.api}/withdrawal/request", json=self._body(t.index), headers=headers
+            )
+            t.post_returned = time.time()
+        if r is None:
+            t.error = "POST timed out"
+            return
+        t.http_status = r.status_code
+        if r.status_code not in (200, 201):
+            t.error = f"HTTP {r.status_code}: {r.text[:200]}"
+            if r.status_code == 401:
+                raise BenchError(f"the API refused the key in the credentials file (401): {r.text[:200]}")
+            return
+        w = r.json()
+        t.id, t.post_status = str(w["id"]), str(w["status"])
+        t.observe(w, t.post_returned)
+        url = f"{self.api}/withdrawal/status/{t.id}"
+        get_headers = {"X-API-Key": self.api_key}
+        while t.status not in TERMINAL and time.monotonic() < self.deadline:
+            early = t.broadcast_seen is None
+            await asyncio.sleep(self.args.poll_interval if early else self.args.poll_interval_after)
+            await self.poll_gate.wait()
+            self.status_gets += 1
+            r = await self._send("GET", url, headers=get_headers)
+            now = time.time()
+            if r is None:
+                break
+            if r.status_code != 200:
+                t.error = f"status HTTP {r.status_code}: {r.text[:200]}"
+                continue
+            t.observe(r.json(), now)
+        if t.status not in TERMINAL and t.error is None:
+            t.error = f"not terminal after --timeout ({t.status})"
+
+    async def run(self, proxy: CountingProxy | None, pids: dict[str, int]) -> bool:
+        a = self.args
+        self.deadline = time.monotonic() + a.timeout
+        tracks = [Track(index=i, key=f"bench-{self.run_id}-{i}") for i in range(a.n)]
+        limits = httpx.Limits(
+            max_connections=a.concurrency + 32, max_keepalive_connections=a.concurrency + 32
+        )
+        rpc_before = Counter(proxy.calls) if proxy else Counter()
+        meter = CpuMeter(pids)
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as self.http:
+            await asyncio.gather(*(self._drive(t) for t in tracks))
+        rpc_used = (Counter(proxy.calls) - rpc_before) if proxy else None
+        self._report(tracks, rpc_used)
+        meter.report()
+        if "worker" in pids and (rss := rss_mb(pids["worker"])) is not None:
+            figure("worker_rss_mb", f"{rss:.0f}")
+        return all(t.status == "CONFIRMED" for t in tracks)
+
+    def _report(self, tracks: list[Track], rpc_used: Counter[str] | None) -> None:
+        accepted = [t for t in tracks if t.http_status in (200, 201)]
+        confirmed = [t for t in tracks if t.status == "CONFIRMED"]
+        first_post = min(t.post_started for t in tracks)
+        figure("submitted", len(tracks))
+        figure("accepted", len(accepted))
+        if len(accepted) < len(tracks):
+            figure("refused", counts(t.error for t in tracks if t.http_status not in (200, 201)))
+        if accepted:
+            post_span = max(t.post_returned for t in accepted) - first_post
+            figure("accepted_per_s", len(accepted) / post_span if post_span > 0 else float("nan"))
+            figure("post_p50_s", percentile([t.post_returned - t.post_started for t in accepted], 50))
+            figure("post_p99_s", percentile([t.post_returned - t.post_started for t in accepted], 99))
+            figure("post_answered_status", counts(t.post_status for t in accepted))
+        to_broadcast = [t.broadcast_seen - t.post_started for t in accepted if t.broadcast_seen is not None]
+        figure("post_to_broadcast_p50_s", percentile(to_broadcast, 50))
+        figure("post_to_broadcast_p99_s", percentile(to_broadcast, 99))
+        figure(
+            "broadcast_observation_gap_p50_s",
+            percentile([t.broadcast_gap for t in accepted if t.broadcast_gap is not None], 50),
+        )
+        figure("confirmed", len(confirmed))
+        if confirmed:
+            last = max(t.terminal_at or 0.0 for t in confirmed)
+            self.confirmed_per_s = len(confirmed) / (last - first_post) if last > first_post else float("nan")
+            figure("confirmed_per_s", self.confirmed_per_s)
+            figure("first_post_to_last_confirmed_s", last - first_post)
+            to_confirmed = [(t.terminal_at or 0.0) - t.post_started for t in confirmed]
+            figure("post_to_confirmed_p50_s", percentile(to_confirmed, 50))
+            figure("post_to_confirmed_p99_s", percentile(to_confirmed, 99))
+        figure("final_statuses", counts(t.status for t in accepted))
+        if len(confirmed) < len(accepted):
+            figure("errors", counts(t.error for t in accepted if t.status != "CONFIRMED"))
+        figure("status_gets", self.status_gets)
+        figure("http_retried", " ".join(f"{k}={v}" for k, v in self.http_codes.most_common()) or "none")
+        if self.http_codes.get("429"):
+            note(
+                "the API rate-limited the bench (429): figures are bounded by WE_RATE_LIMIT_PER_MINUTE, "
+                "not by the engine; restart the stack with WE_RATE_LIMIT_PER_MINUTE=1000000 make run"
+            )
+        if rpc_used is None:
+            figure("rpc_calls_per_confirmed", "n/a (needs --rpc-proxy, see docs/benchmarks.md)")
+        else:
+            total = sum(rpc_used.values())
+            figure("rpc_calls", total)
+            figure("rpc_calls_per_confirmed", total / len(confirmed) if confirmed else float("nan"))
+            figure("rpc_calls_by_method", " ".join(f"{m}={c}" for m, c in rpc_used.most_common()) or "none")
+
+
+# --- phase 2: the ceiling --------------------------------------------------------------------------
+
+
+async def run_ceiling(client: Client, n: int, concurrency: int, limit_s: float) -> tuple[float, float]:
+    """N no-op withdrawals on their own task queue; returns (starts/s, completed workflows/s)."""
+    kinds = [kind for _, kind in WITHDRAWAL_HAPPY_PATH]
+    task_queue = f"bench-ceiling-{uuid.uuid4().hex[:10]}"
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> tuple[float, float, float]:
+        op = WithStartWorkflowOperation(
+            NoopWithdrawalWorkflow.run,
+            NoopInput(kinds=kinds),
+            id=f"{task_queue}-{i}",
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        async with gate:
+            started = time.time()
+            await client.execute_update_with_start_workflow(
+                NoopWithdrawalWorkflow.submit, start_workflow_operation=op
+            )
+            answered = time.time()
+        handle = await op.workflow_handle()
+        await handle.result()
+        return started, answered, time.time()
+
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[NoopWithdrawalWorkflow],
+        activities=[noop],
+        max_concurrent_activities=1000,  # as worker.py
+        max_concurrent_local_activities=200,
+    )
+    async with worker:
+        times = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), limit_s)
+    first = min(s for s, _, _ in times)
+    accepted = n / (max(a for _, a, _ in times) - first)
+    completed = n / (max(d for _, _, d in times) - first)
+    figure(
+        "ceiling_activities_per_workflow",
+        f"{kinds.count(LOCAL)} local + {kinds.count(REGULAR)} regular (as a happy-path native withdrawal)",
+    )
+    figure("ceiling_accepted_per_s", accepted)
+    figure("ceiling_workflow_p50_s", percentile([d - s for s, _, d in times], 50))
+    return accepted, completed
+
+
+# --- setup -----------------------------------------------------------------------------------------
+
+
+def load_credentials(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise BenchError(f"no credentials at {path}: start the stack with `make run` (it writes that file)")
+    try:
+        creds: dict[str, Any] = json.loads(path.read_text())
+    except ValueError as e:
+        raise BenchError(f"{path} is not JSON: {e}") from e
+    for key in ("api_url", "api_key", "temporal_address", "networks"):
+        if key not in creds:
+            raise BenchError(f"{path} has no {key!r}: was it written by `make run`?")
+    return creds
+
+
+async def api_healthy(api_url: str) -> tuple[bool, str]:
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            r = await http.get(f"{api_url.rstrip('/')}/health")
+    except httpx.HTTPError as e:
+        return False, f"{type(e).__name__}: {e}"
+    return r.status_code == 200, f"HTTP {r.status_code}: {r.text[:200]}"
+
+
+async def check_stack(creds: dict[str, Any], path: Path, args: argparse.Namespace) -> None:
+    ok, why = await api_healthy(creds["api_url"])
+    if not ok:
+        raise BenchError(
+            f"the engine API at {creds['api_url']} is not up ({why}). Start the stack with "
+            f"`make run` and wait for its banner ({path} is from the last start)."
+        )
+    net = creds["networks"].get(args.network)
+    if net is None:
+        served = ", ".join(creds["networks"])
+        raise BenchError(f"network {args.network!r} is not served by the stack (it has {served})")
+    if args.asset != net.get("native_asset") and args.asset not in net.get("tokens", {}):
+        raise BenchError(f"asset {args.asset!r} is not on {args.network}")
+
+
+async def wait_for_proxied_stack(
+    path: Path, args: argparse.Namespace, proxy_url: str, config: Path
+) -> dict[str, Any]:
+    """In --rpc-proxy mode, wait until a stack started with the proxied config is healthy."""
+    told = False
+    deadline = time.monotonic() + args.wait_stack
+    while time.monotonic() < deadline:
+        try:
+            creds = json.loads(await asyncio.to_thread(path.read_text))
+            rpc_url = creds["networks"][args.network]["rpc_url"]
+        except (OSError, ValueError, KeyError):
+            creds, rpc_url = None, None
+        healthy = creds is not None and (await api_healthy(creds["api_url"]))[0]
+        if healthy and rpc_url == proxy_url:
+            assert creds is not None
+            return creds
+        if not told:
+            stop = (
+                (
+                    "A stack is running that talks to anvil directly: stop it first "
+                    "(Ctrl-C in its terminal, or `pkill -INT -f devstack.run`), then start it as below.\n"
+                )
+                if healthy
+                else ""
+            )
+            note(
+                f"RPC proxy listening on {proxy_url}, counting {args.network} calls.\n{stop}"
+                f"# Start the stack with:  WE_CONFIG_FILE={config} make run\n"
+                f"# Waiting up to {args.wait_stack:.0f} s for it."
+            )
+            told = True
+        await asyncio.sleep(1.0)
+    raise BenchError(f"no stack using the RPC proxy within --wait-stack {args.wait_stack:.0f} s")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--n", type=int, default=200, help="withdrawals (and ceiling workflows) to run")
+    p.add_argument("--concurrency", type=int, default=50, help="POSTs (and ceiling starts) in flight at most")
+    p.add_argument("--network", default="ethereum")
+    p.add_argument("--asset", default="ETH")
+    p.add_argument("--amount", default="0.001", help="decimal string in the asset's units")
+    p.add_argument("--credentials", type=Path, default=ROOT / ".data" / "dev-credentials.json")
+    p.add_argument("--timeout", type=float, default=600.0, help="overall limit per phase, seconds")
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.1,
+        help="seconds between status reads of a withdrawal before BROADCAST is seen",
+    )
+    p.add_argument(
+        "--poll-interval-after",
+        type=float,
+        default=1.0,
+        help="seconds between status reads after BROADCAST (the CONFIRMED time comes from updated_at)",
+    )
+    p.add_argument(
+        "--poll-rps", type=float, default=50.0, help="status reads per second at most, all together"
+    )
+    p.add_argument("--no-ceiling", action="store_true", help="skip the bare-Temporal ceiling")
+    p.add_argument(
+        "--rpc-proxy",
+        action="store_true",
+        help="count JSON-RPC calls: start a counting proxy, print how to start the stack "
+        "through it, wait for it, then run (see bench/rpc_proxy.py)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "config" / "dev.toml",
+        help="network config to copy for --rpc-proxy",
+    )
+    p.add_argument(
+        "--wait-stack", type=float, default=900.0, help="--rpc-proxy: seconds to wait for the stack"
+    )
+    args = p.parse_args(argv)
+    if args.n < 1 or args.concurrency < 1 or args.poll_rps <= 0:
+        p.error("--n, --concurrency and --poll-rps must be positive")
+    return args
+
+
+async def main(args: argparse.Namespace) -> int:
+    proxy: CountingProxy | None = None
+    try:
+        if args.rpc_proxy:
+            config, proxy_url, upstream = proxied_config(args.config, args.network, ROOT / ".data" / "bench")
+            proxy = CountingProxy(proxy_url, upstream)
+            await proxy.start()
+            creds = await wait_for_proxied_stack(args.credentials, args, proxy_url, config)
+        else:
+            creds = load_credentials(args.credentials)
+        await check_stack(creds, args.credentials, args)
+        try:
+            client = await asyncio.wait_for(
+                Client.connect(
+                    creds["temporal_address"], namespace=creds.get("temporal_namespace", "default")
+                ),
+                10,
+            )
+        except Exception as e:
+            raise BenchError(f"cannot reach Temporal at {creds['temporal_address']}: {e}") from e
+
+        rpc_port = urlsplit(str(creds["networks"][args.network].get("rpc_url", ""))).port
+        pids = stack_processes(urlsplit(creds["api_url"]).port or 80, rpc_port)
+        net = creds["networks"][args.network]
+        for name, value in (
+            ("n", args.n),
+            ("concurrency", args.concurrency),
+            ("network", args.network),
+            ("asset", args.asset),
+            ("amount", args.amount),
+            ("required_confirmations", net.get("required_confirmations")),
+        ):
+            figure(name, value)
+        engine = EngineRun(args, creds)
+        all_confirmed = await engine.run(proxy, pids)
+        if proxy is not None:
+            note(
+                "the stack's RPC for this network goes through this process's proxy, which stops now: "
+                "stop the stack too (pkill -INT -f devstack.run)"
+            )
+            await proxy.stop()
+            proxy = None
+        if args.no_ceiling:
+            return 0 if all_confirmed else 1
+
+        meter = CpuMeter({k: v for k, v in pids.items() if k == "temporal"})
+        _, ceiling = await run_ceiling(client, args.n, args.concurrency, args.timeout)
+        figure("ceiling_workflows_per_s", ceiling)
+        meter.report("ceiling_")
+        if engine.confirmed_per_s is not None:
+            figure("ratio_confirmed_to_ceiling", engine.confirmed_per_s / ceiling)
+        return 0 if all_confirmed else 1
+    finally:
+        if proxy is not None:
+            await proxy.stop()
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(asyncio.run(main(parse_args())))
+    except BenchError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

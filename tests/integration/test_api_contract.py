@@ -1,0 +1,191 @@
+"""Every bad input of DESIGN §6 gets its code, never a 5xx; auth and idempotency semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+from models.tables import ApiClient
+from tests.stack import Harness, native_body, new_wallet
+
+DEAD = "0x000000000000000000000000000000000000dEaD"
+
+
+def _body(**kw: object) -> dict[str, object]:
+    b: dict[str, object] = {"user_id": "u-1", "network": "ethereum", "asset": "ETH", "to_address": DEAD,
+                            "amount": "0.01"}
+    b.update(kw)
+    return {k: v for k, v in b.items() if v is not None}
+
+
+def _err(r, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        (_body(to_address="0x123"), "INVALID_ADDRESS", "to_address"),
+        (_body(to_address="0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"), "INVALID_ADDRESS", "to_address"),
+        (_body(to_address=12345), "INVALID_ADDRESS", "to_address"),
+        (_body(amount="0"), "INVALID_AMOUNT", "amount"),
+        (_body(amount="-1"), "INVALID_AMOUNT", "amount"),
+        (_body(amount="abc"), "INVALID_AMOUNT", "amount"),
+        (_body(amount="1e3"), "INVALID_AMOUNT", "amount"),
+        (_body(amount=1.5), "INVALID_AMOUNT", "amount"),
+        (_body(asset="USDT", amount="1.0000001"), "INVALID_AMOUNT", "amount"),
+        (_body(amount="9" * 90), "INVALID_AMOUNT", "amount"),
+        (_body(network="bitcoin"), "UNSUPPORTED_NETWORK", "network"),
+        (_body(asset="DOGE"), "UNSUPPORTED_ASSET", "asset"),
+        (_body(network="bsc", asset="ETH"), "UNSUPPORTED_ASSET", "asset"),
+        (_body(amount="1001"), "LIMIT_EXCEEDED", "amount"),
+        (_body(user_id=None), "VALIDATION_ERROR", "user_id"),
+        (_body(user_id=7), "VALIDATION_ERROR", "user_id"),
+        (_body(user_id="   "), "VALIDATION_ERROR", "user_id"),
+        (_body(amount=None), "VALIDATION_ERROR", "amount"),
+        (_body(client_reference="x" * 300), "VALIDATION_ERROR", "client_reference"),
+    ],
+)
+async def test_refusals_have_their_codes(harness: Harness, body: dict, code: str, field: str) -> None:
+    err = _err(await harness.request(body), 422, code)
+    assert err.get("field") == field
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[]", b"null", b'{"user_id": "u"'])
+async def test_malformed_bodies_are_validation_errors(harness: Harness, raw: bytes) -> None:
+    r = await harness.http.post("/withdrawal/request", content=raw,
+                                headers={**harness.headers(), "Content-Type": "application/json"})
+    _err(r, 422, "VALIDATION_ERROR")
+
+
+async def test_idempotency_key_is_required_and_bounded(harness: Harness) -> None:
+    r = await harness.http.post("/withdrawal/request", json=_body(), headers={"X-API-Key": harness.api_key})
+    _err(r, 400, "MISSING_IDEMPOTENCY_KEY")
+    r = await harness.http.post("/withdrawal/request", json={"garbage": True}, headers={"X-API-Key": harness.api_key})
+    _err(r, 400, "MISSING_IDEMPOTENCY_KEY")
+    _err(await harness.request(_body(), key="k" * 256), 422, "VALIDATION_ERROR")
+
+
+async def test_every_bad_key_gets_the_same_401(harness: Harness) -> None:
+    revoked_key, expired_key = "we_revoked_" + uuid.uuid4().hex, "we_expired_" + uuid.uuid4().hex
+    from devstack.bootstrap import ensure_api_client
+
+    revoked = await ensure_api_client(harness.db, revoked_key, name="revoked")
+    expired = await ensure_api_client(harness.db, expired_key, name="expired")
+    async with harness.db.transaction() as s:
+        await s.exec(update(ApiClient).where(ApiClient.id == revoked).values(active=False))  # type: ignore[call-overload,arg-type]
+        await s.exec(update(ApiClient).where(ApiClient.id == expired)  # type: ignore[call-overload,arg-type]
+                     .values(expires_at=datetime.utcnow() - timedelta(seconds=1)))  # noqa: DTZ003
+    bodies = []
+    for key in (None, "", "we_unknown", revoked_key, expired_key, "x" * 500):
+        headers = {"Idempotency-Key": "k1"} | ({"X-API-Key": key} if key is not None else {})
+        for r in (await harness.http.post("/withdrawal/request", json=_body(), headers=headers),
+                  await harness.http.get(f"/withdrawal/status/{uuid.uuid4()}", headers=headers)):
+            assert r.status_code == 401
+            bodies.append(r.json())
+    assert all(b == bodies[0] for b in bodies) and bodies[0]["error"]["code"] == "UNAUTHORIZED"
+
+
+async def test_read_only_key_is_forbidden_to_request(harness: Harness) -> None:
+    from devstack.bootstrap import ensure_api_client
+
+    key = "we_ro_" + uuid.uuid4().hex
+    await ensure_api_client(harness.db, key, name="ro", scopes="withdrawals:read")
+    r = await harness.http.post("/withdrawal/request", json=_body(), headers={"X-API-Key": key, "Idempotency-Key": "a"})
+    _err(r, 403, "FORBIDDEN")
+
+
+async def test_rate_limit_answers_429_with_retry_after(harness: Harness) -> None:
+    from devstack.bootstrap import ensure_api_client
+
+    key = "we_rl_" + uuid.uuid4().hex
+    await ensure_api_client(harness.db, key, name="rl", rate_limit_per_minute=3)
+    codes = []
+    for _ in range(5):
+        r = await harness.http.get("/withdrawal/queue/status", headers={"X-API-Key": key})
+        codes.append(r.status_code)
+    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+    assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["code"] == "RATE_LIMITED"
+
+
+async def test_status_of_unknown_or_foreign_withdrawal_is_404(harness: Harness) -> None:
+    to, _ = new_wallet()
+    r = await harness.request(native_body("ethereum", to, "0.01"))
+    assert r.status_code == 201
+    wid = r.json()["id"]
+    from devstack.bootstrap import ensure_api_client
+
+    other = "we_other_" + uuid.uuid4().hex
+    await ensure_api_client(harness.db, other, name="other")
+    for path, key in ((f"/withdrawal/status/{wid}", other), (f"/withdrawal/status/{uuid.uuid4()}", harness.api_key),
+                      ("/withdrawal/status/not-a-uuid", harness.api_key)):
+        _err(await harness.http.get(path, headers={"X-API-Key": key}), 404, "NOT_FOUND")
+    await harness.wait_status(wid, {"CONFIRMED"})
+
+
+async def test_same_key_same_body_is_the_same_withdrawal_and_different_body_is_409(harness: Harness) -> None:
+    to, _ = new_wallet()
+    body = native_body("polygon", to, "0.3")
+    key = f"idem-{uuid.uuid4()}"
+    first = await harness.request(body, key)
+    assert first.status_code == 201, first.text
+    again = await harness.request(body, key)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    _err(await harness.request(body | {"amount": "0.31"}, key), 409, "IDEMPOTENCY_KEY_REUSED")
+    done = await harness.wait_status(first.json()["id"], {"CONFIRMED"})
+    # After the workflow has finished, the record still answers replays.
+    late = await harness.request(body, key)
+    assert late.status_code == 200 and late.json()["id"] == done["id"] and late.json()["status"] == "CONFIRMED"
+    _err(await harness.request(body | {"to_address": new_wallet()[0]}, key), 409, "IDEMPOTENCY_KEY_REUSED")
+    # Exactly one payment.
+    from devstack import processes
+
+    bal = int(processes.rpc(harness.stack.rpc_urls["polygon"], "eth_getBalance", [to, "latest"]), 16)  # type: ignore[arg-type]
+    assert bal == 3 * 10**17
+
+
+async def test_concurrent_replays_of_one_key_create_one_withdrawal(harness: Harness) -> None:
+    to, _ = new_wallet()
+    body = native_body("bsc", to, "0.2")
+    key = f"race-{uuid.uuid4()}"
+    bad = body | {"amount": "0.21"}
+    rs = await asyncio.gather(*(harness.request(bad if i % 5 == 4 else body, key) for i in range(10)))
+    ok = [r for r in rs if r.status_code in (200, 201)]
+    conflicts = [r for r in rs if r.status_code == 409]
+    assert len(ok) + len(conflicts) == 10, [r.text for r in rs]
+    assert {r.json()["id"] for r in ok} and len({r.json()["id"] for r in ok}) == 1
+    assert sum(r.status_code == 201 for r in ok) == 1
+    await harness.wait_status(ok[0].json()["id"], {"CONFIRMED"})
+    from devstack import processes
+
+    bal = int(processes.rpc(harness.stack.rpc_urls["bsc"], "eth_getBalance", [to, "latest"]), 16)  # type: ignore[arg-type]
+    assert bal == 2 * 10**17
+
+
+async def test_daily_limit_is_a_422_and_replays_answer_the_same(harness: Harness) -> None:
+    to, _ = new_wallet()
+    user = f"whale-{uuid.uuid4()}"
+    for i in range(5):
+        r = await harness.request(native_body("ethereum", to, "1000", user_id=user), f"d{i}-{user}")
+        assert r.status_code == 201, r.text
+    key = f"d5-{user}"
+    over = await harness.request(native_body("ethereum", to, "1", user_id=user), key)
+    _err(over, 422, "LIMIT_EXCEEDED")
+    _err(await harness.request(native_body("ethereum", to, "1", user_id=user), key), 422, "LIMIT_EXCEEDED")
+
+
+async def test_health_and_queue_status(harness: Harness) -> None:
+    r = await harness.http.get("/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    q = await harness.http.get("/withdrawal/queue/status", headers={"X-API-Key": harness.api_key})
+    assert q.status_code == 200 and set(q.json()) >= {"in_flight", "by_status", "by_network"}
+    assert (await harness.http.get("/api-docs")).status_code == 200
+    assert (await harness.http.get("/openapi.json")).json()["paths"]["/withdrawal/request"]

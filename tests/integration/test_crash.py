@@ -1,0 +1,93 @@
+"""SIGKILL of the worker mid-flight, then restart: every withdrawal completes, none is paid twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from activities.signer import write_keystore
+from devstack import processes
+from settings import ROOT
+from tests.invariants import assert_invariants
+from tests.stack import Harness, Stack, close_harness, make_harness, native_body, new_wallet
+
+PASSWORD = "crash-test-password"
+
+
+@pytest.fixture
+async def subprocess_harness(stack: Stack, db_url: str) -> AsyncIterator[Harness]:
+    h = await make_harness(stack, db_url, start_worker=False)
+    try:
+        yield h
+    finally:
+        await close_harness(h)
+
+
+def start_worker_process(h: Harness, tmp: Path) -> subprocess.Popen[bytes]:
+    keystore = tmp / "keystore"
+    for key in h.keys.values():
+        write_keystore(keystore, key, PASSWORD, iterations=2048)
+    env = {
+        **os.environ,
+        "WE_ENV": "test",
+        "WE_DATABASE_URL": h.settings.db_url,
+        "WE_TEMPORAL_ADDRESS": h.stack.temporal_address,
+        "WE_TASK_QUEUE": h.settings.task_queue,
+        "WE_CONFIG_FILE": str(h.config_file()),
+        "WE_KEYSTORE_DIR": str(keystore),
+        "WE_KEYSTORE_PASSWORD": PASSWORD,
+        "WE_DATA_DIR": str(tmp),
+    }
+    log = open(tmp / "worker.log", "ab")  # noqa: SIM115
+    return subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, stdout=log, stderr=log, cwd=ROOT)
+
+
+async def _statuses(h: Harness, ids: list[str]) -> list[str]:
+    return [(await h.status(wid))["status"] for wid in ids]
+
+
+async def test_sigkill_worker_mid_flight_loses_nothing_and_pays_once(subprocess_harness: Harness, tmp: Path) -> None:
+    h = subprocess_harness
+    network = "polygon"
+    url = h.stack.rpc_urls[network]
+    proc = start_worker_process(h, tmp)
+    recipients = [new_wallet()[0] for _ in range(12)]
+    try:
+        first = await asyncio.gather(*(h.request(native_body(network, to, "0.01")) for to in recipients[:6]))
+        assert all(r.status_code == 201 for r in first), [r.text for r in first]
+        # Kill while the first batch is between broadcast and confirmation.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = start_worker_process(h, tmp)
+        second = await asyncio.gather(*(h.request(native_body(network, to, "0.01")) for to in recipients[6:]))
+        assert all(r.status_code == 201 for r in second), [r.text for r in second]
+        ids = [r.json()["id"] for r in first + second]
+        # Kill again as soon as anything is confirming, and once more while others still are.
+        for _ in range(2):
+            for _ in range(100):
+                if "CONFIRMING" in await _statuses(h, ids) or "BROADCAST" in await _statuses(h, ids):
+                    break
+                await asyncio.sleep(0.1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            await asyncio.sleep(1.0)
+            proc = start_worker_process(h, tmp)
+        finals = await asyncio.gather(*(h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION", "FAILED"}, 180)
+                                        for wid in ids))
+        assert {f["status"] for f in finals} == {"CONFIRMED"}, finals
+        for to in recipients:
+            assert int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16) == 10**16  # type: ignore[arg-type]
+        await assert_invariants(h, ids)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
