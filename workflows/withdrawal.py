@@ -296,8 +296,9 @@ class WithdrawalWorkflow:
         while True:
             try:
                 return await call()
-            except ActivityError as err:
-                cause = err.cause
+            except (ActivityError, ApplicationError) as err:
+                # Local activity failures surface as the ApplicationError itself, regular ones wrapped.
+                cause = err.cause if isinstance(err, ActivityError) else err
                 code = cause.type if isinstance(cause, ApplicationError) and cause.type else "ACTIVITY_FAILED"
                 message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
                 if funds_error and code == ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS:

@@ -1,0 +1,154 @@
+"""Operator paths: NEEDS_ATTENTION → retry, cancel before broadcast, approval, waiting for funds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+
+import pytest
+
+from devstack import chain, processes
+from devstack.bootstrap import ensure_user
+from models import repo
+from tests.invariants import assert_invariants
+from tests.stack import Harness, Stack, close_harness, make_harness, native_body, new_wallet
+
+
+async def _admin_token(h: Harness, role: str = "OPERATOR") -> str:
+    name, password = f"op-{uuid.uuid4().hex[:8]}", "operator-password-123"
+    await ensure_user(h.db, name, password, role)
+    r = await h.http.post("/auth/login", json={"username": name, "password": password})
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+def _cli_signal(h: Harness, withdrawal_id: str, name: str, payload: str | None) -> None:
+    cmd = [processes.temporal_bin(), "workflow", "signal", "--address", h.stack.temporal_address,
+           "--workflow-id", f"withdrawal-{withdrawal_id}", "--name", name]
+    if payload is not None:
+        cmd += ["--input", payload]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
+async def test_needs_attention_then_retry_from_the_cli_with_no_input(harness: Harness) -> None:
+    network = "ethereum"
+    url, token = harness.stack.rpc_urls[network], harness.stack.tokens[network]["USDT"]
+    to, _ = new_wallet()
+    await asyncio.to_thread(chain.blacklist, url, token, to)
+    r = await harness.request({"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "5"})
+    assert r.status_code == 201, r.text
+    wid = r.json()["id"]
+    parked = await harness.wait_status(wid, {"NEEDS_ATTENTION"})
+    assert parked["error"]["code"] == "ExecutionReverted" and "blacklisted" in parked["error"]["message"]
+    assert parked["tx_hash"] is None
+
+    # A malformed signal is dropped (logged), the workflow keeps waiting; a retry before the cause is fixed parks again.
+    await asyncio.to_thread(_cli_signal, harness, wid, "retry", "123")
+    await asyncio.sleep(1.0)
+    assert (await harness.status(wid))["status"] == "NEEDS_ATTENTION"
+    await asyncio.to_thread(chain.blacklist, url, token, to, False)
+    await asyncio.to_thread(_cli_signal, harness, wid, "retry", None)
+    final = await harness.wait_status(wid, {"CONFIRMED", "FAILED"})
+    assert final["status"] == "CONFIRMED" and final["error"] is None
+    assert chain.token_balance(url, token, to) == 5_000_000
+    handle = harness.client.get_workflow_handle(f"withdrawal-{wid}")
+    history = (await handle.query("status"))["history"]
+    assert "NEEDS_ATTENTION" in history and any(h.startswith("retry") for h in history)
+    await assert_invariants(harness, [wid])
+
+
+async def test_cancel_in_needs_attention_fills_the_nonce_with_a_self_transfer(harness: Harness) -> None:
+    network = "bsc"
+    url, token = harness.stack.rpc_urls[network], harness.stack.tokens[network]["USDT"]
+    wallet = harness.config.networks[network].hot_wallets[0]
+    to, _ = new_wallet()
+    await asyncio.to_thread(chain.blacklist, url, token, to)
+    r = await harness.request({"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "7"})
+    wid = r.json()["id"]
+    await harness.wait_status(wid, {"NEEDS_ATTENTION"})
+    # Another withdrawal takes the next nonce and must not stall behind the parked one.
+    other = await harness.request(native_body(network, new_wallet()[0], "0.01"))
+    token_jwt = await _admin_token(harness)
+    c = await harness.http.post(f"/admin/transactions/{wid}/cancel", json={"reason": "customer asked"},
+                                headers={"Authorization": f"Bearer {token_jwt}"})
+    assert c.status_code == 200, c.text
+    final = await harness.wait_status(wid, {"CANCELLED", "CONFIRMED"})
+    assert final["status"] == "CANCELLED" and final["error"]["message"] == "customer asked"
+    tx = processes.rpc(url, "eth_getTransactionByHash", [final["tx_hash"]])
+    assert tx["to"].lower() == wallet.lower() and int(tx["value"], 16) == 0  # type: ignore[index]
+    assert (await harness.wait_status(other.json()["id"], {"CONFIRMED"}))["status"] == "CONFIRMED"
+    assert chain.token_balance(url, token, to) == 0
+    await assert_invariants(harness, [wid, other.json()["id"]])
+
+
+async def test_approval_approve_and_reject(harness: Harness) -> None:
+    network = "polygon"
+    jwt_token = await _admin_token(harness)
+    auth = {"Authorization": f"Bearer {jwt_token}"}
+    a_to, b_to = new_wallet()[0], new_wallet()[0]
+    a = (await harness.request(native_body(network, a_to, "150"))).json()
+    b = (await harness.request(native_body(network, b_to, "120"))).json()
+    for w in (a, b):
+        assert (await harness.wait_status(w["id"], {"AWAITING_APPROVAL"}))["status"] == "AWAITING_APPROVAL"
+    viewer = await _admin_token(harness, role="VIEWER")
+    denied = await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers={"Authorization": f"Bearer {viewer}"})
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "FORBIDDEN"
+    assert (await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=auth)).status_code == 200
+    assert (await harness.http.post(f"/admin/transactions/{b['id']}/reject", json={}, headers=auth)).status_code == 200
+    assert (await harness.wait_status(a["id"], {"CONFIRMED"}))["status"] == "CONFIRMED"
+    rejected = await harness.wait_status(b["id"], {"REJECTED"})
+    assert rejected["error"]["code"] == "APPROVAL_REJECTED" and rejected["tx_hash"] is None
+    url = harness.stack.rpc_urls[network]
+    assert int(processes.rpc(url, "eth_getBalance", [b_to, "latest"]), 16) == 0  # type: ignore[arg-type]
+    detail = (await harness.http.get(f"/admin/transactions/{b['id']}", headers=auth)).json()
+    assert {r["state"] for r in detail["reservations"]} == {"RELEASED"}
+    await assert_invariants(harness, [a["id"], b["id"]])
+
+
+@pytest.fixture
+async def poor_harness(stack: Stack, db_url: str):  # type: ignore[no-untyped-def]
+    h = await make_harness(stack, db_url, fund_wallets=False)
+    try:
+        yield h
+    finally:
+        await close_harness(h)
+
+
+async def test_waiting_for_funds_then_funded_confirms_and_cancel_while_waiting(poor_harness: Harness) -> None:
+    h = poor_harness
+    network = "ethereum"
+    url = h.stack.rpc_urls[network]
+    wallet = h.config.networks[network].hot_wallets[0]
+    r1 = await h.request(native_body(network, new_wallet()[0], "2"))
+    r2 = await h.request(native_body(network, new_wallet()[0], "3"))
+    assert r1.status_code == 201 and r1.json()["status"] == "WAITING_FOR_FUNDS", r1.text
+    assert r2.json()["status"] == "WAITING_FOR_FUNDS"
+    sa_query = f'WithdrawalStatus = "WAITING_FOR_FUNDS" AND ClientId = "{h.client_id}"'
+    found = [wf.id async for wf in h.client.list_workflows(sa_query)]
+    assert set(found) >= {f"withdrawal-{r1.json()['id']}"} or not found  # visibility is eventually consistent
+    token = await _admin_token(h)
+    await h.http.post(f"/admin/transactions/{r2.json()['id']}/cancel", headers={"Authorization": f"Bearer {token}"})
+    cancelled = await h.wait_status(r2.json()["id"], {"CANCELLED"})
+    assert cancelled["tx_hash"] is None
+    await asyncio.to_thread(chain.set_balance, url, wallet, 10 * 10**18)
+    done = await h.wait_status(r1.json()["id"], {"CONFIRMED"}, timeout=60)
+    assert done["status"] == "CONFIRMED"
+    await assert_invariants(h, [r1.json()["id"], r2.json()["id"]])
+
+
+async def test_no_private_key_in_history_database_or_api(harness: Harness) -> None:
+    r = await harness.request(native_body("ethereum", new_wallet()[0], "0.02"))
+    wid = r.json()["id"]
+    await harness.wait_status(wid, {"CONFIRMED"})
+    key_hex = next(iter(harness.keys.values()))[2:].lower()
+    history = (await harness.client.get_workflow_handle(f"withdrawal-{wid}").fetch_history()).to_json()
+    assert key_hex not in history.lower()
+    token = await _admin_token(harness)
+    detail = (await harness.http.get(f"/admin/transactions/{wid}", headers={"Authorization": f"Bearer {token}"})).text
+    assert key_hex not in detail.lower()
+    async with harness.db.transaction() as s:
+        dump = json.dumps([a.model_dump() for a in await repo.attempts_for(s, wid)], default=str)
+    assert key_hex not in dump.lower()
+    assert repr(harness.engine.chain.signer._keys) .count(key_hex) == 0
