@@ -1,6 +1,6 @@
 """The Temporal worker: builds the dependencies once and runs the withdrawal workflow and activities.
 
-    python worker.py            # settings from WE_* environment variables / .env
+python worker.py            # settings from WE_* environment variables / .env
 """
 
 from __future__ import annotations

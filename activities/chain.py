@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import fees as feemath
-from activities.rpc import ChainIdMismatch, Chains, ChainRpc, RpcError, RpcUnavailable
+from activities.rpc import ChainIdMismatch, ChainRpc, Chains, RpcError, RpcUnavailable
 from activities.rpc_errors import RpcErrorKind
 from activities.signer import KeystoreSigner, SignerUnavailable
 from models import repo
@@ -34,8 +34,9 @@ from models.domain import (
     SignInput,
     TxPurpose,
     WithdrawalRef,
+    WithdrawalStatus,
 )
-from models.tables import TxAttempt, Withdrawal
+from models.tables import TxAttempt
 from settings import EngineConfig, NetworkConfig
 
 log = structlog.get_logger()
@@ -58,13 +59,6 @@ def _rpc_down(e: Exception) -> ApplicationError:
 class ChainActivities:
     def __init__(self, db: Database, chains: Chains, signer: KeystoreSigner, config: EngineConfig) -> None:
         self.db, self.chains, self.signer, self.config = db, chains, signer, config
-
-    async def _withdrawal(self, withdrawal_id: str) -> Withdrawal:
-        async with self.db.transaction() as s:
-            w = await repo.get_withdrawal(s, withdrawal_id)
-        if w is None:
-            raise LookupError(withdrawal_id)
-        return w
 
     async def ensure_hot_wallets(self) -> None:
         """Register every configured hot wallet; its first nonce is the chain's pending nonce."""
@@ -98,7 +92,9 @@ class ChainActivities:
         if native and (await rpc.get_code(tx["to"])) in ("0x", "0x0", ""):
             return cfg.native_gas_limit
         try:
-            estimate = await rpc.estimate_gas({k: v for k, v in tx.items() if k in ("from", "to", "value", "data")})
+            estimate = await rpc.estimate_gas(
+                {k: v for k, v in tx.items() if k in ("from", "to", "value", "data")}
+            )
         except RpcError as e:
             if e.kind is RpcErrorKind.EXECUTION_REVERTED:
                 raise _fail(ErrorType.EXECUTION_REVERTED, f"the transfer would revert: {e.message}") from e
@@ -110,9 +106,11 @@ class ChainActivities:
     async def sign_transaction(self, inp: SignInput) -> SignedTx:
         """Build, sign and record a transaction at the withdrawal's nonce. The attempt is committed
         before anything is broadcast; a repeat returns the recorded attempt unchanged."""
-        w = await self._withdrawal(inp.withdrawal_id)
-        async with self.db.transaction() as s:
-            attempts = await repo.attempts_for(s, w.id)
+        async with self.db.read() as s:
+            w = await repo.get_withdrawal(s, inp.withdrawal_id)
+            attempts = await repo.attempts_for(s, inp.withdrawal_id)
+        if w is None:
+            raise LookupError(inp.withdrawal_id)
         mine = [a for a in attempts if a.purpose == inp.purpose]
         if mine:
             return SignedTx(tx_hash=mine[-1].tx_hash, nonce=mine[-1].nonce, purpose=mine[-1].purpose)
@@ -131,7 +129,12 @@ class ChainActivities:
                 tx["gas"] = await self._gas_limit(cfg, rpc, tx, native=True)
             else:
                 token = cfg.tokens[w.asset].address
-                tx = {"from": w.hot_wallet, "to": token, "value": 0, "data": erc20_transfer_data(w.to_address, w.amount)}
+                tx = {
+                    "from": w.hot_wallet,
+                    "to": token,
+                    "value": 0,
+                    "data": erc20_transfer_data(w.to_address, w.amount),
+                }
                 tx["gas"] = await self._gas_limit(cfg, rpc, tx, native=False)
             try:
                 fees = await self._fees(cfg, rpc)
@@ -153,7 +156,9 @@ class ChainActivities:
         if fees.gas_price is not None:
             tx["gasPrice"] = fees.gas_price
         else:
-            tx.update(maxFeePerGas=fees.max_fee_per_gas, maxPriorityFeePerGas=fees.max_priority_fee_per_gas, type=2)
+            tx.update(
+                maxFeePerGas=fees.max_fee_per_gas, maxPriorityFeePerGas=fees.max_priority_fee_per_gas, type=2
+            )
         try:
             raw, tx_hash = self.signer.sign(w.hot_wallet, tx)
         except SignerUnavailable as e:
@@ -189,7 +194,9 @@ class ChainActivities:
 
     # --- broadcast -----------------------------------------------------------------------------
 
-    async def _mined_attempt(self, rpc: ChainRpc, attempts: list[TxAttempt]) -> tuple[TxAttempt, dict[str, Any]] | None:
+    async def _mined_attempt(
+        self, rpc: ChainRpc, attempts: list[TxAttempt]
+    ) -> tuple[TxAttempt, dict[str, Any]] | None:
         for a in reversed(attempts):
             r = await rpc.receipt(a.tx_hash)
             if r is not None:
@@ -199,7 +206,7 @@ class ChainActivities:
     @activity.defn
     async def broadcast_transaction(self, inp: BroadcastInput) -> str:
         """Send the recorded bytes and classify the node's answer (see `activities.rpc_errors`)."""
-        async with self.db.transaction() as s:
+        async with self.db.read() as s:
             attempt = await repo.attempt_by_hash(s, inp.tx_hash)
             attempts = await repo.attempts_for(s, inp.withdrawal_id)
         if attempt is None:
@@ -218,10 +225,13 @@ class ChainActivities:
                 if mined is None:
                     raise _fail(
                         ErrorType.NONCE_CONFLICT,
-                        f"nonce {attempt.nonce} of {attempt.hot_wallet} was used by a transaction the engine did not send",
+                        f"nonce {attempt.nonce} of {attempt.hot_wallet} was used by a transaction"
+                        " the engine did not send",
                     ) from e
             elif kind is RpcErrorKind.INSUFFICIENT_FUNDS:
-                raise _fail(ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS, f"hot wallet cannot pay: {e.message}") from e
+                raise _fail(
+                    ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS, f"hot wallet cannot pay: {e.message}"
+                ) from e
             elif kind.transient:
                 raise _rpc_down(e) from e
             elif kind is not RpcErrorKind.ALREADY_KNOWN:
@@ -230,8 +240,6 @@ class ChainActivities:
                 raise _fail(ErrorType.BROADCAST_REJECTED, f"{kind}: {e.message}"[:500]) from e
         except RpcUnavailable as e:
             raise _rpc_down(e) from e  # unknown outcome: the retry resends the same bytes
-        async with self.db.transaction() as s:
-            await repo.mark_attempt(s, attempt.tx_hash, "BROADCAST")
         log.info("withdrawal.broadcast.sent", withdrawal_id=inp.withdrawal_id, tx_hash=attempt.tx_hash)
         return attempt.tx_hash
 
@@ -242,14 +250,16 @@ class ChainActivities:
         """Wait until one of the withdrawal's attempts is in a block (`until_included_only`) or has the
         required confirmations on the canonical chain. Resends the recorded bytes if nothing is mined
         for a while (a dropped transaction), heartbeating throughout."""
-        w = await self._withdrawal(inp.withdrawal_id)
+        async with self.db.read() as s:
+            w = await repo.get_withdrawal(s, inp.withdrawal_id)
+            attempts = await repo.attempts_for(s, inp.withdrawal_id)
+        if w is None:
+            raise LookupError(inp.withdrawal_id)
         cfg = self.config.networks[w.network]
         rpc = self.chains[w.network]
         poll = max(0.2, min(cfg.block_time_seconds / 2, 5.0))
         resend_after = max(30.0, cfg.block_time_seconds * 10)
         last_send = time.monotonic()
-        async with self.db.transaction() as s:
-            attempts = await repo.attempts_for(s, w.id)
         while True:
             activity.heartbeat()
             try:
@@ -263,7 +273,9 @@ class ChainActivities:
                         if not inp.until_included_only:
                             block = await rpc.block(block_number)
                             if block is None or block.get("hash") != receipt.get("blockHash"):
-                                log.warning("withdrawal.reorg.detected", withdrawal_id=w.id, tx_hash=attempt.tx_hash)
+                                log.warning(
+                                    "withdrawal.reorg.detected", withdrawal_id=w.id, tx_hash=attempt.tx_hash
+                                )
                                 await asyncio.sleep(poll)
                                 continue
                         fee = int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice", "0x0"), 16)
@@ -275,6 +287,7 @@ class ChainActivities:
                                 block_number=block_number,
                                 confirmations=confirmations,
                                 fee_wei=fee,
+                                status=WithdrawalStatus.CONFIRMING if inp.until_included_only else None,
                             )
                         return Inclusion(
                             tx_hash=attempt.tx_hash,
@@ -289,7 +302,9 @@ class ChainActivities:
                         try:
                             await rpc.send_raw(a.raw_tx)
                         except RpcError as e:
-                            log.info("withdrawal.resend.answer", withdrawal_id=w.id, tx_hash=a.tx_hash, kind=e.kind)
+                            log.info(
+                                "withdrawal.resend.answer", withdrawal_id=w.id, tx_hash=a.tx_hash, kind=e.kind
+                            )
                     last_send = time.monotonic()
             except RpcUnavailable as e:
                 log.warning("withdrawal.confirmations.rpc_down", withdrawal_id=w.id, error=str(e)[:200])

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
-# geth refuses a replacement unless both fee fields rise by at least 10%; we use 12.5%.
-BUMP = Decimal("1.125")
+# geth refuses a replacement unless both fee fields rise by at least 10%; we use 12.5% (see `bumped`).
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def legacy(node_gas_price: int, multiplier: Decimal, cap: int) -> Fees:
 
 def bumped(value: int) -> int:
     """At least 12.5% more, and always strictly more."""
-    return max(value + 1, int((Decimal(value) * BUMP).to_integral_value(rounding=ROUND_CEILING)))
+    return max(value + 1, -(-value * 9 // 8))  # ceil(value x 1.125) in integers
 
 
 def replacement(fresh: Fees, previous: Fees) -> Fees:

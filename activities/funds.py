@@ -54,7 +54,7 @@ class FundsActivities:
         """Create the withdrawal row: daily limit, then a reservation on a hot wallet that can cover it
         (else WAITING_FOR_FUNDS). Idempotent: a repeat returns what the first call decided."""
         cfg = self.config.networks[req.network]
-        async with self.db.transaction() as s:
+        async with self.db.read() as s:
             existing = await repo.get_withdrawal(s, req.withdrawal_id)
         if existing is not None:
             return self._admission(existing, cfg)
@@ -79,13 +79,15 @@ class FundsActivities:
                 required_confirmations=cfg.required_confirmations,
             )
             decision = await repo.admit(s, w, cfg, balances, now=utcnow())
-        log.info("withdrawal.admitted", withdrawal_id=w.id, status=decision.status, hot_wallet=decision.hot_wallet)
+        log.info(
+            "withdrawal.admitted", withdrawal_id=w.id, status=decision.status, hot_wallet=decision.hot_wallet
+        )
         return self._admission(w, cfg)
 
     @activity.defn
     async def reserve(self, ref: WithdrawalRef) -> str | None:
         """Retry the reservation of a withdrawal waiting for funds. Returns the hot wallet, or None."""
-        async with self.db.transaction() as s:
+        async with self.db.read() as s:
             w = await repo.get_withdrawal(s, ref.withdrawal_id)
         if w is None:
             raise LookupError(ref.withdrawal_id)
@@ -101,4 +103,9 @@ class FundsActivities:
         """Write a status change to the row; terminal statuses consume or release the reservation once."""
         async with self.db.transaction() as s:
             await repo.apply_status_change(s, change)
-        log.info("withdrawal.status", withdrawal_id=change.withdrawal_id, status=change.status, error=change.error_code)
+        log.info(
+            "withdrawal.status",
+            withdrawal_id=change.withdrawal_id,
+            status=change.status,
+            error=change.error_code,
+        )

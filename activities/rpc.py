@@ -78,7 +78,9 @@ class ChainRpc:
             return
         got = int(await self._post(url, "eth_chainId", []), 16)
         if got != self.chain_id:
-            raise ChainIdMismatch(f"{self.network}: endpoint reports chain id {got}, expected {self.chain_id}")
+            raise ChainIdMismatch(
+                f"{self.network}: endpoint reports chain id {got}, expected {self.chain_id}"
+            )
         self._verified.add(url)
 
     async def call(self, method: str, params: list[Any] | None = None) -> Any:
@@ -167,7 +169,9 @@ class Chains:
     def __init__(self, networks: dict[str, Any]) -> None:
         self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
         self.rpc: dict[str, ChainRpc] = {
-            name: ChainRpc(name, cfg.rpc_urls, chain_id=cfg.chain_id, timeout=cfg.rpc_timeout_seconds, http=self._http)
+            name: ChainRpc(
+                name, cfg.rpc_urls, chain_id=cfg.chain_id, timeout=cfg.rpc_timeout_seconds, http=self._http
+            )
             for name, cfg in networks.items()
         }
 

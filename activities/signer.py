@@ -55,10 +55,14 @@ class KeystoreSigner:
         if key is None:
             raise SignerUnavailable(f"no key for hot wallet {address} in the keystore")
         signed = Account.sign_transaction(tx, key._key)
-        return "0x" + signed.raw_transaction.hex().removeprefix("0x"), "0x" + signed.hash.hex().removeprefix("0x")
+        return "0x" + signed.raw_transaction.hex().removeprefix("0x"), "0x" + signed.hash.hex().removeprefix(
+            "0x"
+        )
 
 
-def write_keystore(directory: Path, private_key: str | bytes, password: str, *, iterations: int | None = None) -> str:
+def write_keystore(
+    directory: Path, private_key: str | bytes, password: str, *, iterations: int | None = None
+) -> str:
     """Encrypt a key into `directory` (idempotent per address). Returns the address."""
     directory.mkdir(parents=True, exist_ok=True)
     address = Account.from_key(private_key).address

@@ -11,7 +11,14 @@ import jwt
 from fastapi import Depends, Header, Request
 from temporalio.client import Client
 
-from api.errors import Forbidden, MissingIdempotencyKey, RateLimited, ServiceUnavailable, Unauthorized, ValidationFailed
+from api.errors import (
+    Forbidden,
+    MissingIdempotencyKey,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationFailed,
+)
 from api.ratelimit import RateLimiter
 from api.security import api_key_matches, decode_jwt, hash_api_key
 from models import repo
@@ -35,11 +42,15 @@ class TemporalConnector:
             if self._client is None:
                 try:
                     self._client = await asyncio.wait_for(
-                        Client.connect(self.settings.temporal_address, namespace=self.settings.temporal_namespace),
+                        Client.connect(
+                            self.settings.temporal_address, namespace=self.settings.temporal_namespace
+                        ),
                         timeout=5,
                     )
                 except Exception as e:
-                    raise ServiceUnavailable("workflow service unavailable", headers={"Retry-After": "5"}) from e
+                    raise ServiceUnavailable(
+                        "workflow service unavailable", headers={"Retry-After": "5"}
+                    ) from e
         return self._client
 
 
@@ -69,7 +80,7 @@ async def authenticate_client(
         raise denied
     key_hash = hash_api_key(x_api_key)
     try:
-        async with state.db.transaction() as s:
+        async with state.db.read() as s:
             client = await repo.find_api_client_by_hash(s, key_hash)
     except Exception as e:
         raise ServiceUnavailable("database unavailable", headers={"Retry-After": "5"}) from e
@@ -100,7 +111,9 @@ WriterDep = Annotated[ApiClient, Depends(require_scope("withdrawals:write"))]
 ReaderDep = Annotated[ApiClient, Depends(require_scope("withdrawals:read"))]
 
 
-async def idempotency_key(idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> str:
+async def idempotency_key(
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> str:
     if idempotency_key is None or idempotency_key.strip() == "":
         raise MissingIdempotencyKey("the Idempotency-Key header is required")
     if len(idempotency_key) > 255:

@@ -16,7 +16,12 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -53,7 +58,9 @@ class WithdrawalBody(BaseModel):
     network: StrictStr = Field(max_length=32, examples=["polygon"])
     asset: StrictStr = Field(max_length=32, examples=["USDT"])
     to_address: StrictStr = Field(max_length=100, examples=["0x000000000000000000000000000000000000dEaD"])
-    amount: StrictStr = Field(max_length=100, description="decimal string in the asset's units", examples=["250.5"])
+    amount: StrictStr = Field(
+        max_length=100, description="decimal string in the asset's units", examples=["250.5"]
+    )
     client_reference: StrictStr | None = Field(default=None, max_length=255)
 
 
@@ -129,7 +136,8 @@ def validate(body: WithdrawalBody, config: EngineConfig) -> tuple[str, int]:
     limits = net.limits.get(body.asset)
     if limits is not None and units > to_units(limits.per_transaction, decimals):
         raise LimitExceeded(
-            f"amount is above the per-transaction limit of {limits.per_transaction} {body.asset}", field="amount"
+            f"amount is above the per-transaction limit of {limits.per_transaction} {body.asset}",
+            field="amount",
         )
     if body.user_id.strip() == "":
         raise ValidationFailed("user_id must not be blank", field="user_id")
@@ -146,13 +154,15 @@ def _replay(w: Withdrawal, fp: str, config: EngineConfig) -> tuple[int, dict[str
 
 async def _read(state: AppState, withdrawal_id: str) -> Withdrawal | None:
     try:
-        async with state.db.transaction() as s:
+        async with state.db.read() as s:
             return await repo.get_withdrawal(s, withdrawal_id)
     except Exception as e:
         raise ServiceUnavailable("database unavailable", headers={"Retry-After": "5"}) from e
 
 
-async def submit(state: AppState, client: ApiClient, key: str, body: WithdrawalBody) -> tuple[int, dict[str, Any]]:
+async def submit(
+    state: AppState, client: ApiClient, key: str, body: WithdrawalBody
+) -> tuple[int, dict[str, Any]]:
     to_address, units = validate(body, state.config)
     wid = withdrawal_id_for(client.id, key)
     fp = fingerprint(body)
@@ -213,8 +223,9 @@ async def submit(state: AppState, client: ApiClient, key: str, body: WithdrawalB
         return _replay(existing, fp, state.config)
     except (RPCError, TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as e:
         log.warning("api.submit.temporal_unavailable", withdrawal_id=wid, error_type=type(e).__name__)
-        raise ServiceUnavailable("workflow service unavailable; retry with the same Idempotency-Key",
-                                 headers={"Retry-After": "5"}) from e
+        raise ServiceUnavailable(
+            "workflow service unavailable; retry with the same Idempotency-Key", headers={"Retry-After": "5"}
+        ) from e
     adm = result.admission
     if not adm.accepted:
         cls = REFUSALS.get(adm.error_code or "", LimitExceeded)

@@ -26,15 +26,27 @@ def migrate(url: str) -> None:
     command.upgrade(cfg, "head")
 
 
-async def ensure_api_client(db: Database, key: str, *, name: str, client_id: str | None = None,
-                            rate_limit_per_minute: int | None = None, scopes: str | None = None) -> str:
+async def ensure_api_client(
+    db: Database,
+    key: str,
+    *,
+    name: str,
+    client_id: str | None = None,
+    rate_limit_per_minute: int | None = None,
+    scopes: str | None = None,
+) -> str:
     key_hash = hash_api_key(key)
     async with db.transaction() as s:
         existing = await repo.find_api_client_by_hash(s, key_hash)
         if existing is not None:
             return existing.id
-        client = ApiClient(id=client_id or str(uuid.uuid4()), name=name, key_hash=key_hash, key_prefix=key[:10],
-                           rate_limit_per_minute=rate_limit_per_minute)
+        client = ApiClient(
+            id=client_id or str(uuid.uuid4()),
+            name=name,
+            key_hash=key_hash,
+            key_prefix=key[:10],
+            rate_limit_per_minute=rate_limit_per_minute,
+        )
         if scopes is not None:
             client.scopes = scopes
         s.add(client)
@@ -44,7 +56,11 @@ async def ensure_api_client(db: Database, key: str, *, name: str, client_id: str
 async def ensure_user(db: Database, username: str, password: str, role: str) -> None:
     async with db.transaction() as s:
         if await repo.get_user(s, username) is None:
-            s.add(User(id=str(uuid.uuid4()), username=username, password_hash=hash_password(password), role=role))
+            s.add(
+                User(
+                    id=str(uuid.uuid4()), username=username, password_hash=hash_password(password), role=role
+                )
+            )
 
 
 def dev_secrets(path: Path) -> dict[str, Any]:
@@ -52,7 +68,11 @@ def dev_secrets(path: Path) -> dict[str, Any]:
     if path.exists():
         data: dict[str, Any] = json.loads(path.read_text())
         return data
-    data = {"api_key": generate_api_key(), "admin_username": "admin", "admin_password": secrets.token_urlsafe(18)}
+    data = {
+        "api_key": generate_api_key(),
+        "admin_username": "admin",
+        "admin_password": secrets.token_urlsafe(18),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
     path.chmod(0o600)

@@ -76,7 +76,9 @@ def deploy_tokens(url: str) -> dict[str, str]:
 def mint(url: str, token: str, to: str, amount: int, *, wait: bool = True) -> str:
     w3 = web3_for(url)
     c = token_contract(w3, token)
-    tx = c.functions.mint(to_checksum_address(to), amount).build_transaction({"from": DEPLOYER, "gas": 120_000})
+    tx = c.functions.mint(to_checksum_address(to), amount).build_transaction(
+        {"from": DEPLOYER, "gas": 120_000}
+    )
     tx.pop("nonce", None)
     return send(w3, DEPLOYER_KEY, dict(tx), wait=wait)
 
@@ -97,7 +99,9 @@ def blacklist(url: str, token: str, address: str, listed: bool = True) -> None:
     send(web3_for(url), DEPLOYER_KEY, dict(tx))
 
 
-def fund_hot_wallet(url: str, wallet: str, tokens: dict[str, str], *, native_wei: int, token_units: int) -> None:
+def fund_hot_wallet(
+    url: str, wallet: str, tokens: dict[str, str], *, native_wei: int, token_units: int
+) -> None:
     """Top up native coin (anvil_setBalance) and mint tokens until the wallet holds `token_units`."""
     w3 = web3_for(url)
     if w3.eth.get_balance(to_checksum_address(wallet)) < native_wei:

@@ -59,31 +59,53 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeou
 
 def temporal_command(db_file: Path, port: int, ui_port: int, namespace: str = "default") -> list[str]:
     cmd = [
-        temporal_bin(), "server", "start-dev",
-        "--ip", "127.0.0.1",
-        "--port", str(port),
-        "--ui-port", str(ui_port),
-        "--db-filename", str(db_file),
-        "--namespace", namespace,
-        "--log-level", "warn",
-        "--sqlite-pragma", "journal_mode=wal",
-        "--sqlite-pragma", "synchronous=normal",
-        "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
-        "--dynamic-config-value", "frontend.enableExecuteMultiOperation=true",
+        temporal_bin(),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--db-filename",
+        str(db_file),
+        "--namespace",
+        namespace,
+        "--log-level",
+        "warn",
+        "--sqlite-pragma",
+        "journal_mode=wal",
+        "--sqlite-pragma",
+        "synchronous=normal",
+        "--dynamic-config-value",
+        "frontend.enableUpdateWorkflowExecution=true",
+        "--dynamic-config-value",
+        "frontend.enableExecuteMultiOperation=true",
     ]
     for name in SEARCH_ATTRIBUTES:
         cmd += ["--search-attribute", f"{name}=Keyword"]
     return cmd
 
 
-def anvil_command(port: int, chain_id: int, *, block_time: float = 1.0, state_file: Path | None = None,
-                  hardfork: str | None = None) -> list[str]:
+def anvil_command(
+    port: int,
+    chain_id: int,
+    *,
+    block_time: float = 1.0,
+    state_file: Path | None = None,
+    hardfork: str | None = None,
+) -> list[str]:
     cmd = [
         anvil_bin(),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--chain-id", str(chain_id),
-        "--block-time", str(block_time),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--chain-id",
+        str(chain_id),
+        "--block-time",
+        str(block_time),
         "--silent",
     ]
     if hardfork:
@@ -93,10 +115,13 @@ def anvil_command(port: int, chain_id: int, *, block_time: float = 1.0, state_fi
     return cmd
 
 
-def start(cmd: list[str], log_path: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    cmd: list[str], log_path: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+    )
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -110,7 +135,9 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 
 def rpc(url: str, method: str, params: list[object] | None = None) -> object:
-    body = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}, timeout=30).json()
+    body = httpx.post(
+        url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}, timeout=30
+    ).json()
     if body.get("error"):
         raise RuntimeError(f"{method}: {body['error']}")
     return body.get("result")

@@ -59,15 +59,30 @@ async def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     config = settings.engine_config
     children: list[Child] = [
-        Child("temporal", processes.temporal_command(data / "temporal.db", TEMPORAL_PORT, TEMPORAL_UI_PORT,
-                                                     settings.temporal_namespace),
-              logs / "temporal.log", port=TEMPORAL_PORT),
+        Child(
+            "temporal",
+            processes.temporal_command(
+                data / "temporal.db", TEMPORAL_PORT, TEMPORAL_UI_PORT, settings.temporal_namespace
+            ),
+            logs / "temporal.log",
+            port=TEMPORAL_PORT,
+        ),
     ]
     for name, net in config.networks.items():
         port = _rpc_port(net.rpc_urls[0])
-        children.append(Child(f"anvil-{name}", processes.anvil_command(
-            port, net.chain_id, block_time=net.block_time_seconds, state_file=data / f"anvil-{name}.json"),
-            logs / f"anvil-{name}.log", port=port))
+        children.append(
+            Child(
+                f"anvil-{name}",
+                processes.anvil_command(
+                    port,
+                    net.chain_id,
+                    block_time=net.block_time_seconds,
+                    state_file=data / f"anvil-{name}.json",
+                ),
+                logs / f"anvil-{name}.log",
+                port=port,
+            )
+        )
     busy = [c for c in children if c.port and processes.port_open(c.port)]
     if busy:
         names = ", ".join(f"{c.name} (port {c.port})" for c in busy)
@@ -85,10 +100,17 @@ async def main() -> None:
         deployed = chain.deploy_tokens(url)
         for symbol, token in net.tokens.items():
             if deployed.get(symbol) != token.address:
-                raise SystemExit(f"{name}: {symbol} deployed at {deployed.get(symbol)}, config says {token.address}")
+                raise SystemExit(
+                    f"{name}: {symbol} deployed at {deployed.get(symbol)}, config says {token.address}"
+                )
         for wallet in net.hot_wallets:
-            chain.fund_hot_wallet(url, wallet, {s: t.address for s, t in net.tokens.items()},
-                                  native_wei=10_000 * 10**18, token_units=10_000_000 * 10**6)
+            chain.fund_hot_wallet(
+                url,
+                wallet,
+                {s: t.address for s, t in net.tokens.items()},
+                native_wei=10_000 * 10**18,
+                token_units=10_000_000 * 10**6,
+            )
         log.info("devstack.chain.ready", network=name, chain_id=net.chain_id, tokens=deployed)
     password = settings.keystore_password.get_secret_value()
     await asyncio.to_thread(write_keystore, settings.keystore_path, chain.ANVIL_KEYS[0], password)
@@ -97,13 +119,32 @@ async def main() -> None:
 
     py = sys.executable
     api_url = f"http://{settings.api_host}:{settings.api_port}"
-    env = {"WE_TEMPORAL_ADDRESS": f"127.0.0.1:{TEMPORAL_PORT}", "WE_DATABASE_URL": settings.db_url,
-           "WE_CONFIG_FILE": str(settings.config_file), "WE_DATA_DIR": str(data)}
+    env = {
+        "WE_TEMPORAL_ADDRESS": f"127.0.0.1:{TEMPORAL_PORT}",
+        "WE_DATABASE_URL": settings.db_url,
+        "WE_CONFIG_FILE": str(settings.config_file),
+        "WE_DATA_DIR": str(data),
+    }
     services = [
         Child("worker", [py, str(ROOT / "worker.py")], logs / "worker.log", env),
-        Child("api", [py, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", settings.api_host,
-                      "--port", str(settings.api_port), "--no-access-log"], logs / "api.log", env,
-              port=settings.api_port),
+        Child(
+            "api",
+            [
+                py,
+                "-m",
+                "uvicorn",
+                "api.app:create_app",
+                "--factory",
+                "--host",
+                settings.api_host,
+                "--port",
+                str(settings.api_port),
+                "--no-access-log",
+            ],
+            logs / "api.log",
+            env,
+            port=settings.api_port,
+        ),
     ]
     for c in services:
         c.start()
@@ -147,8 +188,8 @@ async def main() -> None:
     await _supervise(children)
 
 
-async def _wait_healthy(api_url: str, services: list[Child], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_healthy(api_url: str, services: list[Child], limit: float = 90) -> None:
+    deadline = time.monotonic() + limit
     async with httpx.AsyncClient() as http:
         while time.monotonic() < deadline:
             for c in services:
@@ -160,7 +201,7 @@ async def _wait_healthy(api_url: str, services: list[Child], timeout: float = 90
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.3)
-    raise SystemExit(f"the API did not become healthy within {timeout}s; see {services[-1].log_path}")
+    raise SystemExit(f"the API did not become healthy within {limit}s; see {services[-1].log_path}")
 
 
 async def _supervise(children: list[Child]) -> None:
@@ -172,7 +213,9 @@ async def _supervise(children: list[Child]) -> None:
         while not stop.is_set():
             for c in children:
                 if c.proc is not None and c.proc.poll() is not None:
-                    log.error("devstack.process.died", process=c.name, code=c.proc.returncode, log=str(c.log_path))
+                    log.error(
+                        "devstack.process.died", process=c.name, code=c.proc.returncode, log=str(c.log_path)
+                    )
                     c.restarts += 1
                     await asyncio.sleep(min(10, c.restarts))
                     c.start()

@@ -6,6 +6,9 @@ import re
 from decimal import Decimal
 
 UINT256_MAX = 2**256 - 1
+# MySQL/MariaDB DECIMAL holds at most 65 digits: the largest amount the engine records (10^47 whole tokens
+# at 18 decimals, far beyond any real supply).
+MAX_AMOUNT_UNITS = 10**65 - 1
 _AMOUNT_RE = re.compile(r"^(?P<int>\d+)(?:\.(?P<frac>\d+))?$")
 
 
@@ -22,14 +25,14 @@ def parse_amount(text: str, decimals: int) -> int:
         raise AmountError("amount must be a decimal string")
     m = _AMOUNT_RE.match(text)
     if m is None or len(text) > 100:
-        raise AmountError("amount must be a plain decimal string such as \"12.5\"")
+        raise AmountError('amount must be a plain decimal string such as "12.5"')
     frac = (m.group("frac") or "").rstrip("0")
     if len(frac) > decimals:
         raise AmountError(f"amount has more than {decimals} decimal places")
     units = int(m.group("int")) * 10**decimals + (int(frac.ljust(decimals, "0")) if frac else 0)
     if units <= 0:
         raise AmountError("amount must be greater than zero")
-    if units > UINT256_MAX:
+    if units > min(UINT256_MAX, MAX_AMOUNT_UNITS):
         raise AmountError("amount is larger than the asset can represent")
     return units
 

@@ -29,7 +29,12 @@ class WithdrawalStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset(
-    {WithdrawalStatus.CONFIRMED, WithdrawalStatus.REJECTED, WithdrawalStatus.CANCELLED, WithdrawalStatus.FAILED}
+    {
+        WithdrawalStatus.CONFIRMED,
+        WithdrawalStatus.REJECTED,
+        WithdrawalStatus.CANCELLED,
+        WithdrawalStatus.FAILED,
+    }
 )
 
 

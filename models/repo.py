@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, update
-from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from models.amounts import to_units
 from models.domain import StatusChange, WithdrawalStatus
@@ -51,7 +51,9 @@ async def get_user(s: AsyncSession, username: str) -> User | None:
 # --- withdrawals -------------------------------------------------------------------------------
 
 
-async def get_withdrawal(s: AsyncSession, withdrawal_id: str, *, client_id: str | None = None) -> Withdrawal | None:
+async def get_withdrawal(
+    s: AsyncSession, withdrawal_id: str, *, client_id: str | None = None
+) -> Withdrawal | None:
     q = select(Withdrawal).where(Withdrawal.id == withdrawal_id)
     if client_id is not None:
         q = q.where(Withdrawal.client_id == client_id)
@@ -67,7 +69,12 @@ async def lock_withdrawal(s: AsyncSession, withdrawal_id: str) -> Withdrawal:
 
 
 async def list_withdrawals(
-    s: AsyncSession, *, status: str | None = None, network: str | None = None, limit: int = 100, offset: int = 0
+    s: AsyncSession,
+    *,
+    status: str | None = None,
+    network: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
 ) -> list[Withdrawal]:
     q = select(Withdrawal)
     if status:
@@ -78,8 +85,12 @@ async def list_withdrawals(
     return list((await s.exec(q)).all())  # type: ignore[attr-defined]
 
 
-async def count_by_status_and_network(s: AsyncSession, client_id: str | None = None) -> list[tuple[str, str, int]]:
-    q = select(Withdrawal.network, Withdrawal.status, func.count()).group_by(Withdrawal.network, Withdrawal.status)
+async def count_by_status_and_network(
+    s: AsyncSession, client_id: str | None = None
+) -> list[tuple[str, str, int]]:
+    q = select(Withdrawal.network, Withdrawal.status, func.count()).group_by(
+        Withdrawal.network, Withdrawal.status
+    )
     if client_id is not None:
         q = q.where(Withdrawal.client_id == client_id)
     return [(n, st, int(c)) for n, st, c in (await s.exec(q)).all()]  # type: ignore[attr-defined]
@@ -93,6 +104,12 @@ async def apply_status_change(s: AsyncSession, change: StatusChange) -> Withdraw
     w.error_message = change.error_message
     w.updated_at = utcnow()
     s.add(w)
+    if change.status == WithdrawalStatus.BROADCAST:
+        await s.exec(
+            update(TxAttempt)  # type: ignore[call-overload]
+            .where(col(TxAttempt.withdrawal_id) == w.id, col(TxAttempt.outcome) == "SIGNED")
+            .values(outcome="BROADCAST", updated_at=utcnow())
+        )
     if change.status in (WithdrawalStatus.REJECTED, WithdrawalStatus.CANCELLED, WithdrawalStatus.FAILED):
         await settle_reservations(s, w.id, "RELEASED")
     elif change.status == WithdrawalStatus.CONFIRMED:
@@ -101,10 +118,20 @@ async def apply_status_change(s: AsyncSession, change: StatusChange) -> Withdraw
 
 
 async def record_inclusion(
-    s: AsyncSession, withdrawal_id: str, *, tx_hash: str, block_number: int, confirmations: int, fee_wei: int
+    s: AsyncSession,
+    withdrawal_id: str,
+    *,
+    tx_hash: str,
+    block_number: int,
+    confirmations: int,
+    fee_wei: int,
+    status: str | None = None,
 ) -> None:
+    """Record which attempt is in a block (the others are replaced), optionally with a status."""
     w = await lock_withdrawal(s, withdrawal_id)
     w.tx_hash, w.block_number, w.confirmations, w.fee_wei = tx_hash, block_number, confirmations, fee_wei
+    if status is not None:
+        w.status, w.error_code, w.error_message = status, None, None
     w.updated_at = utcnow()
     s.add(w)
     await s.exec(
@@ -114,7 +141,9 @@ async def record_inclusion(
         .values(outcome="REPLACED", updated_at=utcnow())
     )
     await s.exec(
-        update(TxAttempt).where(col(TxAttempt.tx_hash) == tx_hash).values(outcome="MINED", updated_at=utcnow())
+        update(TxAttempt)
+        .where(col(TxAttempt.tx_hash) == tx_hash)
+        .values(outcome="MINED", updated_at=utcnow())
     )
 
 
@@ -201,7 +230,9 @@ async def admit(
     await _lock_wallets(s, w.network)
     limits = cfg.limits.get(w.asset)
     if limits is not None:
-        used = await daily_total(s, network=w.network, asset=w.asset, user_id=w.user_id, since=now - timedelta(days=1))
+        used = await daily_total(
+            s, network=w.network, asset=w.asset, user_id=w.user_id, since=now - timedelta(days=1)
+        )
         if used + w.amount > to_units(limits.daily_per_user, w.decimals):
             w.status = WithdrawalStatus.REJECTED
             w.error_code, w.error_message = "LIMIT_EXCEEDED", "daily withdrawal limit for this user exceeded"
@@ -213,7 +244,9 @@ async def admit(
     return AdmissionDecision(WithdrawalStatus(w.status), wallet)
 
 
-async def reserve_existing(s: AsyncSession, withdrawal_id: str, cfg: NetworkConfig, balances: Balances) -> str | None:
+async def reserve_existing(
+    s: AsyncSession, withdrawal_id: str, cfg: NetworkConfig, balances: Balances
+) -> str | None:
     """Retry the reservation of a withdrawal waiting for funds; idempotent."""
     w = await lock_withdrawal(s, withdrawal_id)
     if w.hot_wallet is not None:
@@ -255,20 +288,30 @@ async def ensure_hot_wallet(s: AsyncSession, network: str, address: str, chain_n
 
 
 async def allocate_nonce(s: AsyncSession, withdrawal_id: str) -> NonceAllocation:
-    """Give the withdrawal the wallet's next nonce, once: a retry gets the same allocation."""
+    """Give the withdrawal the wallet's next nonce, once: a retry gets the same allocation.
+
+    The withdrawal row is locked first, so two concurrent calls for one withdrawal serialize and the
+    second finds the first one's allocation; the hot-wallet row lock then serializes the counter."""
+    w = await lock_withdrawal(s, withdrawal_id)
     existing = (
         await s.exec(select(NonceAllocation).where(NonceAllocation.withdrawal_id == withdrawal_id))
     ).first()  # type: ignore[attr-defined]
     if existing is not None:
         return existing
-    w = await lock_withdrawal(s, withdrawal_id)
     if w.hot_wallet is None:
         raise LookupError(f"withdrawal {withdrawal_id} has no hot wallet")
-    q = select(HotWallet).where(HotWallet.network == w.network, HotWallet.address == w.hot_wallet).with_for_update()
+    q = (
+        select(HotWallet)
+        .where(HotWallet.network == w.network, HotWallet.address == w.hot_wallet)
+        .with_for_update()
+    )
     hw = (await s.exec(q)).one()  # type: ignore[attr-defined]
-    alloc = NonceAllocation(network=w.network, hot_wallet=w.hot_wallet, nonce=hw.next_nonce, withdrawal_id=w.id)
+    alloc = NonceAllocation(
+        network=w.network, hot_wallet=w.hot_wallet, nonce=hw.next_nonce, withdrawal_id=w.id
+    )
     hw.next_nonce += 1
     w.nonce = alloc.nonce
+    w.status = WithdrawalStatus.PROCESSING
     w.updated_at = utcnow()
     s.add_all([alloc, hw, w])
     await s.flush()

@@ -17,8 +17,9 @@ def utcnow() -> datetime:
 
 
 class U256(TypeDecorator[int]):
-    """An unsigned 256-bit integer. SQLite's NUMERIC would round large values through REAL, so there
-    it is stored as text; sums over it are done in Python."""
+    """An unsigned integer in base units: NUMERIC(78,0) (all of uint256) where the database allows it,
+    DECIMAL(65,0) on MySQL/MariaDB (their maximum; amounts are capped at `MAX_AMOUNT_UNITS`), and exact
+    text on SQLite, whose NUMERIC would round large values through REAL. Sums are done in Python."""
 
     impl = Numeric(78, 0)
     cache_ok = True
@@ -26,6 +27,8 @@ class U256(TypeDecorator[int]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
             return dialect.type_descriptor(String(78))
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(Numeric(65, 0))
         return dialect.type_descriptor(Numeric(78, 0))
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:

@@ -19,8 +19,14 @@ async def assert_invariants(h: Harness, withdrawal_ids: list[str]) -> None:
                     continue
                 # 2. contiguous, none abandoned: every allocated nonce is used on chain.
                 assert nonces == list(range(nonces[0], nonces[0] + len(nonces))), (network, nonces)
-                chain_nonce = int(processes.rpc(cfg.rpc_urls[0], "eth_getTransactionCount",  # type: ignore[arg-type]
-                                                [wallet, "latest"]), 16)
+                chain_nonce = int(
+                    processes.rpc(
+                        cfg.rpc_urls[0],
+                        "eth_getTransactionCount",  # type: ignore[arg-type]
+                        [wallet, "latest"],
+                    ),
+                    16,
+                )
                 assert chain_nonce >= nonces[-1] + 1, (network, chain_nonce, nonces[-1])
         for wid, w in rows.items():
             assert w is not None, wid
@@ -39,5 +45,7 @@ async def assert_invariants(h: Harness, withdrawal_ids: list[str]) -> None:
                 assert states <= {"RELEASED"}, states
             # the mined transaction really is on chain at the recorded nonce
             for a in mined:
-                tx = processes.rpc(h.config.networks[w.network].rpc_urls[0], "eth_getTransactionByHash", [a.tx_hash])
+                tx = processes.rpc(
+                    h.config.networks[w.network].rpc_urls[0], "eth_getTransactionByHash", [a.tx_hash]
+                )
                 assert tx and int(tx["nonce"], 16) == a.nonce and tx["blockNumber"]  # type: ignore[index]

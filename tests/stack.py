@@ -55,8 +55,9 @@ class Stack:
     def start_anvil(self, network: str) -> None:
         port = int(self.rpc_urls[network].rsplit(":", 1)[1])
         chain_id = NETWORKS[network][0]
-        proc = processes.start(processes.anvil_command(port, chain_id, block_time=BLOCK_TIME),
-                               self.tmp / f"anvil-{network}.log")
+        proc = processes.start(
+            processes.anvil_command(port, chain_id, block_time=BLOCK_TIME), self.tmp / f"anvil-{network}.log"
+        )
         processes.wait_for_port(port, proc)
         self.procs[f"anvil-{network}"] = proc
 
@@ -68,8 +69,12 @@ class Stack:
 def start_stack(tmp: Path) -> Stack:
     tmp.mkdir(parents=True, exist_ok=True)
     tport, uiport = processes.free_port(), processes.free_port()
-    stack = Stack(tmp=tmp, temporal_port=tport,
-                  rpc_urls={n: f"http://127.0.0.1:{processes.free_port()}" for n in NETWORKS}, tokens={})
+    stack = Stack(
+        tmp=tmp,
+        temporal_port=tport,
+        rpc_urls={n: f"http://127.0.0.1:{processes.free_port()}" for n in NETWORKS},
+        tokens={},
+    )
     t = processes.start(processes.temporal_command(tmp / "temporal.db", tport, uiport), tmp / "temporal.log")
     stack.procs["temporal"] = t
     for network in NETWORKS:
@@ -107,8 +112,14 @@ def new_wallet() -> tuple[str, str]:
     return Account.from_key(key).address, key
 
 
-async def fund(stack: Stack, wallet: str, *, native: int = 1000 * 10**18, tokens: int = 10_000_000 * 10**6,
-               networks: tuple[str, ...] = tuple(NETWORKS)) -> None:
+async def fund(
+    stack: Stack,
+    wallet: str,
+    *,
+    native: int = 1000 * 10**18,
+    tokens: int = 10_000_000 * 10**6,
+    networks: tuple[str, ...] = tuple(NETWORKS),
+) -> None:
     def _do() -> None:
         hashes = []
         for n in networks:
@@ -162,8 +173,10 @@ class Harness:
         data: dict[str, Any] = r.json()
         return data
 
-    async def wait_status(self, withdrawal_id: str, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_status(
+        self, withdrawal_id: str, statuses: set[str], limit: float = 90
+    ) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + limit
         while True:
             w = await self.status(withdrawal_id)
             if w["status"] in statuses:
@@ -178,15 +191,28 @@ class Harness:
         return path
 
 
-async def make_harness(stack: Stack, db_url: str, *, wallets: int = 1, fund_wallets: bool = True,
-                       config_overrides: dict[str, Any] | None = None, start_worker: bool = True) -> Harness:
+async def make_harness(
+    stack: Stack,
+    db_url: str,
+    *,
+    wallets: int = 1,
+    fund_wallets: bool = True,
+    config_overrides: dict[str, Any] | None = None,
+    start_worker: bool = True,
+) -> Harness:
     generated = [new_wallet() for _ in range(wallets)]
     keys = dict(generated)
     if fund_wallets:
         await asyncio.gather(*(fund(stack, addr) for addr in keys))
     config = engine_config(stack, list(keys), **(config_overrides or {}))
-    settings = Settings(env="test", database_url=db_url, temporal_address=stack.temporal_address,
-                        task_queue=f"tq-{uuid.uuid4()}", data_dir=stack.tmp, rate_limit_per_minute=1_000_000)
+    settings = Settings(
+        env="test",
+        database_url=db_url,
+        temporal_address=stack.temporal_address,
+        task_queue=f"tq-{uuid.uuid4()}",
+        data_dir=stack.tmp,
+        rate_limit_per_minute=1_000_000,
+    )
     signer = KeystoreSigner({a: _Key(bytes.fromhex(k[2:])) for a, k in keys.items()})
     engine = Engine(settings, config, signer)
     await engine.start()
@@ -194,11 +220,26 @@ async def make_harness(stack: Stack, db_url: str, *, wallets: int = 1, fund_wall
     db = Database(db_url)
     api_key = "we_test_" + secrets.token_hex(16)
     client_id = await ensure_api_client(db, api_key, name="test")
-    state = AppState(settings=settings, config=config, db=db, temporal=TemporalConnector(settings, client),
-                     limiter=RateLimiter())
+    state = AppState(
+        settings=settings,
+        config=config,
+        db=db,
+        temporal=TemporalConnector(settings, client),
+        limiter=RateLimiter(),
+    )
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(state)), base_url="http://engine")
-    h = Harness(stack=stack, config=config, settings=settings, db=db, client=client, engine=engine, http=http,
-                api_key=api_key, client_id=client_id, keys=keys)
+    h = Harness(
+        stack=stack,
+        config=config,
+        settings=settings,
+        db=db,
+        client=client,
+        engine=engine,
+        http=http,
+        api_key=api_key,
+        client_id=client_id,
+        keys=keys,
+    )
     if start_worker:
         await h.start_worker()
     return h
@@ -218,8 +259,14 @@ def new_sqlite_db(tmp: Path) -> str:
 
 
 def native_body(network: str, to: str, amount: str = "0.5", **kw: Any) -> dict[str, Any]:
-    return {"user_id": "user-1", "network": network, "asset": NETWORKS[network][1], "to_address": to,
-            "amount": amount, **kw}
+    return {
+        "user_id": "user-1",
+        "network": network,
+        "asset": NETWORKS[network][1],
+        "to_address": to,
+        "amount": amount,
+        **kw,
+    }
 
 
 def units(amount: str, decimals: int) -> int:

@@ -18,13 +18,19 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 def test_the_three_required_histories_are_committed() -> None:
     names = {p.stem for p in HISTORIES}
-    assert {"native_ethereum_confirmed", "erc20_polygon_confirmed", "needs_attention_retry_confirmed"} <= names
+    assert {
+        "native_ethereum_confirmed",
+        "erc20_polygon_confirmed",
+        "needs_attention_retry_confirmed",
+    } <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_history_replays(path: Path) -> None:
-    history = WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())
-    result = await Replayer(workflows=[WithdrawalWorkflow]).replay_workflow(history, raise_on_replay_failure=False)
+    history = WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())  # noqa: ASYNC240
+    result = await Replayer(workflows=[WithdrawalWorkflow]).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
     assert result.replay_failure is None, result.replay_failure
 
 
@@ -45,5 +51,7 @@ class _ChangedWithoutPatch(WithdrawalWorkflow):
 async def test_an_unpatched_change_is_caught_by_replay() -> None:
     path = next(p for p in HISTORIES if p.stem == "native_ethereum_confirmed")
     history = WorkflowHistory.from_json("replay-changed", path.read_text())
-    result = await Replayer(workflows=[_ChangedWithoutPatch]).replay_workflow(history, raise_on_replay_failure=False)
+    result = await Replayer(workflows=[_ChangedWithoutPatch]).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
     assert result.replay_failure is not None

@@ -9,7 +9,6 @@ in the status record of REJECTED / CANCELLED / FAILED.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -45,7 +44,9 @@ T = TypeVar("T")
 S = WithdrawalStatus
 
 LOCAL_TIMEOUT = timedelta(seconds=30)
-STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=6)
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=6
+)
 FOREVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 
 
@@ -84,10 +85,13 @@ class WithdrawalWorkflow:
     def _validate_submit(self, inp: SubmitInput) -> None:
         if inp.fingerprint != self._req.fingerprint:
             raise ApplicationError(
-                "Idempotency-Key already used with a different request body", type=ErrorType.IDEMPOTENCY_KEY_REUSED
+                "Idempotency-Key already used with a different request body",
+                type=ErrorType.IDEMPOTENCY_KEY_REUSED,
             )
 
-    @workflow.signal(description='Resume a withdrawal in NEEDS_ATTENTION. Input: {"reason"?, "operator"?} or nothing.')
+    @workflow.signal(
+        description='Resume a withdrawal in NEEDS_ATTENTION. Input: {"reason"?, "operator"?} or nothing.'
+    )
     def retry(self, inp: OperatorInput | None = None) -> None:
         if self._status != S.NEEDS_ATTENTION:
             workflow.logger.warning("retry ignored: withdrawal is %s", self._status)
@@ -98,13 +102,17 @@ class WithdrawalWorkflow:
     @workflow.signal(description='Cancel before broadcast. Input: {"reason"?, "operator"?} or nothing.')
     def cancel(self, inp: OperatorInput | None = None) -> None:
         if self._broadcast or S(self._status).terminal:
-            workflow.logger.warning("cancel ignored: withdrawal is %s (already broadcast or final)", self._status)
+            workflow.logger.warning(
+                "cancel ignored: withdrawal is %s (already broadcast or final)", self._status
+            )
             self._note("cancel refused (already broadcast or final)", inp)
             return
         self._note("cancel", inp)
         self._cancel = inp or OperatorInput()
 
-    @workflow.signal(description='Approve a withdrawal in AWAITING_APPROVAL. Input: {"reason"?, "operator"?}.')
+    @workflow.signal(
+        description='Approve a withdrawal in AWAITING_APPROVAL. Input: {"reason"?, "operator"?}.'
+    )
     def approve(self, inp: OperatorInput | None = None) -> None:
         if self._status == S.AWAITING_APPROVAL and self._approval is None:
             self._note("approve", inp)
@@ -175,7 +183,7 @@ class WithdrawalWorkflow:
         ref = WithdrawalRef(withdrawal_id=self._req.withdrawal_id)
         alloc = await self._step(lambda: self._local(ChainActivities.allocate_nonce, ref))
         self._nonce = alloc.nonce
-        await self._set_status(S.PROCESSING)
+        await self._set_status(S.PROCESSING, persist=False)  # written with the allocation
         self._check_cancel()
         signed: SignedTx = await self._step(
             lambda: self._local(ChainActivities.sign_transaction, SignInput(withdrawal_id=ref.withdrawal_id))
@@ -191,7 +199,7 @@ class WithdrawalWorkflow:
     async def _confirm(self, required: int) -> None:
         included = await self._step(lambda: self._await(required, until_included_only=True))
         self._tx_hash = included.tx_hash
-        await self._set_status(S.CONFIRMING)
+        await self._set_status(S.CONFIRMING, persist=False)  # written with the inclusion
         final = await self._step(lambda: self._await(required, until_included_only=False))
         self._tx_hash = final.tx_hash
         if final.purpose == TxPurpose.CANCEL:
@@ -199,7 +207,9 @@ class WithdrawalWorkflow:
         elif final.success:
             await self._set_status(S.CONFIRMED, None)
         else:
-            await self._set_status(S.FAILED, (ErrorType.EXECUTION_REVERTED.value, "transaction mined but reverted"))
+            await self._set_status(
+                S.FAILED, (ErrorType.EXECUTION_REVERTED.value, "transaction mined but reverted")
+            )
 
     async def _wait_for_funds(self, adm: Admission) -> None:
         self._publish()
@@ -221,12 +231,19 @@ class WithdrawalWorkflow:
         inp = BroadcastInput(withdrawal_id=self._req.withdrawal_id, tx_hash=tx_hash)
         while True:
             try:
-                await self._step(lambda: self._local(ChainActivities.broadcast_transaction, inp), funds_error=True)
+                await self._step(
+                    lambda: self._local(ChainActivities.broadcast_transaction, inp), funds_error=True
+                )
                 return
             except _InsufficientFunds:
                 if self._status != S.WAITING_FOR_FUNDS:
-                    await self._set_status(S.WAITING_FOR_FUNDS, (ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS.value,
-                                                                 "hot wallet balance too low to broadcast"))
+                    await self._set_status(
+                        S.WAITING_FOR_FUNDS,
+                        (
+                            ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS.value,
+                            "hot wallet balance too low to broadcast",
+                        ),
+                    )
                 assert self._admission is not None
                 try:
                     await workflow.wait_condition(
@@ -246,12 +263,17 @@ class WithdrawalWorkflow:
         ref = self._req.withdrawal_id
         self._cancel_done = True
         signed = await self._step(
-            lambda: self._local(ChainActivities.sign_transaction, SignInput(withdrawal_id=ref, purpose=TxPurpose.CANCEL)),
+            lambda: self._local(
+                ChainActivities.sign_transaction, SignInput(withdrawal_id=ref, purpose=TxPurpose.CANCEL)
+            ),
             cancellable=False,
         )
         self._tx_hash = signed.tx_hash
         await self._step(
-            lambda: self._local(ChainActivities.broadcast_transaction, BroadcastInput(withdrawal_id=ref, tx_hash=signed.tx_hash)),
+            lambda: self._local(
+                ChainActivities.broadcast_transaction,
+                BroadcastInput(withdrawal_id=ref, tx_hash=signed.tx_hash),
+            ),
             cancellable=False,
         )
         self._broadcast = True
@@ -269,9 +291,14 @@ class WithdrawalWorkflow:
         reason = (self._cancel.reason if self._cancel else None) or "cancelled by an operator"
         return ("CANCELLED", reason)
 
-    async def _local(self, fn: Callable[..., Awaitable[T]], arg: object, *, retry: RetryPolicy = STEP_RETRY) -> T:
+    async def _local(
+        self, fn: Callable[..., Awaitable[T]], arg: object, *, retry: RetryPolicy = STEP_RETRY
+    ) -> T:
         return await workflow.execute_local_activity_method(
-            fn, arg, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=retry  # type: ignore[arg-type]
+            fn,
+            arg,
+            start_to_close_timeout=LOCAL_TIMEOUT,
+            retry_policy=retry,  # type: ignore[arg-type]
         )
 
     async def _await(self, required: int, *, until_included_only: bool) -> Inclusion:
@@ -284,8 +311,11 @@ class WithdrawalWorkflow:
             ),
             start_to_close_timeout=timedelta(hours=1),
             heartbeat_timeout=timedelta(seconds=20),
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10),
-                                     maximum_attempts=20),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=10),
+                maximum_attempts=20,
+            ),
         )
 
     async def _step(
@@ -314,11 +344,15 @@ class WithdrawalWorkflow:
                 self._retry = False
                 await self._set_status(resume, None)
 
-    async def _set_status(self, status: str, error: tuple[str, str] | None = None) -> None:
+    async def _set_status(
+        self, status: str, error: tuple[str, str] | None = None, *, persist: bool = True
+    ) -> None:
         self._status = status
         self._error = error
         self._history.append(status)
         self._publish()
+        if not persist:
+            return
         await self._local(
             FundsActivities.record_status,
             StatusChange(

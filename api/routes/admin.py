@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, StrictStr
 from temporalio.service import RPCError
 
 from api.deps import AdminDep, OperatorDep, StateDep, ViewerDep
-from api.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized
+from api.errors import Conflict, NotFound, Unauthorized
 from api.security import generate_api_key, hash_api_key, hash_password, issue_jwt, verify_password
 from api.withdrawals import withdrawal_view
 from models import repo
@@ -43,7 +43,7 @@ class ApiKeyBody(BaseModel):
 
 @router.post("/auth/login")
 async def login(body: LoginBody, state: StateDep) -> dict[str, Any]:
-    async with state.db.transaction() as s:
+    async with state.db.read() as s:
         user = await repo.get_user(s, body.username)
     if user is None or not verify_password(body.password, user.password_hash):
         raise Unauthorized("invalid username or password")
@@ -57,8 +57,14 @@ async def register(body: RegisterBody, state: StateDep, _: AdminDep) -> dict[str
     async with state.db.transaction() as s:
         if await repo.get_user(s, body.username) is not None:
             raise Conflict("username already exists", field="username")
-        s.add(User(id=str(uuid.uuid4()), username=body.username, password_hash=hash_password(body.password),
-                   role=body.role))
+        s.add(
+            User(
+                id=str(uuid.uuid4()),
+                username=body.username,
+                password_hash=hash_password(body.password),
+                role=body.role,
+            )
+        )
     return {"username": body.username, "role": body.role}
 
 
@@ -71,14 +77,14 @@ async def list_transactions(
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
-    async with state.db.transaction() as s:
+    async with state.db.read() as s:
         rows = await repo.list_withdrawals(s, status=status, network=network, limit=limit, offset=offset)
     return {"items": [withdrawal_view(w, state.config) | {"client_id": w.client_id} for w in rows]}
 
 
 @router.get("/admin/transactions/{withdrawal_id}")
 async def transaction_detail(withdrawal_id: str, state: StateDep, _: ViewerDep) -> dict[str, Any]:
-    async with state.db.transaction() as s:
+    async with state.db.read() as s:
         w = await repo.get_withdrawal(s, withdrawal_id)
         attempts = await repo.attempts_for(s, withdrawal_id) if w else []
         reservations = await repo.reservations_for(s, withdrawal_id) if w else []
@@ -90,18 +96,27 @@ async def transaction_detail(withdrawal_id: str, state: StateDep, _: ViewerDep) 
         "nonce": w.nonce,
         "workflow_id": f"withdrawal-{w.id}",
         "attempts": [
-            {"tx_hash": a.tx_hash, "purpose": a.purpose, "nonce": a.nonce, "type": a.tx_type, "outcome": a.outcome,
-             "max_fee_per_gas": a.max_fee_per_gas and str(a.max_fee_per_gas),
-             "max_priority_fee_per_gas": a.max_priority_fee_per_gas and str(a.max_priority_fee_per_gas),
-             "gas_price": a.gas_price and str(a.gas_price), "error": a.error}
+            {
+                "tx_hash": a.tx_hash,
+                "purpose": a.purpose,
+                "nonce": a.nonce,
+                "type": a.tx_type,
+                "outcome": a.outcome,
+                "max_fee_per_gas": a.max_fee_per_gas and str(a.max_fee_per_gas),
+                "max_priority_fee_per_gas": a.max_priority_fee_per_gas and str(a.max_priority_fee_per_gas),
+                "gas_price": a.gas_price and str(a.gas_price),
+                "error": a.error,
+            }
             for a in attempts
         ],
         "reservations": [{"asset": r.asset, "amount": str(r.amount), "state": r.state} for r in reservations],
     }
 
 
-async def _signal(state: StateDep, withdrawal_id: str, name: str, body: ActionBody | None, who: str) -> dict[str, Any]:
-    async with state.db.transaction() as s:
+async def _signal(
+    state: StateDep, withdrawal_id: str, name: str, body: ActionBody | None, who: str
+) -> dict[str, Any]:
+    async with state.db.read() as s:
         w = await repo.get_withdrawal(s, withdrawal_id)
     if w is None:
         raise NotFound("withdrawal not found")
@@ -115,22 +130,30 @@ async def _signal(state: StateDep, withdrawal_id: str, name: str, body: ActionBo
 
 
 @router.post("/admin/transactions/{withdrawal_id}/retry")
-async def retry(withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None) -> dict[str, Any]:
+async def retry(
+    withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
+) -> dict[str, Any]:
     return await _signal(state, withdrawal_id, "retry", body, op.username)
 
 
 @router.post("/admin/transactions/{withdrawal_id}/cancel")
-async def cancel(withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None) -> dict[str, Any]:
+async def cancel(
+    withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
+) -> dict[str, Any]:
     return await _signal(state, withdrawal_id, "cancel", body, op.username)
 
 
 @router.post("/admin/transactions/{withdrawal_id}/approve")
-async def approve(withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None) -> dict[str, Any]:
+async def approve(
+    withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
+) -> dict[str, Any]:
     return await _signal(state, withdrawal_id, "approve", body, op.username)
 
 
 @router.post("/admin/transactions/{withdrawal_id}/reject")
-async def reject(withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None) -> dict[str, Any]:
+async def reject(
+    withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
+) -> dict[str, Any]:
     return await _signal(state, withdrawal_id, "reject", body, op.username)
 
 
@@ -147,9 +170,15 @@ async def stats_status(state: StateDep, _: ViewerDep) -> dict[str, Any]:
 @router.post("/admin/api-keys", status_code=201)
 async def create_api_key(body: ApiKeyBody, state: StateDep, _: AdminDep) -> dict[str, Any]:
     key = generate_api_key()
-    client = ApiClient(id=str(uuid.uuid4()), name=body.name, key_hash=hash_api_key(key), key_prefix=key[:10],
-                       rate_limit_per_minute=body.rate_limit_per_minute, scopes=" ".join(body.scopes))
-    async with state.db.transaction() as s:
+    client = ApiClient(
+        id=str(uuid.uuid4()),
+        name=body.name,
+        key_hash=hash_api_key(key),
+        key_prefix=key[:10],
+        rate_limit_per_minute=body.rate_limit_per_minute,
+        scopes=" ".join(body.scopes),
+    )
+    async with state.db.read() as s:
         s.add(client)
     return {"id": client.id, "name": client.name, "api_key": key, "scopes": body.scopes}
 

@@ -20,8 +20,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "UNAUTHORIZED"},
     403: {"description": "FORBIDDEN"},
     409: {"description": "IDEMPOTENCY_KEY_REUSED"},
-    422: {"description": "INVALID_ADDRESS, INVALID_AMOUNT, UNSUPPORTED_NETWORK, UNSUPPORTED_ASSET, "
-                         "LIMIT_EXCEEDED, VALIDATION_ERROR"},
+    422: {
+        "description": "INVALID_ADDRESS, INVALID_AMOUNT, UNSUPPORTED_NETWORK, UNSUPPORTED_ASSET, "
+        "LIMIT_EXCEEDED, VALIDATION_ERROR"
+    },
     429: {"description": "RATE_LIMITED (see Retry-After)"},
     503: {"description": "SERVICE_UNAVAILABLE (see Retry-After)"},
 }
@@ -31,8 +33,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     "/withdrawal/request",
     status_code=201,
     response_model=svc.WithdrawalOut,
-    responses={200: {"description": "replay of the same Idempotency-Key and body", "model": svc.WithdrawalOut},
-               **_ERRORS},
+    responses={
+        200: {"description": "replay of the same Idempotency-Key and body", "model": svc.WithdrawalOut},
+        **_ERRORS,
+    },
 )
 async def request_withdrawal(
     body: svc.WithdrawalBody, client: WriterDep, key: IdempotencyKeyDep, state: StateDep, response: Response
@@ -50,7 +54,7 @@ async def withdrawal_status(withdrawal_id: str, client: ReaderDep, state: StateD
     except ValueError as e:
         raise NotFound("withdrawal not found") from e
     try:
-        async with state.db.transaction() as s:
+        async with state.db.read() as s:
             w = await repo.get_withdrawal(s, withdrawal_id, client_id=client.id)
     except Exception as e:
         raise ServiceUnavailable("database unavailable", headers={"Retry-After": "5"}) from e
@@ -63,7 +67,7 @@ async def withdrawal_status(withdrawal_id: str, client: ReaderDep, state: StateD
 async def queue_status(client: ReaderDep, state: StateDep) -> dict[str, Any]:
     """This client's withdrawals: in flight, and counts by status and by network."""
     try:
-        async with state.db.transaction() as s:
+        async with state.db.read() as s:
             rows = await repo.count_by_status_and_network(s, client_id=client.id)
     except Exception as e:
         raise ServiceUnavailable("database unavailable", headers={"Retry-After": "5"}) from e
@@ -73,4 +77,9 @@ async def queue_status(client: ReaderDep, state: StateDep) -> dict[str, Any]:
         by_status[status] = by_status.get(status, 0) + count
         by_network.setdefault(network, {})[status] = count
     in_flight = sum(c for st, c in by_status.items() if st not in TERMINAL_STATUSES)
-    return {"in_flight": in_flight, "total": sum(by_status.values()), "by_status": by_status, "by_network": by_network}
+    return {
+        "in_flight": in_flight,
+        "total": sum(by_status.values()),
+        "by_status": by_status,
+        "by_network": by_network,
+    }

@@ -14,7 +14,15 @@ import tempfile
 from pathlib import Path
 
 from devstack import chain
-from tests.stack import Harness, close_harness, make_harness, native_body, new_sqlite_db, new_wallet, start_stack
+from tests.stack import (
+    Harness,
+    close_harness,
+    make_harness,
+    native_body,
+    new_sqlite_db,
+    new_wallet,
+    start_stack,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,16 +44,24 @@ async def main() -> None:
             await h.wait_status(native.json()["id"], {"CONFIRMED"})
             await _save(h, native.json()["id"], "native_ethereum_confirmed")
 
-            token = await h.request({"user_id": "u", "network": "polygon", "asset": "USDT",
-                                     "to_address": new_wallet()[0], "amount": "12.5"})
+            token = await h.request(
+                {
+                    "user_id": "u",
+                    "network": "polygon",
+                    "asset": "USDT",
+                    "to_address": new_wallet()[0],
+                    "amount": "12.5",
+                }
+            )
             await h.wait_status(token.json()["id"], {"CONFIRMED"})
             await _save(h, token.json()["id"], "erc20_polygon_confirmed")
 
             url, usdt = stack.rpc_urls["bsc"], stack.tokens["bsc"]["USDT"]
             to = new_wallet()[0]
             await asyncio.to_thread(chain.blacklist, url, usdt, to)
-            parked = await h.request({"user_id": "u", "network": "bsc", "asset": "USDT", "to_address": to,
-                                      "amount": "3"})
+            parked = await h.request(
+                {"user_id": "u", "network": "bsc", "asset": "USDT", "to_address": to, "amount": "3"}
+            )
             wid = parked.json()["id"]
             await h.wait_status(wid, {"NEEDS_ATTENTION"})
             await asyncio.to_thread(chain.blacklist, url, usdt, to, False)

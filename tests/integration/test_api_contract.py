@@ -16,8 +16,13 @@ DEAD = "0x000000000000000000000000000000000000dEaD"
 
 
 def _body(**kw: object) -> dict[str, object]:
-    b: dict[str, object] = {"user_id": "u-1", "network": "ethereum", "asset": "ETH", "to_address": DEAD,
-                            "amount": "0.01"}
+    b: dict[str, object] = {
+        "user_id": "u-1",
+        "network": "ethereum",
+        "asset": "ETH",
+        "to_address": DEAD,
+        "amount": "0.01",
+    }
     b.update(kw)
     return {k: v for k, v in b.items() if v is not None}
 
@@ -61,15 +66,18 @@ async def test_refusals_have_their_codes(harness: Harness, body: dict, code: str
 
 @pytest.mark.parametrize("raw", [b"not json", b"[]", b"null", b'{"user_id": "u"'])
 async def test_malformed_bodies_are_validation_errors(harness: Harness, raw: bytes) -> None:
-    r = await harness.http.post("/withdrawal/request", content=raw,
-                                headers={**harness.headers(), "Content-Type": "application/json"})
+    r = await harness.http.post(
+        "/withdrawal/request", content=raw, headers={**harness.headers(), "Content-Type": "application/json"}
+    )
     _err(r, 422, "VALIDATION_ERROR")
 
 
 async def test_idempotency_key_is_required_and_bounded(harness: Harness) -> None:
     r = await harness.http.post("/withdrawal/request", json=_body(), headers={"X-API-Key": harness.api_key})
     _err(r, 400, "MISSING_IDEMPOTENCY_KEY")
-    r = await harness.http.post("/withdrawal/request", json={"garbage": True}, headers={"X-API-Key": harness.api_key})
+    r = await harness.http.post(
+        "/withdrawal/request", json={"garbage": True}, headers={"X-API-Key": harness.api_key}
+    )
     _err(r, 400, "MISSING_IDEMPOTENCY_KEY")
     _err(await harness.request(_body(), key="k" * 256), 422, "VALIDATION_ERROR")
 
@@ -82,13 +90,18 @@ async def test_every_bad_key_gets_the_same_401(harness: Harness) -> None:
     expired = await ensure_api_client(harness.db, expired_key, name="expired")
     async with harness.db.transaction() as s:
         await s.exec(update(ApiClient).where(ApiClient.id == revoked).values(active=False))  # type: ignore[call-overload,arg-type]
-        await s.exec(update(ApiClient).where(ApiClient.id == expired)  # type: ignore[call-overload,arg-type]
-                     .values(expires_at=datetime.utcnow() - timedelta(seconds=1)))  # noqa: DTZ003
+        await s.exec(
+            update(ApiClient)
+            .where(ApiClient.id == expired)  # type: ignore[call-overload,arg-type]
+            .values(expires_at=datetime.utcnow() - timedelta(seconds=1))
+        )  # noqa: DTZ003
     bodies = []
     for key in (None, "", "we_unknown", revoked_key, expired_key, "x" * 500):
         headers = {"Idempotency-Key": "k1"} | ({"X-API-Key": key} if key is not None else {})
-        for r in (await harness.http.post("/withdrawal/request", json=_body(), headers=headers),
-                  await harness.http.get(f"/withdrawal/status/{uuid.uuid4()}", headers=headers)):
+        for r in (
+            await harness.http.post("/withdrawal/request", json=_body(), headers=headers),
+            await harness.http.get(f"/withdrawal/status/{uuid.uuid4()}", headers=headers),
+        ):
             assert r.status_code == 401
             bodies.append(r.json())
     assert all(b == bodies[0] for b in bodies) and bodies[0]["error"]["code"] == "UNAUTHORIZED"
@@ -99,7 +112,9 @@ async def test_read_only_key_is_forbidden_to_request(harness: Harness) -> None:
 
     key = "we_ro_" + uuid.uuid4().hex
     await ensure_api_client(harness.db, key, name="ro", scopes="withdrawals:read")
-    r = await harness.http.post("/withdrawal/request", json=_body(), headers={"X-API-Key": key, "Idempotency-Key": "a"})
+    r = await harness.http.post(
+        "/withdrawal/request", json=_body(), headers={"X-API-Key": key, "Idempotency-Key": "a"}
+    )
     _err(r, 403, "FORBIDDEN")
 
 
@@ -125,8 +140,11 @@ async def test_status_of_unknown_or_foreign_withdrawal_is_404(harness: Harness) 
 
     other = "we_other_" + uuid.uuid4().hex
     await ensure_api_client(harness.db, other, name="other")
-    for path, key in ((f"/withdrawal/status/{wid}", other), (f"/withdrawal/status/{uuid.uuid4()}", harness.api_key),
-                      ("/withdrawal/status/not-a-uuid", harness.api_key)):
+    for path, key in (
+        (f"/withdrawal/status/{wid}", other),
+        (f"/withdrawal/status/{uuid.uuid4()}", harness.api_key),
+        ("/withdrawal/status/not-a-uuid", harness.api_key),
+    ):
         _err(await harness.http.get(path, headers={"X-API-Key": key}), 404, "NOT_FOUND")
     await harness.wait_status(wid, {"CONFIRMED"})
 
@@ -143,7 +161,9 @@ async def test_same_key_same_body_is_the_same_withdrawal_and_different_body_is_4
     done = await harness.wait_status(first.json()["id"], {"CONFIRMED"})
     # After the workflow has finished, the record still answers replays.
     late = await harness.request(body, key)
-    assert late.status_code == 200 and late.json()["id"] == done["id"] and late.json()["status"] == "CONFIRMED"
+    assert (
+        late.status_code == 200 and late.json()["id"] == done["id"] and late.json()["status"] == "CONFIRMED"
+    )
     _err(await harness.request(body | {"to_address": new_wallet()[0]}, key), 409, "IDEMPOTENCY_KEY_REUSED")
     # Exactly one payment.
     from devstack import processes

@@ -21,9 +21,12 @@ async def test_many_concurrent_withdrawals_from_one_hot_wallet(harness: Harness)
     )
     assert all(r.status_code == 201 for r in responses), [r.text for r in responses if r.status_code != 201]
     ids = [r.json()["id"] for r in responses]
-    finals = await asyncio.gather(*(harness.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION", "FAILED"}, 180)
-                                    for wid in ids))
-    assert [f["status"] for f in finals] == ["CONFIRMED"] * 32, [f for f in finals if f["status"] != "CONFIRMED"]
+    finals = await asyncio.gather(
+        *(harness.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION", "FAILED"}, 180) for wid in ids)
+    )
+    assert [f["status"] for f in finals] == ["CONFIRMED"] * 32, [
+        f for f in finals if f["status"] != "CONFIRMED"
+    ]
     for i, to in enumerate(recipients):
         bal = int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16)  # type: ignore[arg-type]
         assert bal == (i + 1) * 10**15, (i, bal)

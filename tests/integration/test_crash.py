@@ -46,14 +46,18 @@ def start_worker_process(h: Harness, tmp: Path) -> subprocess.Popen[bytes]:
         "WE_DATA_DIR": str(tmp),
     }
     log = open(tmp / "worker.log", "ab")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, stdout=log, stderr=log, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "worker.py")], env=env, stdout=log, stderr=log, cwd=ROOT
+    )
 
 
 async def _statuses(h: Harness, ids: list[str]) -> list[str]:
     return [(await h.status(wid))["status"] for wid in ids]
 
 
-async def test_sigkill_worker_mid_flight_loses_nothing_and_pays_once(subprocess_harness: Harness, tmp: Path) -> None:
+async def test_sigkill_worker_mid_flight_loses_nothing_and_pays_once(
+    subprocess_harness: Harness, tmp: Path
+) -> None:
     h = subprocess_harness
     network = "polygon"
     url = h.stack.rpc_urls[network]
@@ -79,8 +83,9 @@ async def test_sigkill_worker_mid_flight_loses_nothing_and_pays_once(subprocess_
             proc.wait()
             await asyncio.sleep(1.0)
             proc = start_worker_process(h, tmp)
-        finals = await asyncio.gather(*(h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION", "FAILED"}, 180)
-                                        for wid in ids))
+        finals = await asyncio.gather(
+            *(h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION", "FAILED"}, 180) for wid in ids)
+        )
         assert {f["status"] for f in finals} == {"CONFIRMED"}, finals
         for to in recipients:
             assert int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16) == 10**16  # type: ignore[arg-type]

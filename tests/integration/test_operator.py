@@ -25,8 +25,17 @@ async def _admin_token(h: Harness, role: str = "OPERATOR") -> str:
 
 
 def _cli_signal(h: Harness, withdrawal_id: str, name: str, payload: str | None) -> None:
-    cmd = [processes.temporal_bin(), "workflow", "signal", "--address", h.stack.temporal_address,
-           "--workflow-id", f"withdrawal-{withdrawal_id}", "--name", name]
+    cmd = [
+        processes.temporal_bin(),
+        "workflow",
+        "signal",
+        "--address",
+        h.stack.temporal_address,
+        "--workflow-id",
+        f"withdrawal-{withdrawal_id}",
+        "--name",
+        name,
+    ]
     if payload is not None:
         cmd += ["--input", payload]
     subprocess.run(cmd, check=True, capture_output=True, timeout=30)
@@ -37,14 +46,16 @@ async def test_needs_attention_then_retry_from_the_cli_with_no_input(harness: Ha
     url, token = harness.stack.rpc_urls[network], harness.stack.tokens[network]["USDT"]
     to, _ = new_wallet()
     await asyncio.to_thread(chain.blacklist, url, token, to)
-    r = await harness.request({"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "5"})
+    r = await harness.request(
+        {"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "5"}
+    )
     assert r.status_code == 201, r.text
     wid = r.json()["id"]
     parked = await harness.wait_status(wid, {"NEEDS_ATTENTION"})
     assert parked["error"]["code"] == "ExecutionReverted" and "blacklisted" in parked["error"]["message"]
     assert parked["tx_hash"] is None
 
-    # A malformed signal is dropped (logged), the workflow keeps waiting; a retry before the cause is fixed parks again.
+    # A malformed signal is dropped (logged) and the workflow keeps waiting.
     await asyncio.to_thread(_cli_signal, harness, wid, "retry", "123")
     await asyncio.sleep(1.0)
     assert (await harness.status(wid))["status"] == "NEEDS_ATTENTION"
@@ -65,14 +76,19 @@ async def test_cancel_in_needs_attention_fills_the_nonce_with_a_self_transfer(ha
     wallet = harness.config.networks[network].hot_wallets[0]
     to, _ = new_wallet()
     await asyncio.to_thread(chain.blacklist, url, token, to)
-    r = await harness.request({"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "7"})
+    r = await harness.request(
+        {"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "7"}
+    )
     wid = r.json()["id"]
     await harness.wait_status(wid, {"NEEDS_ATTENTION"})
     # Another withdrawal takes the next nonce and must not stall behind the parked one.
     other = await harness.request(native_body(network, new_wallet()[0], "0.01"))
     token_jwt = await _admin_token(harness)
-    c = await harness.http.post(f"/admin/transactions/{wid}/cancel", json={"reason": "customer asked"},
-                                headers={"Authorization": f"Bearer {token_jwt}"})
+    c = await harness.http.post(
+        f"/admin/transactions/{wid}/cancel",
+        json={"reason": "customer asked"},
+        headers={"Authorization": f"Bearer {token_jwt}"},
+    )
     assert c.status_code == 200, c.text
     final = await harness.wait_status(wid, {"CANCELLED", "CONFIRMED"})
     assert final["status"] == "CANCELLED" and final["error"]["message"] == "customer asked"
@@ -93,10 +109,16 @@ async def test_approval_approve_and_reject(harness: Harness) -> None:
     for w in (a, b):
         assert (await harness.wait_status(w["id"], {"AWAITING_APPROVAL"}))["status"] == "AWAITING_APPROVAL"
     viewer = await _admin_token(harness, role="VIEWER")
-    denied = await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers={"Authorization": f"Bearer {viewer}"})
+    denied = await harness.http.post(
+        f"/admin/transactions/{a['id']}/approve", headers={"Authorization": f"Bearer {viewer}"}
+    )
     assert denied.status_code == 403 and denied.json()["error"]["code"] == "FORBIDDEN"
-    assert (await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=auth)).status_code == 200
-    assert (await harness.http.post(f"/admin/transactions/{b['id']}/reject", json={}, headers=auth)).status_code == 200
+    assert (
+        await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=auth)
+    ).status_code == 200
+    assert (
+        await harness.http.post(f"/admin/transactions/{b['id']}/reject", json={}, headers=auth)
+    ).status_code == 200
     assert (await harness.wait_status(a["id"], {"CONFIRMED"}))["status"] == "CONFIRMED"
     rejected = await harness.wait_status(b["id"], {"REJECTED"})
     assert rejected["error"]["code"] == "APPROVAL_REJECTED" and rejected["tx_hash"] is None
@@ -129,11 +151,13 @@ async def test_waiting_for_funds_then_funded_confirms_and_cancel_while_waiting(p
     found = [wf.id async for wf in h.client.list_workflows(sa_query)]
     assert set(found) >= {f"withdrawal-{r1.json()['id']}"} or not found  # visibility is eventually consistent
     token = await _admin_token(h)
-    await h.http.post(f"/admin/transactions/{r2.json()['id']}/cancel", headers={"Authorization": f"Bearer {token}"})
+    await h.http.post(
+        f"/admin/transactions/{r2.json()['id']}/cancel", headers={"Authorization": f"Bearer {token}"}
+    )
     cancelled = await h.wait_status(r2.json()["id"], {"CANCELLED"})
     assert cancelled["tx_hash"] is None
     await asyncio.to_thread(chain.set_balance, url, wallet, 10 * 10**18)
-    done = await h.wait_status(r1.json()["id"], {"CONFIRMED"}, timeout=60)
+    done = await h.wait_status(r1.json()["id"], {"CONFIRMED"}, limit=60)
     assert done["status"] == "CONFIRMED"
     await assert_invariants(h, [r1.json()["id"], r2.json()["id"]])
 
@@ -146,9 +170,11 @@ async def test_no_private_key_in_history_database_or_api(harness: Harness) -> No
     history = (await harness.client.get_workflow_handle(f"withdrawal-{wid}").fetch_history()).to_json()
     assert key_hex not in history.lower()
     token = await _admin_token(harness)
-    detail = (await harness.http.get(f"/admin/transactions/{wid}", headers={"Authorization": f"Bearer {token}"})).text
+    detail = (
+        await harness.http.get(f"/admin/transactions/{wid}", headers={"Authorization": f"Bearer {token}"})
+    ).text
     assert key_hex not in detail.lower()
     async with harness.db.transaction() as s:
         dump = json.dumps([a.model_dump() for a in await repo.attempts_for(s, wid)], default=str)
     assert key_hex not in dump.lower()
-    assert repr(harness.engine.chain.signer._keys) .count(key_hex) == 0
+    assert repr(harness.engine.chain.signer._keys).count(key_hex) == 0

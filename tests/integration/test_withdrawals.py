@@ -42,7 +42,13 @@ async def test_native_withdrawal_confirms_with_exact_amount(harness: Harness, ne
 @pytest.mark.parametrize("network", list(NETWORKS))
 async def test_usdt_withdrawal_transfers_six_decimal_units(harness: Harness, network: str) -> None:
     to, _ = new_wallet()
-    body = {"user_id": "user-2", "network": network, "asset": "USDT", "to_address": to, "amount": "250.123456"}
+    body = {
+        "user_id": "user-2",
+        "network": network,
+        "asset": "USDT",
+        "to_address": to,
+        "amount": "250.123456",
+    }
     r = await harness.request(body)
     assert r.status_code == 201, r.text
     final = await harness.wait_status(r.json()["id"], {"CONFIRMED", "FAILED", "NEEDS_ATTENTION"})

@@ -9,8 +9,13 @@ from settings import ROOT, EngineConfig, Settings
 def test_dev_secrets_refuse_to_load_outside_dev() -> None:
     with pytest.raises(ValidationError, match="development default"):
         Settings(env="prod", database_url="mysql+aiomysql://u:p@h/db")
-    ok = Settings(env="prod", database_url="mysql+aiomysql://u:p@h/db", keystore_password=SecretStr("k" * 20),
-                  jwt_secret=SecretStr("j" * 40), webhook_secret=SecretStr("w" * 20))
+    ok = Settings(
+        env="prod",
+        database_url="mysql+aiomysql://u:p@h/db",
+        keystore_password=SecretStr("k" * 20),
+        jwt_secret=SecretStr("j" * 40),
+        webhook_secret=SecretStr("w" * 20),
+    )
     assert ok.env == "prod"
 
 
