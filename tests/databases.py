@@ -54,3 +54,16 @@ def create_database(port: int, name: str) -> str:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     conn.close()
     return f"mysql+aiomysql://root:@127.0.0.1:{port}/{name}"
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must provide Redis: apt-get install -y redis-server")
+        pytest.skip("Redis is not installed here (apt-get install -y redis-server); CI runs these")
+    port = processes.free_port()
+    proc = processes.start([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                            "--dir", str(tmp)], tmp / "redis.log")
+    processes.wait_for_port(port, proc, timeout=30)
+    return proc, port
