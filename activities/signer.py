@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
+from eth_typing import HexStr
 from eth_utils import to_checksum_address
 
 
@@ -60,16 +61,16 @@ class KeystoreSigner:
         )
 
 
-def write_keystore(
-    directory: Path, private_key: str | bytes, password: str, *, iterations: int | None = None
-) -> str:
+def write_keystore(directory: Path, private_key: str, password: str, *, iterations: int | None = None) -> str:
     """Encrypt a key into `directory` (idempotent per address). Returns the address."""
     directory.mkdir(parents=True, exist_ok=True)
     address = Account.from_key(private_key).address
     path = directory / f"{address.lower()}.json"
     if not path.exists():
-        kdf = "scrypt" if iterations is None else "pbkdf2"
-        data = Account.encrypt(private_key, password, kdf=kdf, iterations=iterations)
+        if iterations is None:
+            data = Account.encrypt(HexStr(private_key), password, kdf="scrypt")
+        else:
+            data = Account.encrypt(HexStr(private_key), password, kdf="pbkdf2", iterations=iterations)
         path.write_text(json.dumps(data))
         path.chmod(0o600)
     return address

@@ -204,7 +204,7 @@ async def submit(
     try:
         result: SubmitResult = await asyncio.wait_for(
             temporal.execute_update_with_start_workflow(
-                WithdrawalWorkflow.submit,
+                WithdrawalWorkflow.submit,  # type: ignore[arg-type]
                 SubmitInput(fingerprint=fp),
                 start_workflow_operation=op,
                 rpc_timeout=timedelta(seconds=20),

@@ -44,7 +44,7 @@ def send(w3: Web3, key: str, tx: dict[str, Any], *, wait: bool = True) -> str:
     if "maxFeePerGas" not in tx:
         tx.setdefault("gasPrice", w3.eth.gas_price * 2)
     if "gas" not in tx:
-        tx["gas"] = int(w3.eth.estimate_gas(tx) * 1.3)
+        tx["gas"] = int(w3.eth.estimate_gas(tx) * 1.3)  # type: ignore[arg-type]
     signed = Account.sign_transaction(tx, key)
     tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     if wait:
@@ -60,7 +60,7 @@ def deploy_tokens(url: str) -> dict[str, str]:
     art = artifact()
     out: dict[str, str] = {}
     for i, (symbol, name, decimals) in enumerate(TOKENS):
-        address = get_create_address(DEPLOYER, i)
+        address = get_create_address(DEPLOYER, i)  # type: ignore[arg-type]
         if w3.eth.get_code(address) in (b"", b"\x00"):
             if w3.eth.get_transaction_count(DEPLOYER, "pending") != i:
                 raise RuntimeError(f"deployer nonce moved: cannot deploy {symbol} at {address}")

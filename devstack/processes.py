@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -134,7 +135,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             proc.wait()
 
 
-def rpc(url: str, method: str, params: list[object] | None = None) -> object:
+def rpc(url: str, method: str, params: list[object] | None = None) -> Any:
     body = httpx.post(
         url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}, timeout=30
     ).json()

@@ -30,15 +30,32 @@ def start_mariadb(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     server, install = binaries
     datadir = tmp / "mariadb"
     subprocess.run(
-        [install, "--no-defaults", f"--datadir={datadir}", "--auth-root-authentication-method=normal",
-         "--skip-test-db", "--user=root"],
-        check=True, capture_output=True, timeout=120,
+        [
+            install,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--user=root",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     port = processes.free_port()
     proc = processes.start(
-        [server, "--no-defaults", f"--datadir={datadir}", f"--port={port}", "--bind-address=127.0.0.1",
-         f"--socket={tmp / 'mariadb.sock'}", "--user=root", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=2",
-         "--max-connections=500"],
+        [
+            server,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={tmp / 'mariadb.sock'}",
+            "--user=root",
+            "--skip-log-bin",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--max-connections=500",
+        ],
         tmp / "mariadb.log",
     )
     processes.wait_for_port(port, proc, timeout=60)
@@ -63,7 +80,21 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
             raise RuntimeError("CI must provide Redis: apt-get install -y redis-server")
         pytest.skip("Redis is not installed here (apt-get install -y redis-server); CI runs these")
     port = processes.free_port()
-    proc = processes.start([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                            "--dir", str(tmp)], tmp / "redis.log")
+    proc = processes.start(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        tmp / "redis.log",
+    )
     processes.wait_for_port(port, proc, timeout=30)
     return proc, port

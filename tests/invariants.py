@@ -22,7 +22,7 @@ async def assert_invariants(h: Harness, withdrawal_ids: list[str]) -> None:
                 chain_nonce = int(
                     processes.rpc(
                         cfg.rpc_urls[0],
-                        "eth_getTransactionCount",  # type: ignore[arg-type]
+                        "eth_getTransactionCount",
                         [wallet, "latest"],
                     ),
                     16,
@@ -48,4 +48,4 @@ async def assert_invariants(h: Harness, withdrawal_ids: list[str]) -> None:
                 tx = processes.rpc(
                     h.config.networks[w.network].rpc_urls[0], "eth_getTransactionByHash", [a.tx_hash]
                 )
-                assert tx and int(tx["nonce"], 16) == a.nonce and tx["blockNumber"]  # type: ignore[index]
+                assert tx and int(tx["nonce"], 16) == a.nonce and tx["blockNumber"]

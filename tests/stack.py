@@ -130,7 +130,7 @@ async def fund(
                     hashes.append((url, chain.mint(url, address, wallet, tokens, wait=False)))
         for url, h in hashes:
             w3 = chain.web3_for(url)
-            assert w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.1)["status"] == 1
+            assert w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.1)["status"] == 1  # type: ignore[arg-type]
 
     await asyncio.to_thread(_do)
 
@@ -173,9 +173,7 @@ class Harness:
         data: dict[str, Any] = r.json()
         return data
 
-    async def wait_status(
-        self, withdrawal_id: str, statuses: set[str], limit: float = 90
-    ) -> dict[str, Any]:
+    async def wait_status(self, withdrawal_id: str, statuses: set[str], limit: float = 90) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + limit
         while True:
             w = await self.status(withdrawal_id)

@@ -168,7 +168,7 @@ async def test_same_key_same_body_is_the_same_withdrawal_and_different_body_is_4
     # Exactly one payment.
     from devstack import processes
 
-    bal = int(processes.rpc(harness.stack.rpc_urls["polygon"], "eth_getBalance", [to, "latest"]), 16)  # type: ignore[arg-type]
+    bal = int(processes.rpc(harness.stack.rpc_urls["polygon"], "eth_getBalance", [to, "latest"]), 16)
     assert bal == 3 * 10**17
 
 
@@ -186,7 +186,7 @@ async def test_concurrent_replays_of_one_key_create_one_withdrawal(harness: Harn
     await harness.wait_status(ok[0].json()["id"], {"CONFIRMED"})
     from devstack import processes
 
-    bal = int(processes.rpc(harness.stack.rpc_urls["bsc"], "eth_getBalance", [to, "latest"]), 16)  # type: ignore[arg-type]
+    bal = int(processes.rpc(harness.stack.rpc_urls["bsc"], "eth_getBalance", [to, "latest"]), 16)
     assert bal == 2 * 10**17
 
 

@@ -14,7 +14,7 @@ async def test_many_concurrent_withdrawals_from_one_hot_wallet(harness: Harness)
     network = "ethereum"
     wallet = harness.config.networks[network].hot_wallets[0]
     url = harness.stack.rpc_urls[network]
-    start_nonce = int(processes.rpc(url, "eth_getTransactionCount", [wallet, "latest"]), 16)  # type: ignore[arg-type]
+    start_nonce = int(processes.rpc(url, "eth_getTransactionCount", [wallet, "latest"]), 16)
     recipients = [new_wallet()[0] for _ in range(32)]
     responses = await asyncio.gather(
         *(harness.request(native_body(network, to, f"0.{i + 1:03d}")) for i, to in enumerate(recipients))
@@ -28,10 +28,10 @@ async def test_many_concurrent_withdrawals_from_one_hot_wallet(harness: Harness)
         f for f in finals if f["status"] != "CONFIRMED"
     ]
     for i, to in enumerate(recipients):
-        bal = int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16)  # type: ignore[arg-type]
+        bal = int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16)
         assert bal == (i + 1) * 10**15, (i, bal)
     async with harness.db.transaction() as s:
         nonces = sorted([a.nonce for a in await repo.nonce_allocations(s, network, wallet)])
     assert nonces == list(range(start_nonce, start_nonce + 32))
-    assert int(processes.rpc(url, "eth_getTransactionCount", [wallet, "latest"]), 16) == start_nonce + 32  # type: ignore[arg-type]
+    assert int(processes.rpc(url, "eth_getTransactionCount", [wallet, "latest"]), 16) == start_nonce + 32
     await assert_invariants(harness, ids)

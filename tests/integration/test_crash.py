@@ -88,7 +88,7 @@ async def test_sigkill_worker_mid_flight_loses_nothing_and_pays_once(
         )
         assert {f["status"] for f in finals} == {"CONFIRMED"}, finals
         for to in recipients:
-            assert int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16) == 10**16  # type: ignore[arg-type]
+            assert int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16) == 10**16
         await assert_invariants(h, ids)
     finally:
         proc.send_signal(signal.SIGTERM)

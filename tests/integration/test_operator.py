@@ -93,7 +93,7 @@ async def test_cancel_in_needs_attention_fills_the_nonce_with_a_self_transfer(ha
     final = await harness.wait_status(wid, {"CANCELLED", "CONFIRMED"})
     assert final["status"] == "CANCELLED" and final["error"]["message"] == "customer asked"
     tx = processes.rpc(url, "eth_getTransactionByHash", [final["tx_hash"]])
-    assert tx["to"].lower() == wallet.lower() and int(tx["value"], 16) == 0  # type: ignore[index]
+    assert tx["to"].lower() == wallet.lower() and int(tx["value"], 16) == 0
     assert (await harness.wait_status(other.json()["id"], {"CONFIRMED"}))["status"] == "CONFIRMED"
     assert chain.token_balance(url, token, to) == 0
     await assert_invariants(harness, [wid, other.json()["id"]])
@@ -123,7 +123,7 @@ async def test_approval_approve_and_reject(harness: Harness) -> None:
     rejected = await harness.wait_status(b["id"], {"REJECTED"})
     assert rejected["error"]["code"] == "APPROVAL_REJECTED" and rejected["tx_hash"] is None
     url = harness.stack.rpc_urls[network]
-    assert int(processes.rpc(url, "eth_getBalance", [b_to, "latest"]), 16) == 0  # type: ignore[arg-type]
+    assert int(processes.rpc(url, "eth_getBalance", [b_to, "latest"]), 16) == 0
     detail = (await harness.http.get(f"/admin/transactions/{b['id']}", headers=auth)).json()
     assert {r["state"] for r in detail["reservations"]} == {"RELEASED"}
     await assert_invariants(harness, [a["id"], b["id"]])

@@ -9,7 +9,7 @@ from tests.stack import NETWORKS, Harness, native_body, new_wallet, units
 
 
 async def _tx(h: Harness, network: str, tx_hash: str) -> dict:
-    return processes.rpc(h.stack.rpc_urls[network], "eth_getTransactionByHash", [tx_hash])  # type: ignore[return-value]
+    return processes.rpc(h.stack.rpc_urls[network], "eth_getTransactionByHash", [tx_hash])
 
 
 @pytest.mark.parametrize("network", list(NETWORKS))
@@ -26,7 +26,7 @@ async def test_native_withdrawal_confirms_with_exact_amount(harness: Harness, ne
     assert final["fee"] is not None and float(final["fee"]) > 0
 
     url = harness.stack.rpc_urls[network]
-    balance = int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16)  # type: ignore[arg-type]
+    balance = int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16)
     assert balance == units("1.25", 18)
     tx = await _tx(harness, network, final["tx_hash"])
     assert int(tx["chainId"], 16) == NETWORKS[network][0]

@@ -18,7 +18,7 @@ from models.amounts import MAX_AMOUNT_UNITS
 from models.db import Database
 from models.domain import WithdrawalStatus
 from models.tables import HotWallet, Withdrawal
-from settings import NetworkConfig
+from settings import AssetLimits, NetworkConfig
 from tests.databases import create_database, start_mariadb
 
 WALLET = "0x00000000000000000000000000000000000000A1"
@@ -50,18 +50,37 @@ async def db_pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 def _cfg(wallets: list[str] | None = None) -> NetworkConfig:
     return NetworkConfig(
-        chain_id=31337, rpc_urls=["http://127.0.0.1:1"], native_asset="ETH", fee_model="eip1559",
-        required_confirmations=3, hot_wallets=wallets or [WALLET],
-        limits={"ETH": {"per_transaction": "100", "daily_per_user": "1000000", "approval_threshold": "10"}},
+        chain_id=31337,
+        rpc_urls=["http://127.0.0.1:1"],
+        native_asset="ETH",
+        fee_model="eip1559",
+        required_confirmations=3,
+        hot_wallets=wallets or [WALLET],
+        limits={
+            "ETH": AssetLimits(
+                per_transaction=Decimal(100), daily_per_user=Decimal(10**6), approval_threshold=Decimal(10)
+            )
+        },
         max_fee_per_gas_cap_gwei=Decimal(1),
     )
 
 
 def _withdrawal(amount: int, user: str = "u") -> Withdrawal:
     wid = str(uuid.uuid4())
-    return Withdrawal(id=wid, client_id="c", idempotency_key=wid, fingerprint="f", user_id=user, network="ethereum",
-                      asset="ETH", to_address=WALLET, amount=amount, decimals=18,
-                      status=WithdrawalStatus.PENDING, required_confirmations=3)
+    return Withdrawal(
+        id=wid,
+        client_id="c",
+        idempotency_key=wid,
+        fingerprint="f",
+        user_id=user,
+        network="ethereum",
+        asset="ETH",
+        to_address=WALLET,
+        amount=amount,
+        decimals=18,
+        status=WithdrawalStatus.PENDING,
+        required_confirmations=3,
+    )
 
 
 async def test_uint256_amounts_round_trip_exactly(db_pair: tuple[Database, Database]) -> None:
@@ -124,7 +143,9 @@ async def test_reservations_never_exceed_balance_and_settle_once(db_pair: tuple[
     w = _withdrawal(each)
     async with a.transaction() as s:
         await repo.admit(s, w, cfg, {(WALLET, "ETH"): 10 * (each + fee)}, now=repo.utcnow())
-    counts = await asyncio.gather(*(_settle(db, w.id, state) for db in (a, b) for state in ("CONSUMED", "RELEASED")))
+    counts = await asyncio.gather(
+        *(_settle(db, w.id, state) for db in (a, b) for state in ("CONSUMED", "RELEASED"))
+    )
     assert sorted(counts) == [0, 0, 0, 1], "exactly one settlement wins"
 
 
@@ -144,5 +165,7 @@ async def test_daily_limit_counts_only_live_withdrawals(db_pair: tuple[Database,
     statuses = []
     for _ in range(4):
         async with a.transaction() as s:
-            statuses.append((await repo.admit(s, _withdrawal(10**18, user), cfg, big, now=repo.utcnow())).status)
+            statuses.append(
+                (await repo.admit(s, _withdrawal(10**18, user), cfg, big, now=repo.utcnow())).status
+            )
     assert statuses == [WithdrawalStatus.PENDING] * 3 + [WithdrawalStatus.REJECTED]

@@ -44,7 +44,10 @@ def test_non_string_is_refused() -> None:
         parse_amount(1.5, 6)  # type: ignore[arg-type]
 
 
-@given(units=st.integers(min_value=1, max_value=MAX_AMOUNT_UNITS), decimals=st.integers(min_value=0, max_value=24))
+@given(
+    units=st.integers(min_value=1, max_value=MAX_AMOUNT_UNITS),
+    decimals=st.integers(min_value=0, max_value=24),
+)
 def test_format_then_parse_round_trips(units: int, decimals: int) -> None:
     assert parse_amount(format_amount(units, decimals), decimals) == units
 
