@@ -116,6 +116,8 @@ class NetworkConfig(BaseModel):
     token_gas_limit_cap: int = 200_000
     gas_limit_margin: Decimal = Decimal("1.25")
     rpc_timeout_seconds: float = 10.0
+    # Not mined after this many blocks: replace at the same nonce with both fees raised >= 12.5%.
+    stuck_after_blocks: int = Field(default=12, ge=1)
 
     @field_validator("hot_wallets")
     @classmethod

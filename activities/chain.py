@@ -111,9 +111,9 @@ class ChainActivities:
             attempts = await repo.attempts_for(s, inp.withdrawal_id)
         if w is None:
             raise LookupError(inp.withdrawal_id)
-        mine = [a for a in attempts if a.purpose == inp.purpose]
-        if mine:
-            return SignedTx(tx_hash=mine[-1].tx_hash, nonce=mine[-1].nonce, purpose=mine[-1].purpose)
+        same = [a for a in attempts if a.purpose == inp.purpose and a.seq == inp.seq]
+        if same:
+            return SignedTx(tx_hash=same[0].tx_hash, nonce=same[0].nonce, purpose=same[0].purpose)
         if w.nonce is None or w.hot_wallet is None:
             raise _fail(ErrorType.NONCE_CONFLICT, "no nonce allocated")
         cfg = self.config.networks[w.network]
@@ -140,7 +140,7 @@ class ChainActivities:
                 fees = await self._fees(cfg, rpc)
             except feemath.FeeAboveCap as e:
                 if inp.purpose != TxPurpose.CANCEL:
-                    raise _fail(ErrorType.FEE_ABOVE_CAP, str(e), retryable=True) from e
+                    raise _fail(ErrorType.FEE_ABOVE_CAP, str(e), retryable=not attempts) from e
                 fees = await self._uncapped_fees(cfg, rpc)
         except (RpcUnavailable, ChainIdMismatch) as e:
             if isinstance(e, ChainIdMismatch):
@@ -151,6 +151,12 @@ class ChainActivities:
             fees = feemath.replacement(
                 fees, feemath.Fees(top.max_fee_per_gas, top.max_priority_fee_per_gas, top.gas_price)
             )
+            cap = int(cfg.max_fee_per_gas_cap_gwei * 10**9)
+            if inp.purpose != TxPurpose.CANCEL and fees.per_gas_ceiling > cap:
+                raise _fail(
+                    ErrorType.FEE_ABOVE_CAP,
+                    f"a replacement needs {fees.per_gas_ceiling} wei/gas, above the cap of {cap}",
+                )
         tx.pop("from")
         tx.update(nonce=w.nonce, chainId=cfg.chain_id)
         if fees.gas_price is not None:
@@ -166,7 +172,7 @@ class ChainActivities:
         attempt = TxAttempt(
             withdrawal_id=w.id,
             purpose=inp.purpose,
-            seq=0,
+            seq=inp.seq,
             network=w.network,
             hot_wallet=w.hot_wallet,
             nonce=w.nonce,
@@ -234,6 +240,14 @@ class ChainActivities:
                 ) from e
             elif kind.transient:
                 raise _rpc_down(e) from e
+            elif kind in (
+                RpcErrorKind.UNDERPRICED,
+                RpcErrorKind.REPLACEMENT_UNDERPRICED,
+                RpcErrorKind.FEE_BELOW_BASE_FEE,
+            ):
+                async with self.db.transaction() as s:
+                    await repo.mark_attempt(s, attempt.tx_hash, "FAILED", f"{kind}: {e.message}"[:1000])
+                raise _fail(ErrorType.UNDERPRICED, f"{kind}: {e.message}"[:500]) from e
             elif kind is not RpcErrorKind.ALREADY_KNOWN:
                 async with self.db.transaction() as s:
                     await repo.mark_attempt(s, attempt.tx_hash, "FAILED", f"{kind}: {e.message}"[:1000])
@@ -247,9 +261,14 @@ class ChainActivities:
 
     @activity.defn
     async def await_transaction(self, inp: AwaitInput) -> Inclusion:
-        """Wait until one of the withdrawal's attempts is in a block (`until_included_only`) or has the
-        required confirmations on the canonical chain. Resends the recorded bytes if nothing is mined
-        for a while (a dropped transaction), heartbeating throughout."""
+        """Watch the withdrawal's attempts (all at one nonce) on chain, heartbeating throughout.
+
+        `until_included_only`: return INCLUDED as soon as one is in a block (status CONFIRMING is written
+        with it), or STUCK when nothing is mined within `stuck_after_seconds`. Otherwise: return
+        CONFIRMED with the required confirmations on the canonical chain, or REORGED when the receipt
+        disappears. While nothing is mined, the recorded bytes are resent periodically (a dropped
+        transaction comes back; a known one is answered "already known").
+        """
         async with self.db.read() as s:
             w = await repo.get_withdrawal(s, inp.withdrawal_id)
             attempts = await repo.attempts_for(s, inp.withdrawal_id)
@@ -258,54 +277,91 @@ class ChainActivities:
         cfg = self.config.networks[w.network]
         rpc = self.chains[w.network]
         poll = max(0.2, min(cfg.block_time_seconds / 2, 5.0))
-        resend_after = max(30.0, cfg.block_time_seconds * 10)
-        last_send = time.monotonic()
+        resend_after = max(2.0, cfg.block_time_seconds * 3)
+        started = last_send = time.monotonic()
+        seen: str | None = None
         while True:
             activity.heartbeat()
             try:
                 mined = await self._mined_attempt(rpc, attempts)
-                if mined is not None:
-                    attempt, receipt = mined
-                    block_number = int(receipt["blockNumber"], 16)
-                    head = await rpc.block_number(max_age=poll / 2)
-                    confirmations = max(0, head - block_number + 1)
-                    if inp.until_included_only or confirmations >= inp.required_confirmations:
-                        if not inp.until_included_only:
-                            block = await rpc.block(block_number)
-                            if block is None or block.get("hash") != receipt.get("blockHash"):
-                                log.warning(
-                                    "withdrawal.reorg.detected", withdrawal_id=w.id, tx_hash=attempt.tx_hash
-                                )
-                                await asyncio.sleep(poll)
-                                continue
-                        fee = int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice", "0x0"), 16)
+                if mined is None:
+                    if seen is not None and not inp.until_included_only:
                         async with self.db.transaction() as s:
-                            await repo.record_inclusion(
-                                s,
-                                w.id,
-                                tx_hash=attempt.tx_hash,
-                                block_number=block_number,
-                                confirmations=confirmations,
-                                fee_wei=fee,
-                                status=WithdrawalStatus.CONFIRMING if inp.until_included_only else None,
-                            )
-                        return Inclusion(
-                            tx_hash=attempt.tx_hash,
-                            purpose=attempt.purpose,
-                            block_number=block_number,
-                            confirmations=confirmations,
-                            success=int(receipt.get("status", "0x1"), 16) == 1,
-                            fee_wei=str(fee),
-                        )
-                elif time.monotonic() - last_send > resend_after:
-                    for a in attempts:
-                        try:
-                            await rpc.send_raw(a.raw_tx)
-                        except RpcError as e:
-                            log.info(
-                                "withdrawal.resend.answer", withdrawal_id=w.id, tx_hash=a.tx_hash, kind=e.kind
-                            )
-                    last_send = time.monotonic()
+                            await repo.record_reorg(s, w.id, seen)
+                        log.warning("withdrawal.reorg.detected", withdrawal_id=w.id, tx_hash=seen)
+                        return Inclusion(outcome="REORGED", tx_hash=seen)
+                    if inp.stuck_after_seconds and time.monotonic() - started > inp.stuck_after_seconds:
+                        log.warning("withdrawal.stuck", withdrawal_id=w.id, nonce=w.nonce)
+                        return Inclusion(outcome="STUCK")
+                    if time.monotonic() - last_send > resend_after:
+                        await self._resend(rpc, w.id, attempts)
+                        last_send = time.monotonic()
+                else:
+                    attempt, receipt = mined
+                    seen = attempt.tx_hash
+                    result = await self._inclusion(rpc, w.id, attempt, receipt, inp, poll)
+                    if result is not None:
+                        return result
             except RpcUnavailable as e:
                 log.warning("withdrawal.confirmations.rpc_down", withdrawal_id=w.id, error=str(e)[:200])
             await asyncio.sleep(poll)
+
+    async def _inclusion(
+        self,
+        rpc: ChainRpc,
+        withdrawal_id: str,
+        attempt: TxAttempt,
+        receipt: dict[str, Any],
+        inp: AwaitInput,
+        poll: float,
+    ) -> Inclusion | None:
+        block_number = int(receipt["blockNumber"], 16)
+        head = await rpc.block_number(max_age=poll / 2)
+        confirmations = max(0, head - block_number + 1)
+        if not inp.until_included_only:
+            if confirmations < inp.required_confirmations:
+                return None
+            block = await rpc.block(block_number)
+            if block is None or block.get("hash") != receipt.get("blockHash"):
+                return None  # the node is mid-reorg: look again
+        fee = int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice", "0x0"), 16)
+        async with self.db.transaction() as s:
+            await repo.record_inclusion(
+                s,
+                withdrawal_id,
+                tx_hash=attempt.tx_hash,
+                block_number=block_number,
+                confirmations=confirmations,
+                fee_wei=fee,
+                status=WithdrawalStatus.CONFIRMING if inp.until_included_only else None,
+            )
+        return Inclusion(
+            outcome="INCLUDED" if inp.until_included_only else "CONFIRMED",
+            tx_hash=attempt.tx_hash,
+            purpose=attempt.purpose,
+            block_number=block_number,
+            confirmations=confirmations,
+            success=int(receipt.get("status", "0x1"), 16) == 1,
+            fee_wei=str(fee),
+        )
+
+    async def _resend(self, rpc: ChainRpc, withdrawal_id: str, attempts: list[TxAttempt]) -> None:
+        for a in attempts:
+            if a.outcome == "FAILED":
+                continue
+            try:
+                await rpc.send_raw(a.raw_tx)
+                log.info("withdrawal.resent", withdrawal_id=withdrawal_id, tx_hash=a.tx_hash)
+            except RpcError as e:
+                if e.kind not in (
+                    RpcErrorKind.ALREADY_KNOWN,
+                    RpcErrorKind.NONCE_TOO_LOW,
+                    RpcErrorKind.REPLACEMENT_UNDERPRICED,
+                ):
+                    log.info(
+                        "withdrawal.resend.answer",
+                        withdrawal_id=withdrawal_id,
+                        tx_hash=a.tx_hash,
+                        kind=e.kind,
+                        error=e.message[:200],
+                    )

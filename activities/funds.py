@@ -47,6 +47,7 @@ class FundsActivities:
             required_confirmations=cfg.required_confirmations,
             approval_timeout_seconds=self.config.approval_timeout_seconds,
             funds_retry_seconds=self.config.funds_retry_seconds,
+            stuck_after_seconds=cfg.stuck_after_blocks * cfg.block_time_seconds,
         )
 
     @activity.defn

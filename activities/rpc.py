@@ -53,6 +53,7 @@ class ChainRpc:
         self._ids = itertools.count(1)
         self._unhealthy_until: dict[str, float] = {}
         self._verified: set[str] = set()
+        self._wrong_chain: set[str] = set()  # never used again: it serves another chain
         self.calls: Counter[str] = Counter()
         self._head: tuple[float, int] | None = None
 
@@ -87,6 +88,8 @@ class ChainRpc:
         """Call the first healthy endpoint; fail over on transport errors, 429 and 5xx."""
         last: Exception | None = None
         for url in self._ordered():
+            if url in self._wrong_chain:
+                continue
             try:
                 await self._verify(url)
                 result = await self._post(url, method, params or [])
@@ -96,10 +99,17 @@ class ChainRpc:
                 if not e.kind.transient:
                     raise
                 last = e
+            except ChainIdMismatch as e:
+                self._wrong_chain.add(url)
+                log.error("rpc.endpoint.wrong_chain", network=self.network, url=url, error=str(e))
+                last = e
+                continue
             except (httpx.TransportError, RpcUnavailable, ValueError) as e:
                 last = e
             self._unhealthy_until[url] = time.monotonic() + 5.0
             log.warning("rpc.endpoint.failed", network=self.network, method=method, error=str(last)[:200])
+        if isinstance(last, ChainIdMismatch) or (self._wrong_chain and last is None):
+            raise ChainIdMismatch(f"{self.network}: no endpoint serves chain id {self.chain_id}")
         kind = RpcErrorKind.TIMEOUT if isinstance(last, httpx.TimeoutException) else RpcErrorKind.SERVER_ERROR
         raise RpcUnavailable(f"{self.network}: no RPC endpoint answered {method}: {last}", kind)
 
@@ -108,6 +118,9 @@ class ChainRpc:
         for url in self.urls:
             try:
                 await self._verify(url)
+            except ChainIdMismatch as e:
+                self._wrong_chain.add(url)
+                log.error("rpc.endpoint.wrong_chain", network=self.network, url=url, error=str(e))
             except (httpx.TransportError, RpcUnavailable) as e:
                 log.warning("rpc.endpoint.unreachable", network=self.network, url=url, error=str(e)[:200])
 

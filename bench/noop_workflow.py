@@ -4,19 +4,18 @@
 funds available) runs, in this order:
 
     admit (local)                       the API's update-with-start waits for this one
-    allocate_nonce (local)
-    record_status PROCESSING (local)
+    allocate_nonce (local)              also writes PROCESSING (`_set_status(..., persist=False)`)
     sign_transaction (local)
     broadcast_transaction (local)
     record_status BROADCAST (local)
-    await_transaction, until included (regular)
-    record_status CONFIRMING (local)
+    await_transaction, until included (regular)    also writes CONFIRMING (persist=False)
     await_transaction, until confirmed (regular)
     record_status CONFIRMED (local)
 
-that is 8 local and 2 regular activities. `NoopWithdrawalWorkflow` runs the same sequence of no-op
-activities, is started the same way (update-with-start, the update answering once the first local
-activity is done) and uses the same timeouts, so the only difference left is the work itself.
+that is 6 local and 2 regular activities (`WithdrawalWorkflow.run`, `_process`, `_confirm`).
+`NoopWithdrawalWorkflow` runs the same sequence of no-op activities, is started the same way
+(update-with-start, the update answering once the first local activity is done) and uses the same
+timeouts, so the only difference left is the work itself.
 
 Lives in its own module, not `__main__`: the workflow sandbox re-imports the workflow's module.
 """
@@ -34,13 +33,11 @@ REGULAR = "regular"
 
 WITHDRAWAL_HAPPY_PATH: tuple[tuple[str, str], ...] = (
     ("admit", LOCAL),
-    ("allocate_nonce", LOCAL),
-    ("record_status PROCESSING", LOCAL),
+    ("allocate_nonce", LOCAL),  # PROCESSING is written by the activity itself
     ("sign_transaction", LOCAL),
     ("broadcast_transaction", LOCAL),
     ("record_status BROADCAST", LOCAL),
-    ("await_transaction included", REGULAR),
-    ("record_status CONFIRMING", LOCAL),
+    ("await_transaction included", REGULAR),  # CONFIRMING is written by the activity itself
     ("await_transaction confirmed", REGULAR),
     ("record_status CONFIRMED", LOCAL),
 )

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--n 200] [--concurrency 50] [--network ethereum]
         [--asset ETH] [--credentials .data/dev-credentials.json] [--rpc-proxy] [--no-ceiling]
+        [--breakdown]
 
 Needs `make run` (for unthrottled figures: `WE_RATE_LIMIT_PER_MINUTE=1000000 make run`, since the dev API
 key's default limit of 600 requests/min counts status polls too). Prints one `name: value` line per
@@ -11,7 +12,7 @@ Phase 1 drives N withdrawals through the REST API: `POST /withdrawal/request` wi
 `--concurrency` POSTs in flight, then `GET /withdrawal/status/{id}` until each is terminal.
 Phase 2 (the ceiling) starts N `bench.noop_workflow.NoopWithdrawalWorkflow`s by update-with-start with
 the same concurrency, on the same Temporal server, served by a worker in this process on its own task
-queue; each runs the same mix of no-op activities as a happy-path native withdrawal (8 local, 2 regular).
+queue; each runs the same mix of no-op activities as a happy-path native withdrawal (6 local, 2 regular).
 
 Exit status: 0 when every withdrawal was accepted and CONFIRMED (and the ceiling ran), 1 when some
 were not, 2 when the stack is not reachable or the bench is misused.
@@ -213,7 +214,7 @@ class Track:
     post_status: str | None = None
     status: str | None = None
     broadcast_seen: float | None = None
-    broadcast_gap: float | None = None  # how long before `broadcast_seen` we last looked
+    broadcast_gap: float | None = None  # how long before `broadcast_seen` we last looked (status reads only)
     terminal_seen: float | None = None
     terminal_at: float | None = None  # the row's updated_at when it turned terminal
     last_look: float = 0.0
@@ -243,6 +244,7 @@ class EngineRun:
         self.status_gets = 0
         self.http: httpx.AsyncClient | None = None
         self.confirmed_per_s: float | None = None
+        self.withdrawal_ids: list[str] = []
 
     async def _send(self, method: str, url: str, **kw: Any) -> httpx.Response | None:
         """One request; waits out 429/503 (Retry-After) and transport errors until the deadline."""
@@ -295,6 +297,7 @@ class EngineRun:
         w = r.json()
         t.id, t.post_status = str(w["id"]), str(w["status"])
         t.observe(w, t.post_returned)
+        t.broadcast_gap = None  # seen in the POST's own answer: no polling delay in the figure
         url = f"{self.api}/withdrawal/status/{t.id}"
         get_headers = {"X-API-Key": self.api_key}
         while t.status not in TERMINAL and time.monotonic() < self.deadline:
@@ -325,6 +328,7 @@ class EngineRun:
         async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as self.http:
             await asyncio.gather(*(self._drive(t) for t in tracks))
         rpc_used = (Counter(proxy.calls) - rpc_before) if proxy else None
+        self.withdrawal_ids = [t.id for t in tracks if t.id is not None]
         self._report(tracks, rpc_used)
         meter.report()
         if "worker" in pids and (rss := rss_mb(pids["worker"])) is not None:
@@ -348,9 +352,10 @@ class EngineRun:
         to_broadcast = [t.broadcast_seen - t.post_started for t in accepted if t.broadcast_seen is not None]
         figure("post_to_broadcast_p50_s", percentile(to_broadcast, 50))
         figure("post_to_broadcast_p99_s", percentile(to_broadcast, 99))
+        gaps = [t.broadcast_gap for t in accepted if t.broadcast_gap is not None]
         figure(
             "broadcast_observation_gap_p50_s",
-            percentile([t.broadcast_gap for t in accepted if t.broadcast_gap is not None], 50),
+            percentile(gaps, 50) if gaps else "n/a (every BROADCAST was already in the POST's answer)",
         )
         figure("confirmed", len(confirmed))
         if confirmed:
@@ -378,6 +383,129 @@ class EngineRun:
             figure("rpc_calls", total)
             figure("rpc_calls_per_confirmed", total / len(confirmed) if confirmed else float("nan"))
             figure("rpc_calls_by_method", " ".join(f"{m}={c}" for m, c in rpc_used.most_common()) or "none")
+
+
+# --- breakdown: where a withdrawal's time goes ----------------------------------------------------
+
+# The worker's log events on the happy path of a native withdrawal, in order (activities/*.py).
+LOG_STEPS = (
+    ("withdrawal.admitted", "admit"),
+    ("withdrawal.nonce.allocated", "allocate_nonce"),
+    ("withdrawal.signed", "sign_transaction"),
+    ("withdrawal.broadcast.sent", "broadcast_transaction"),
+    ("withdrawal.status:BROADCAST", "record_status_broadcast"),
+    ("withdrawal.status:CONFIRMED", "awaits_and_record_status_confirmed"),
+)
+
+
+def p50_p90(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"p50 {percentile(values, 50):.3f} p90 {percentile(values, 90):.3f} (n={len(values)})"
+
+
+async def history_breakdown(client: Client, workflow_ids: list[str]) -> None:
+    """Workflow-task timings from each withdrawal's Temporal history.
+
+    The first workflow task runs admit and every local activity up to record_status BROADCAST, and
+    the API's update (the POST) is answered when it completes."""
+    from temporalio.api.enums.v1 import EventType
+
+    def ts(event: Any) -> float:
+        return float(event.event_time.ToDatetime().replace(tzinfo=UTC).timestamp())
+
+    gate = asyncio.Semaphore(10)
+
+    async def one(wid: str) -> dict[str, Any] | None:
+        async with gate:
+            try:
+                history = await client.get_workflow_handle(wid).fetch_history()
+            except Exception as e:
+                note(f"breakdown: no history for {wid}: {e}")
+                return None
+        tasks: list[dict[str, float]] = []
+        acts: list[dict[str, float]] = []
+        failed = 0
+        for ev in history.events:
+            t = ev.event_type
+            if t == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+                tasks.append({"scheduled": ts(ev)})
+            elif t == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED and tasks:
+                tasks[-1]["started"] = ts(ev)
+            elif t == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and tasks:
+                tasks[-1]["ended"] = ts(ev)
+            elif t in (
+                EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+                EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+            ):
+                failed += 1
+            elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                acts.append({"scheduled": ts(ev)})
+            elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and acts:
+                acts[-1]["started"] = ts(ev)
+            elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED and acts:
+                acts[-1]["ended"] = ts(ev)
+        markers = sum(1 for ev in history.events if ev.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
+        start = ts(history.events[0])
+        return {"start": start, "tasks": tasks, "acts": acts, "failed": failed, "markers": markers}
+
+    found = [h for h in await asyncio.gather(*(one(w) for w in workflow_ids)) if h is not None]
+    if not found:
+        return
+    first = [(h["start"], h["tasks"][0]) for h in found if h["tasks"]]
+    figure("wf_first_task_wait_s", p50_p90([t["started"] - start for start, t in first if "started" in t]))
+    figure(
+        "wf_first_task_run_s",
+        p50_p90([t["ended"] - t["started"] for _, t in first if "started" in t and "ended" in t]),
+    )
+    later = [t for h in found for t in h["tasks"][1:] if "started" in t and "ended" in t]
+    figure("wf_later_task_wait_s", p50_p90([t["started"] - t["scheduled"] for t in later]))
+    figure("wf_later_task_run_s", p50_p90([t["ended"] - t["started"] for t in later]))
+    acts = [a for h in found for a in h["acts"] if "started" in a and "ended" in a]
+    figure("wf_activity_wait_s", p50_p90([a["started"] - a["scheduled"] for a in acts]))
+    figure("wf_await_transaction_run_s", p50_p90([a["ended"] - a["started"] for a in acts]))
+    figure(
+        "wf_per_withdrawal",
+        f"{counts(len(h['tasks']) for h in found)} workflow tasks, {counts(h['markers'] for h in found)} "
+        f"local activities, {counts(len(h['acts']) for h in found)} activities, "
+        f"{sum(h['failed'] for h in found)} failed or timed-out tasks in all",
+    )
+
+
+def log_breakdown(log_path: Path, withdrawal_ids: list[str], since: float) -> None:
+    """Time between consecutive happy-path log events of each withdrawal: how long each local
+    activity took, waiting included (each event is logged when its activity's work is done)."""
+    if not log_path.exists():
+        note(f"breakdown: no worker log at {log_path} (--worker-log)")
+        return
+    wanted = set(withdrawal_ids)
+    seen: dict[str, dict[str, float]] = {}
+    with log_path.open(errors="replace") as f:
+        for line in f:
+            if '"withdrawal_id"' not in line:
+                continue
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            wid = d.get("withdrawal_id")
+            if wid not in wanted:
+                continue
+            when = server_time(str(d.get("timestamp", "")))
+            if when is None or when < since:
+                continue
+            event = str(d.get("event"))
+            if event == "withdrawal.status":
+                event = f"{event}:{d.get('status')}"
+            seen.setdefault(wid, {}).setdefault(event, when)
+    for (before, _), (after, step) in zip(LOG_STEPS, LOG_STEPS[1:], strict=False):
+        gaps = [e[after] - e[before] for e in seen.values() if before in e and after in e]
+        figure(f"step_{step}_s", p50_p90(gaps))
+
+
+async def report_breakdown(client: Client, withdrawal_ids: list[str], log_path: Path, since: float) -> None:
+    await history_breakdown(client, [f"withdrawal-{w}" for w in withdrawal_ids])
+    log_breakdown(log_path, withdrawal_ids, since)
 
 
 # --- phase 2: the ceiling --------------------------------------------------------------------------
@@ -532,6 +660,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-Temporal ceiling")
     p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="after phase 1, split each withdrawal's time from its Temporal history and the worker's "
+        "log (see docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--worker-log",
+        type=Path,
+        default=None,
+        help="--breakdown: the worker's JSON log (default: logs/worker.log next to --credentials)",
+    )
+    p.add_argument(
         "--rpc-proxy",
         action="store_true",
         help="count JSON-RPC calls: start a counting proxy, print how to start the stack "
@@ -556,7 +696,9 @@ async def main(args: argparse.Namespace) -> int:
     proxy: CountingProxy | None = None
     try:
         if args.rpc_proxy:
-            config, proxy_url, upstream = proxied_config(args.config, args.network, ROOT / ".data" / "bench")
+            config, proxy_url, upstream = proxied_config(
+                args.config, args.network, args.credentials.resolve().parent / "bench"
+            )
             proxy = CountingProxy(proxy_url, upstream)
             await proxy.start()
             creds = await wait_for_proxied_stack(args.credentials, args, proxy_url, config)
@@ -586,7 +728,11 @@ async def main(args: argparse.Namespace) -> int:
         ):
             figure(name, value)
         engine = EngineRun(args, creds)
+        phase1_started = time.time()
         all_confirmed = await engine.run(proxy, pids)
+        if args.breakdown:
+            log_path = args.worker_log or args.credentials.resolve().parent / "logs" / "worker.log"
+            await report_breakdown(client, engine.withdrawal_ids, log_path, phase1_started)
         if proxy is not None:
             note(
                 "the stack's RPC for this network goes through this process's proxy, which stops now: "

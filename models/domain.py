@@ -46,6 +46,7 @@ class ErrorType(StrEnum):
     INSUFFICIENT_HOT_WALLET_FUNDS = "InsufficientHotWalletFunds"
     NONCE_CONFLICT = "NonceConflict"
     BROADCAST_REJECTED = "BroadcastRejected"
+    UNDERPRICED = "Underpriced"
     EXECUTION_REVERTED = "ExecutionReverted"
     FEE_ABOVE_CAP = "FeeAboveCap"
     CHAIN_ID_MISMATCH = "ChainIdMismatch"
@@ -95,6 +96,7 @@ class Admission:
     required_confirmations: int = 1
     approval_timeout_seconds: int = 86_400
     funds_retry_seconds: int = 15
+    stuck_after_seconds: float = 0.0  # not mined for this long: replace with bumped fees (0 = never)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +136,9 @@ class NonceAllocation:
 class SignInput:
     withdrawal_id: str
     purpose: str = TxPurpose.WITHDRAWAL
+    # 0: the first attempt of this purpose; n > 0: the n-th replacement at the same nonce, with fees
+    # bumped over every earlier attempt. (purpose, seq) makes a retried call return the same attempt.
+    seq: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,16 +160,22 @@ class AwaitInput:
     required_confirmations: int
     # Return as soon as the transaction is in a block (to report CONFIRMING), or wait for all.
     until_included_only: bool = False
+    # With until_included_only: return STUCK if nothing is mined for this long (0 = wait).
+    stuck_after_seconds: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class Inclusion:
-    tx_hash: str
-    purpose: str
-    block_number: int
-    confirmations: int
-    success: bool
-    fee_wei: str
+    """What `await_transaction` saw: INCLUDED, CONFIRMED, STUCK (nothing mined in time) or REORGED
+    (the receipt left the canonical chain before the required confirmations)."""
+
+    outcome: str
+    tx_hash: str = ""
+    purpose: str = ""
+    block_number: int = 0
+    confirmations: int = 0
+    success: bool = False
+    fee_wei: str = "0"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -147,6 +147,21 @@ async def record_inclusion(
     )
 
 
+async def record_reorg(s: AsyncSession, withdrawal_id: str, tx_hash: str) -> None:
+    """The transaction left the canonical chain: back to BROADCAST, no block, no confirmations."""
+    w = await lock_withdrawal(s, withdrawal_id)
+    w.status, w.block_number, w.confirmations, w.fee_wei = WithdrawalStatus.BROADCAST, None, 0, None
+    w.updated_at = utcnow()
+    s.add(w)
+    await s.exec(
+        update(TxAttempt)  # type: ignore[call-overload]
+        .where(
+            col(TxAttempt.withdrawal_id) == withdrawal_id, col(TxAttempt.outcome).in_(["MINED", "REPLACED"])
+        )
+        .values(outcome="BROADCAST", updated_at=utcnow())
+    )
+
+
 # --- admission: limits and reservations ----------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ async def assert_invariants(h: Harness, withdrawal_ids: list[str]) -> None:
                 assert nonces == list(range(nonces[0], nonces[0] + len(nonces))), (network, nonces)
                 chain_nonce = int(
                     processes.rpc(
-                        cfg.rpc_urls[0],
+                        h.stack.rpc_urls[network],
                         "eth_getTransactionCount",
                         [wallet, "latest"],
                     ),
@@ -45,7 +45,5 @@ async def assert_invariants(h: Harness, withdrawal_ids: list[str]) -> None:
                 assert states <= {"RELEASED"}, states
             # the mined transaction really is on chain at the recorded nonce
             for a in mined:
-                tx = processes.rpc(
-                    h.config.networks[w.network].rpc_urls[0], "eth_getTransactionByHash", [a.tx_hash]
-                )
+                tx = processes.rpc(h.stack.rpc_urls[w.network], "eth_getTransactionByHash", [a.tx_hash])
                 assert tx and int(tx["nonce"], 16) == a.nonce and tx["blockNumber"]

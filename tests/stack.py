@@ -47,6 +47,16 @@ class Stack:
     rpc_urls: dict[str, str]
     tokens: dict[str, dict[str, str]]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    temporal_cmd: list[str] = field(default_factory=list)
+
+    def restart_temporal(self, *, kill: bool = True) -> None:
+        """SIGKILL the dev server and start it again on the same port and database file."""
+        proc = self.procs["temporal"]
+        if kill:
+            proc.kill()
+            proc.wait()
+        self.procs["temporal"] = processes.start(self.temporal_cmd, self.tmp / "temporal.log")
+        processes.wait_for_port(self.temporal_port, self.procs["temporal"], timeout=60)
 
     @property
     def temporal_address(self) -> str:
@@ -75,7 +85,8 @@ def start_stack(tmp: Path) -> Stack:
         rpc_urls={n: f"http://127.0.0.1:{processes.free_port()}" for n in NETWORKS},
         tokens={},
     )
-    t = processes.start(processes.temporal_command(tmp / "temporal.db", tport, uiport), tmp / "temporal.log")
+    stack.temporal_cmd = processes.temporal_command(tmp / "temporal.db", tport, uiport)
+    t = processes.start(stack.temporal_cmd, tmp / "temporal.log")
     stack.procs["temporal"] = t
     for network in NETWORKS:
         stack.start_anvil(network)
@@ -86,14 +97,20 @@ def start_stack(tmp: Path) -> Stack:
     return stack
 
 
-def engine_config(stack: Stack, hot_wallets: list[str], **overrides: Any) -> EngineConfig:
+def engine_config(
+    stack: Stack,
+    hot_wallets: list[str],
+    network_overrides: dict[str, Any] | None = None,
+    rpc_urls: dict[str, list[str]] | None = None,
+    **overrides: Any,
+) -> EngineConfig:
     limits = {"per_transaction": "1000", "daily_per_user": "5000", "approval_threshold": "100"}
     token_limits = {"per_transaction": "1000000", "daily_per_user": "5000000", "approval_threshold": "10000"}
     networks = {}
     for name, (chain_id, native, fee_model) in NETWORKS.items():
         networks[name] = {
             "chain_id": chain_id,
-            "rpc_urls": [stack.rpc_urls[name]],
+            "rpc_urls": (rpc_urls or {}).get(name, [stack.rpc_urls[name]]),
             "native_asset": native,
             "fee_model": fee_model,
             "required_confirmations": CONFIRMATIONS,
@@ -101,6 +118,7 @@ def engine_config(stack: Stack, hot_wallets: list[str], **overrides: Any) -> Eng
             "hot_wallets": hot_wallets,
             "tokens": {s: {"address": a, "decimals": 6} for s, a in stack.tokens[name].items()},
             "limits": {native: limits, "USDT": token_limits, "USDC": token_limits},
+            **(network_overrides or {}),
         }
     data: dict[str, Any] = {"networks": networks, "funds_retry_seconds": 1, "approval_timeout_seconds": 3600}
     data.update(overrides)
@@ -196,13 +214,16 @@ async def make_harness(
     wallets: int = 1,
     fund_wallets: bool = True,
     config_overrides: dict[str, Any] | None = None,
+    network_overrides: dict[str, Any] | None = None,
+    rpc_urls: dict[str, list[str]] | None = None,
     start_worker: bool = True,
 ) -> Harness:
     generated = [new_wallet() for _ in range(wallets)]
     keys = dict(generated)
     if fund_wallets:
-        await asyncio.gather(*(fund(stack, addr) for addr in keys))
-    config = engine_config(stack, list(keys), **(config_overrides or {}))
+        for addr in keys:  # one at a time: the token owner's nonce is shared
+            await fund(stack, addr)
+    config = engine_config(stack, list(keys), network_overrides, rpc_urls, **(config_overrides or {}))
     settings = Settings(
         env="test",
         database_url=db_url,

@@ -9,6 +9,7 @@ in the status record of REJECTED / CANCELLED / FAILED.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -47,6 +48,11 @@ LOCAL_TIMEOUT = timedelta(seconds=30)
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=6
 )
+AWAIT_TIMEOUT = timedelta(hours=1)
+AWAIT_HEARTBEAT = timedelta(seconds=20)
+AWAIT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=20
+)
 FOREVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 
 
@@ -66,6 +72,9 @@ class WithdrawalWorkflow:
         self._cancel: OperatorInput | None = None
         self._retry = False
         self._broadcast = False
+        self._cancel_sent = False
+        self._last_signed: str | None = None
+        self._next_seq: dict[str, int] = {}
         self._nonce: int | None = None
         self._tx_hash: str | None = None
         self._error: tuple[str, str] | None = None
@@ -99,13 +108,23 @@ class WithdrawalWorkflow:
         self._note("retry", inp)
         self._retry = True
 
-    @workflow.signal(description='Cancel before broadcast. Input: {"reason"?, "operator"?} or nothing.')
+    @workflow.signal(
+        description="Cancel. Before broadcast it ends the withdrawal; once broadcast it sends a 0-value "
+        "self-transfer at the same nonce, and the withdrawal is CANCELLED only if that is what gets mined. "
+        'Input: {"reason"?, "operator"?} or nothing.'
+    )
     def cancel(self, inp: OperatorInput | None = None) -> None:
-        if self._broadcast or S(self._status).terminal:
-            workflow.logger.warning(
-                "cancel ignored: withdrawal is %s (already broadcast or final)", self._status
-            )
-            self._note("cancel refused (already broadcast or final)", inp)
+        refusal = None
+        if self._cancel is not None:
+            refusal = "already requested"
+        elif S(self._status).terminal:
+            refusal = f"withdrawal is {self._status}"
+        elif self._broadcast and self._status != S.BROADCAST:
+            refusal = f"transaction is {self._status}"
+        if refusal:
+            workflow.logger.warning("cancel refused: %s", refusal)
+            self._note(f"cancel refused ({refusal})", inp)
+            self._publish()
             return
         self._note("cancel", inp)
         self._cancel = inp or OperatorInput()
@@ -189,6 +208,7 @@ class WithdrawalWorkflow:
             lambda: self._local(ChainActivities.sign_transaction, SignInput(withdrawal_id=ref.withdrawal_id))
         )
         self._tx_hash = signed.tx_hash
+        self._next_seq[TxPurpose.WITHDRAWAL] = 1
         self._publish()
         self._check_cancel()
         await self._broadcast_step(signed.tx_hash)
@@ -197,19 +217,108 @@ class WithdrawalWorkflow:
         await self._confirm(adm.required_confirmations)
 
     async def _confirm(self, required: int) -> None:
-        included = await self._step(lambda: self._await(required, until_included_only=True))
-        self._tx_hash = included.tx_hash
-        await self._set_status(S.CONFIRMING, persist=False)  # written with the inclusion
-        final = await self._step(lambda: self._await(required, until_included_only=False))
+        """Wait for inclusion, then for the required confirmations on the canonical chain.
+
+        Not mined within the stuck threshold: a replacement at the same nonce with both fee fields
+        raised (capped). `cancel` while broadcast: a 0-value self-transfer at the same nonce with
+        bumped fees; whichever attempt is mined decides the outcome. Receipt gone before the final
+        confirmation: a reorg, back to BROADCAST and resent.
+        """
+        assert self._admission is not None
+        stuck_after = self._admission.stuck_after_seconds
+        while True:
+            included = await self._step(
+                lambda: self._await_cancellable(required, stuck_after), cancellable=False
+            )
+            if included is None:
+                await self._replace(TxPurpose.CANCEL)
+                continue
+            if included.outcome == "STUCK":
+                await self._replace(TxPurpose.CANCEL if self._cancel_sent else TxPurpose.WITHDRAWAL)
+                continue
+            self._tx_hash = included.tx_hash
+            await self._set_status(S.CONFIRMING, persist=False)  # written with the inclusion
+            final = await self._step(
+                lambda: self._await(required, until_included_only=False), cancellable=False
+            )
+            if final.outcome == "REORGED":
+                self._history.append(f"reorg: {included.tx_hash} left the canonical chain")
+                workflow.logger.warning("withdrawal reorged out: %s", included.tx_hash)
+                self._tx_hash = included.tx_hash
+                await self._set_status(S.BROADCAST, persist=False)  # written with the reorg
+                await self._broadcast_step(included.tx_hash)
+                continue
+            break
         self._tx_hash = final.tx_hash
         if final.purpose == TxPurpose.CANCEL:
             await self._set_status(S.CANCELLED, self._cancel_error())
         elif final.success:
+            if self._cancel_sent:
+                self._history.append("cancel lost: the withdrawal was mined before the cancellation")
             await self._set_status(S.CONFIRMED, None)
         else:
             await self._set_status(
                 S.FAILED, (ErrorType.EXECUTION_REVERTED.value, "transaction mined but reverted")
             )
+
+    async def _await_cancellable(self, required: int, stuck_after: float) -> Inclusion | None:
+        """Await inclusion; returns None as soon as a cancel is requested that has not been sent yet."""
+        if self._cancel_pending():
+            return None
+        handle = workflow.start_activity_method(
+            ChainActivities.await_transaction,
+            AwaitInput(
+                withdrawal_id=self._req.withdrawal_id,
+                required_confirmations=required,
+                until_included_only=True,
+                stuck_after_seconds=stuck_after,
+            ),
+            start_to_close_timeout=AWAIT_TIMEOUT,
+            heartbeat_timeout=AWAIT_HEARTBEAT,
+            retry_policy=AWAIT_RETRY,
+        )
+        await workflow.wait_condition(lambda: handle.done() or self._cancel_pending())
+        if handle.done():
+            return await handle
+        handle.cancel()
+        try:
+            await handle
+        except (ActivityError, asyncio.CancelledError):
+            pass
+        return None
+
+    def _cancel_pending(self) -> bool:
+        return self._cancel is not None and not self._cancel_sent
+
+    async def _replace(self, purpose: str) -> None:
+        """Replace the pending transaction at the same nonce (fees bumped over every earlier attempt)."""
+        if purpose == TxPurpose.CANCEL:
+            self._cancel_sent = True
+        signed = await self._sign_replacement(purpose)
+        if signed is not None:
+            await self._broadcast_step(signed, purpose)
+        self._publish()
+
+    async def _sign_replacement(self, purpose: str) -> str | None:
+        """Sign the next attempt of `purpose`. None when the bump would pass the fee cap: the
+        withdrawal then waits (its details say so) rather than overpay; a cancel is never capped."""
+        wid = self._req.withdrawal_id
+        seq = self._next_seq.get(purpose, 0)
+        try:
+            signed: SignedTx = await self._local(
+                ChainActivities.sign_transaction, SignInput(withdrawal_id=wid, purpose=purpose, seq=seq)
+            )
+        except (ActivityError, ApplicationError) as err:
+            cause = err.cause if isinstance(err, ActivityError) else err
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.FEE_ABOVE_CAP:
+                self._history.append(f"fee bump skipped: {cause.message}")
+                workflow.logger.warning("fee bump skipped for %s: %s", wid, cause.message)
+                self._publish()
+                return None
+            raise
+        self._next_seq[purpose] = seq + 1
+        self._history.append(f"replacement {purpose} #{seq} {signed.tx_hash}")
+        return signed.tx_hash
 
     async def _wait_for_funds(self, adm: Admission) -> None:
         self._publish()
@@ -227,31 +336,37 @@ class WithdrawalWorkflow:
                 await self._set_status(S.PENDING)
                 return
 
-    async def _broadcast_step(self, tx_hash: str) -> None:
-        inp = BroadcastInput(withdrawal_id=self._req.withdrawal_id, tx_hash=tx_hash)
+    async def _broadcast_step(self, tx_hash: str, purpose: str = TxPurpose.WITHDRAWAL) -> None:
+        """Broadcast; an underpriced answer gets a replacement with bumped fees (within the cap),
+        insufficient funds waits in WAITING_FOR_FUNDS; both retry on a timer."""
+        assert self._admission is not None
         while True:
+            self._last_signed = tx_hash
+            inp = BroadcastInput(withdrawal_id=self._req.withdrawal_id, tx_hash=tx_hash)
             try:
                 await self._step(
-                    lambda: self._local(ChainActivities.broadcast_transaction, inp), funds_error=True
+                    lambda inp=inp: self._local(ChainActivities.broadcast_transaction, inp),  # type: ignore[misc]
+                    passthrough=(ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS, ErrorType.UNDERPRICED),
                 )
                 return
-            except _InsufficientFunds:
-                if self._status != S.WAITING_FOR_FUNDS:
+            except _Passthrough as p:
+                if p.code == ErrorType.UNDERPRICED:
+                    self._history.append(f"underpriced: {p.message}")
+                    replaced = await self._sign_replacement(purpose)
+                    if replaced is not None:
+                        tx_hash = replaced
+                        continue
+                elif self._status != S.WAITING_FOR_FUNDS:
                     await self._set_status(
-                        S.WAITING_FOR_FUNDS,
-                        (
-                            ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS.value,
-                            "hot wallet balance too low to broadcast",
-                        ),
+                        S.WAITING_FOR_FUNDS, (p.code, "hot wallet balance too low to broadcast")
                     )
-                assert self._admission is not None
-                try:
-                    await workflow.wait_condition(
-                        lambda: self._cancel is not None,
-                        timeout=timedelta(seconds=self._admission.funds_retry_seconds),
-                    )
-                except TimeoutError:
-                    pass
+            try:
+                await workflow.wait_condition(
+                    self._cancel_pending, timeout=timedelta(seconds=self._admission.funds_retry_seconds)
+                )
+            except TimeoutError:
+                pass
+            if not self._broadcast:
                 self._check_cancel()
 
     async def _cancelled(self) -> None:
@@ -261,7 +376,7 @@ class WithdrawalWorkflow:
             await self._set_status(S.CANCELLED, self._cancel_error())
             return
         ref = self._req.withdrawal_id
-        self._cancel_done = True
+        self._cancel_sent = True
         signed = await self._step(
             lambda: self._local(
                 ChainActivities.sign_transaction, SignInput(withdrawal_id=ref, purpose=TxPurpose.CANCEL)
@@ -269,13 +384,8 @@ class WithdrawalWorkflow:
             cancellable=False,
         )
         self._tx_hash = signed.tx_hash
-        await self._step(
-            lambda: self._local(
-                ChainActivities.broadcast_transaction,
-                BroadcastInput(withdrawal_id=ref, tx_hash=signed.tx_hash),
-            ),
-            cancellable=False,
-        )
+        self._next_seq[TxPurpose.CANCEL] = 1
+        await self._broadcast_step(signed.tx_hash, TxPurpose.CANCEL)
         self._broadcast = True
         await self._set_status(S.BROADCAST)
         assert self._admission is not None
@@ -309,17 +419,17 @@ class WithdrawalWorkflow:
                 required_confirmations=required,
                 until_included_only=until_included_only,
             ),
-            start_to_close_timeout=timedelta(hours=1),
-            heartbeat_timeout=timedelta(seconds=20),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=1),
-                maximum_interval=timedelta(seconds=10),
-                maximum_attempts=20,
-            ),
+            start_to_close_timeout=AWAIT_TIMEOUT,
+            heartbeat_timeout=AWAIT_HEARTBEAT,
+            retry_policy=AWAIT_RETRY,
         )
 
     async def _step(
-        self, call: Callable[[], Awaitable[T]], *, funds_error: bool = False, cancellable: bool = True
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        passthrough: tuple[str, ...] = (),
+        cancellable: bool = True,
     ) -> T:
         """Run a step; when automatic handling is exhausted, park in NEEDS_ATTENTION until `retry`
         (run the step again) or `cancel` (only before broadcast)."""
@@ -331,8 +441,8 @@ class WithdrawalWorkflow:
                 cause = err.cause if isinstance(err, ActivityError) else err
                 code = cause.type if isinstance(cause, ApplicationError) and cause.type else "ACTIVITY_FAILED"
                 message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-                if funds_error and code == ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS:
-                    raise _InsufficientFunds() from err
+                if code in passthrough:
+                    raise _Passthrough(code, message) from err
                 resume = self._status
                 await self._set_status(S.NEEDS_ATTENTION, (code, message))
                 self._retry = False
@@ -391,5 +501,9 @@ class WithdrawalWorkflow:
         workflow.set_current_details("\n\n".join(lines))
 
 
-class _InsufficientFunds(Exception):
-    pass
+class _Passthrough(Exception):
+    """A step failure the caller handles itself instead of parking in NEEDS_ATTENTION."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
