@@ -299,6 +299,12 @@ class ChainActivities:
                 else:
                     attempt, receipt = mined
                     seen = attempt.tx_hash
+                    moved = inp.included_block_hash and receipt.get("blockHash") != inp.included_block_hash
+                    if moved and not inp.until_included_only:
+                        async with self.db.transaction() as s:
+                            await repo.record_reorg(s, w.id, seen)
+                        log.warning("withdrawal.reorg.detected", withdrawal_id=w.id, tx_hash=seen, moved=True)
+                        return Inclusion(outcome="REORGED", tx_hash=seen)
                     result = await self._inclusion(rpc, w.id, attempt, receipt, inp, poll)
                     if result is not None:
                         return result
@@ -340,6 +346,7 @@ class ChainActivities:
             tx_hash=attempt.tx_hash,
             purpose=attempt.purpose,
             block_number=block_number,
+            block_hash=str(receipt.get("blockHash", "")),
             confirmations=confirmations,
             success=int(receipt.get("status", "0x1"), 16) == 1,
             fee_wei=str(fee),

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 import tomllib
 from collections import Counter
 from collections.abc import Generator
@@ -74,6 +75,8 @@ class CountingProxy:
         self.host, self.port = parts.hostname or PROXY_HOST, parts.port or 8545
         self.upstream = upstream
         self.calls: Counter[str] = Counter()
+        self.upstream_s: list[float] = []  # anvil's answer time per forwarded request
+        self.upstream_errors: Counter[str] = Counter()
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=100), timeout=30
         )
@@ -100,6 +103,7 @@ class CountingProxy:
     async def _forward(self, request: Request) -> Response:
         body = await request.body()
         self._count(body)
+        started = time.monotonic()
         try:
             r = await self._http.request(
                 request.method,
@@ -108,7 +112,9 @@ class CountingProxy:
                 headers={"content-type": request.headers.get("content-type", "application/json")},
             )
         except httpx.HTTPError as e:
+            self.upstream_errors[type(e).__name__] += 1
             return Response(f"upstream unavailable: {e}", status_code=502)
+        self.upstream_s.append(time.monotonic() - started)
         return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
 
     async def start(self) -> None:

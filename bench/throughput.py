@@ -159,6 +159,30 @@ def stack_processes(api_port: int, rpc_port: int | None) -> dict[str, int]:
     return {}
 
 
+class LoopLag:
+    """How late this process's event loop wakes up (it serves the bench's client and, with
+    --rpc-proxy, the proxy: a late loop shows up in their latencies, not the engine's)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self.lags.append(time.monotonic() - t - self.interval)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 class CpuMeter:
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
@@ -324,12 +348,21 @@ class EngineRun:
             max_connections=a.concurrency + 32, max_keepalive_connections=a.concurrency + 32
         )
         rpc_before = Counter(proxy.calls) if proxy else Counter()
+        upstream_before = (len(proxy.upstream_s), Counter(proxy.upstream_errors)) if proxy else (0, Counter())
         meter = CpuMeter(pids)
-        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as self.http:
-            await asyncio.gather(*(self._drive(t) for t in tracks))
+        with LoopLag() as lag:
+            async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as self.http:
+                await asyncio.gather(*(self._drive(t) for t in tracks))
         rpc_used = (Counter(proxy.calls) - rpc_before) if proxy else None
         self.withdrawal_ids = [t.id for t in tracks if t.id is not None]
         self._report(tracks, rpc_used)
+        if proxy is not None:
+            upstream = proxy.upstream_s[upstream_before[0] :]
+            errors = Counter(proxy.upstream_errors) - upstream_before[1]
+            p99 = percentile(upstream, 99) or 0.0
+            figure("rpc_proxy_upstream_s", f"{p50_p90(upstream)} p99 {p99:.3f}")
+            figure("rpc_proxy_upstream_errors", counts(errors.elements()))
+        figure("bench_loop_lag_s", f"{p50_p90(lag.lags)} max {max(lag.lags, default=0.0):.3f}")
         meter.report()
         if "worker" in pids and (rss := rss_mb(pids["worker"])) is not None:
             figure("worker_rss_mb", f"{rss:.0f}")

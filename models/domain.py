@@ -162,6 +162,8 @@ class AwaitInput:
     until_included_only: bool = False
     # With until_included_only: return STUCK if nothing is mined for this long (0 = wait).
     stuck_after_seconds: float = 0.0
+    # Without: the block the transaction was included in; a receipt in another block is a reorg.
+    included_block_hash: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +175,7 @@ class Inclusion:
     tx_hash: str = ""
     purpose: str = ""
     block_number: int = 0
+    block_hash: str = ""
     confirmations: int = 0
     success: bool = False
     fee_wei: str = "0"

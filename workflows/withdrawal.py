@@ -238,11 +238,13 @@ class WithdrawalWorkflow:
                 continue
             self._tx_hash = included.tx_hash
             await self._set_status(S.CONFIRMING, persist=False)  # written with the inclusion
+            block_hash = included.block_hash
             final = await self._step(
-                lambda: self._await(required, until_included_only=False), cancellable=False
+                lambda: self._await(required, until_included_only=False, block_hash=block_hash),  # noqa: B023
+                cancellable=False,
             )
             if final.outcome == "REORGED":
-                self._history.append(f"reorg: {included.tx_hash} left the canonical chain")
+                self._history.append(f"reorg: {included.tx_hash} left block {included.block_hash}")
                 workflow.logger.warning("withdrawal reorged out: %s", included.tx_hash)
                 self._tx_hash = included.tx_hash
                 await self._set_status(S.BROADCAST, persist=False)  # written with the reorg
@@ -411,13 +413,16 @@ class WithdrawalWorkflow:
             retry_policy=retry,  # type: ignore[arg-type]
         )
 
-    async def _await(self, required: int, *, until_included_only: bool) -> Inclusion:
+    async def _await(
+        self, required: int, *, until_included_only: bool, block_hash: str | None = None
+    ) -> Inclusion:
         return await workflow.execute_activity_method(
             ChainActivities.await_transaction,
             AwaitInput(
                 withdrawal_id=self._req.withdrawal_id,
                 required_confirmations=required,
                 until_included_only=until_included_only,
+                included_block_hash=block_hash,
             ),
             start_to_close_timeout=AWAIT_TIMEOUT,
             heartbeat_timeout=AWAIT_HEARTBEAT,

@@ -117,9 +117,13 @@ async def test_fee_cap_waits_instead_of_overpaying(stack: Stack, db_url: str) ->
     )
     try:
         network = "polygon"
-        rpc(h, network, "anvil_setNextBlockBaseFeePerGas", hex(60 * GWEI))
-        r = await h.request(native_body(network, new_wallet()[0], "0.1"))
-        wid = r.json()["id"]
+        rpc(h, network, "evm_setIntervalMining", 0)
+        try:
+            wid = (await h.request(native_body(network, new_wallet()[0], "0.1"))).json()["id"]
+            await h.wait_status(wid, {"BROADCAST"})
+            rpc(h, network, "anvil_setNextBlockBaseFeePerGas", hex(60 * GWEI))  # twice the cap
+        finally:
+            rpc(h, network, "evm_setIntervalMining", 1)
         final = await h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"}, limit=120)
         assert final["status"] == "CONFIRMED", final
         tried = await attempts(h, wid)
