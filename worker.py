@@ -52,6 +52,7 @@ class Engine:
         await self.chain.ensure_hot_wallets()
 
     async def aclose(self) -> None:
+        await self.chain.aclose()
         await self.chains.aclose()
         await self.db.dispose()
 

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
 from decimal import Decimal
 from typing import Any
@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import fees as feemath
+from activities.blocks import BlockWatcher
 from activities.rpc import ChainIdMismatch, ChainRpc, Chains, RpcError, RpcUnavailable
 from activities.rpc_errors import RpcErrorKind
 from activities.signer import KeystoreSigner, SignerUnavailable
@@ -59,6 +60,7 @@ def _rpc_down(e: Exception) -> ApplicationError:
 class ChainActivities:
     def __init__(self, db: Database, chains: Chains, signer: KeystoreSigner, config: EngineConfig) -> None:
         self.db, self.chains, self.signer, self.config = db, chains, signer, config
+        self._watchers: dict[str, BlockWatcher] = {}
 
     async def ensure_hot_wallets(self) -> None:
         """Register every configured hot wallet; its first nonce is the chain's pending nonce."""
@@ -259,6 +261,19 @@ class ChainActivities:
 
     # --- confirmations -------------------------------------------------------------------------
 
+    def watcher(self, network: str) -> BlockWatcher:
+        w = self._watchers.get(network)
+        if w is None:
+            w = self._watchers[network] = BlockWatcher(
+                self.chains[network], self.config.networks[network].block_time_seconds
+            )
+        w.ensure_started()
+        return w
+
+    async def aclose(self) -> None:
+        for w in self._watchers.values():
+            await w.aclose()
+
     @activity.defn
     async def await_transaction(self, inp: AwaitInput) -> Inclusion:
         """Watch the withdrawal's attempts (all at one nonce) on chain, heartbeating throughout.
@@ -266,8 +281,11 @@ class ChainActivities:
         `until_included_only`: return INCLUDED as soon as one is in a block (status CONFIRMING is written
         with it), or STUCK when nothing is mined within `stuck_after_seconds`. Otherwise: return
         CONFIRMED with the required confirmations on the canonical chain, or REORGED when the receipt
-        disappears. While nothing is mined, the recorded bytes are resent periodically (a dropped
-        transaction comes back; a known one is answered "already known").
+        disappeared or moved to another block. New blocks come from the network's `BlockWatcher`; the
+        receipt is read when the watcher saw one of our hashes (or the confirmation height is reached),
+        and directly as a fallback when the watcher is unhealthy or nothing came for a long time.
+        While nothing is mined, the recorded bytes are resent periodically (a dropped transaction comes
+        back; a known one is answered "already known").
         """
         async with self.db.read() as s:
             w = await repo.get_withdrawal(s, inp.withdrawal_id)
@@ -276,53 +294,85 @@ class ChainActivities:
             raise LookupError(inp.withdrawal_id)
         cfg = self.config.networks[w.network]
         rpc = self.chains[w.network]
-        poll = max(0.2, min(cfg.block_time_seconds / 2, 5.0))
+        blocks = self.watcher(w.network)
+        hashes = [a.tx_hash for a in attempts]
+        wait = max(0.2, min(cfg.block_time_seconds * 2, 10.0))
         resend_after = max(2.0, cfg.block_time_seconds * 3)
+        fallback_after = max(30.0, cfg.block_time_seconds * 20)
+        target = inp.included_block_number + inp.required_confirmations - 1
         started = last_send = time.monotonic()
+        last_direct = 0.0 if inp.until_included_only else started
         seen: str | None = None
         while True:
             activity.heartbeat()
-            try:
-                mined = await self._mined_attempt(rpc, attempts)
-                if mined is None:
-                    if seen is not None and not inp.until_included_only:
-                        async with self.db.transaction() as s:
-                            await repo.record_reorg(s, w.id, seen)
-                        log.warning("withdrawal.reorg.detected", withdrawal_id=w.id, tx_hash=seen)
-                        return Inclusion(outcome="REORGED", tx_hash=seen)
-                    if inp.stuck_after_seconds and time.monotonic() - started > inp.stuck_after_seconds:
-                        log.warning("withdrawal.stuck", withdrawal_id=w.id, nonce=w.nonce)
-                        return Inclusion(outcome="STUCK")
-                    if time.monotonic() - last_send > resend_after:
+            now = time.monotonic()
+            if inp.until_included_only:
+                due = blocks.lookup(hashes) is not None
+            else:
+                due = blocks.head >= target
+            if due or not blocks.healthy or now - last_direct > fallback_after:
+                last_direct = now
+                try:
+                    result = await self._check(rpc, blocks, w.id, attempts, inp, seen)
+                except RpcUnavailable as e:
+                    log.warning("withdrawal.confirmations.rpc_down", withdrawal_id=w.id, error=str(e)[:200])
+                    result = None
+                if isinstance(result, Inclusion):
+                    return result
+                seen = result or seen
+            if seen is None and inp.until_included_only:
+                if inp.stuck_after_seconds and now - started > inp.stuck_after_seconds:
+                    log.warning("withdrawal.stuck", withdrawal_id=w.id, nonce=w.nonce)
+                    return Inclusion(outcome="STUCK")
+                if now - last_send > resend_after:
+                    with contextlib.suppress(RpcUnavailable):
                         await self._resend(rpc, w.id, attempts)
-                        last_send = time.monotonic()
-                else:
-                    attempt, receipt = mined
-                    seen = attempt.tx_hash
-                    moved = inp.included_block_hash and receipt.get("blockHash") != inp.included_block_hash
-                    if moved and not inp.until_included_only:
-                        async with self.db.transaction() as s:
-                            await repo.record_reorg(s, w.id, seen)
-                        log.warning("withdrawal.reorg.detected", withdrawal_id=w.id, tx_hash=seen, moved=True)
-                        return Inclusion(outcome="REORGED", tx_hash=seen)
-                    result = await self._inclusion(rpc, w.id, attempt, receipt, inp, poll)
-                    if result is not None:
-                        return result
-            except RpcUnavailable as e:
-                log.warning("withdrawal.confirmations.rpc_down", withdrawal_id=w.id, error=str(e)[:200])
-            await asyncio.sleep(poll)
+                    last_send = time.monotonic()
+            await blocks.wait_next_block(wait)
+
+    async def _check(
+        self,
+        rpc: ChainRpc,
+        blocks: BlockWatcher,
+        withdrawal_id: str,
+        attempts: list[TxAttempt],
+        inp: AwaitInput,
+        seen: str | None,
+    ) -> Inclusion | str | None:
+        """One direct look at the receipts: an Inclusion to return, the hash seen mined, or None."""
+        mined = await self._mined_attempt(rpc, attempts)
+        if mined is None:
+            if inp.until_included_only:
+                return None
+            gone = seen or (attempts[-1].tx_hash if attempts else "")
+            async with self.db.transaction() as s:
+                await repo.record_reorg(s, withdrawal_id, gone)
+            log.warning("withdrawal.reorg.detected", withdrawal_id=withdrawal_id, tx_hash=gone)
+            return Inclusion(outcome="REORGED", tx_hash=gone)
+        attempt, receipt = mined
+        moved = inp.included_block_hash and receipt.get("blockHash") != inp.included_block_hash
+        if moved and not inp.until_included_only:
+            async with self.db.transaction() as s:
+                await repo.record_reorg(s, withdrawal_id, attempt.tx_hash)
+            log.warning(
+                "withdrawal.reorg.detected", withdrawal_id=withdrawal_id, tx_hash=attempt.tx_hash, moved=True
+            )
+            return Inclusion(outcome="REORGED", tx_hash=attempt.tx_hash)
+        result = await self._inclusion(rpc, blocks, withdrawal_id, attempt, receipt, inp)
+        return result if result is not None else attempt.tx_hash
 
     async def _inclusion(
         self,
         rpc: ChainRpc,
+        blocks: BlockWatcher,
         withdrawal_id: str,
         attempt: TxAttempt,
         receipt: dict[str, Any],
         inp: AwaitInput,
-        poll: float,
     ) -> Inclusion | None:
         block_number = int(receipt["blockNumber"], 16)
-        head = await rpc.block_number(max_age=poll / 2)
+        head = blocks.head if blocks.healthy else await rpc.block_number()
+        head = max(head, block_number)
         confirmations = max(0, head - block_number + 1)
         if not inp.until_included_only:
             if confirmations < inp.required_confirmations:

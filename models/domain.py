@@ -164,6 +164,7 @@ class AwaitInput:
     stuck_after_seconds: float = 0.0
     # Without: the block the transaction was included in; a receipt in another block is a reorg.
     included_block_hash: str | None = None
+    included_block_number: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

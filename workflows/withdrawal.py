@@ -238,9 +238,8 @@ class WithdrawalWorkflow:
                 continue
             self._tx_hash = included.tx_hash
             await self._set_status(S.CONFIRMING, persist=False)  # written with the inclusion
-            block_hash = included.block_hash
             final = await self._step(
-                lambda: self._await(required, until_included_only=False, block_hash=block_hash),  # noqa: B023
+                lambda inc=included: self._await(required, until_included_only=False, included=inc),  # type: ignore[misc]
                 cancellable=False,
             )
             if final.outcome == "REORGED":
@@ -414,7 +413,7 @@ class WithdrawalWorkflow:
         )
 
     async def _await(
-        self, required: int, *, until_included_only: bool, block_hash: str | None = None
+        self, required: int, *, until_included_only: bool, included: Inclusion | None = None
     ) -> Inclusion:
         return await workflow.execute_activity_method(
             ChainActivities.await_transaction,
@@ -422,7 +421,8 @@ class WithdrawalWorkflow:
                 withdrawal_id=self._req.withdrawal_id,
                 required_confirmations=required,
                 until_included_only=until_included_only,
-                included_block_hash=block_hash,
+                included_block_hash=included.block_hash if included else None,
+                included_block_number=included.block_number if included else 0,
             ),
             start_to_close_timeout=AWAIT_TIMEOUT,
             heartbeat_timeout=AWAIT_HEARTBEAT,
