@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     task_queue: str = "withdrawals"
+    # Nonce reconciliation per hot wallet (a Temporal Schedule); 0 disables it.
+    reconcile_interval_seconds: int = 30
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

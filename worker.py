@@ -10,16 +10,27 @@ import signal
 from datetime import timedelta
 
 import structlog
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
 from temporalio.worker import Worker
 
-from activities.chain import ChainActivities
+from activities.chain import ChainActivities, ReconcileActivities
 from activities.funds import FundsActivities
 from activities.rpc import Chains
 from activities.signer import KeystoreSigner
 from logging_setup import configure_logging
 from models.db import Database
+from models.domain import ReconcileInput
 from settings import EngineConfig, Settings
+from workflows.reconcile import NonceReconcilerWorkflow
 from workflows.withdrawal import WithdrawalWorkflow
 
 log = structlog.get_logger()
@@ -34,6 +45,7 @@ class Engine:
         self.chains = Chains(config.networks)
         self.funds = FundsActivities(self.db, self.chains, config)
         self.chain = ChainActivities(self.db, self.chains, signer, config)
+        self.reconcile = ReconcileActivities(self.chain)
 
     @property
     def activities(self) -> list[object]:
@@ -45,6 +57,8 @@ class Engine:
             self.chain.sign_transaction,
             self.chain.broadcast_transaction,
             self.chain.await_transaction,
+            self.chain.realign_nonce,
+            self.reconcile.reconcile_wallet,
         ]
 
     async def start(self) -> None:
@@ -58,15 +72,45 @@ class Engine:
 
 
 def build_worker(client: Client, engine: Engine, task_queue: str) -> Worker:
+    engine.reconcile.client = client
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[WithdrawalWorkflow],
+        workflows=[WithdrawalWorkflow, NonceReconcilerWorkflow],
         activities=engine.activities,  # type: ignore[arg-type]
         max_concurrent_activities=1000,
         max_concurrent_local_activities=200,
         graceful_shutdown_timeout=timedelta(seconds=5),
     )
+
+
+async def ensure_reconcile_schedules(client: Client, engine: Engine, settings: Settings) -> None:
+    """One Temporal Schedule per hot wallet running NonceReconcilerWorkflow (idempotent)."""
+    if settings.reconcile_interval_seconds <= 0:
+        return
+    for network, cfg in engine.config.networks.items():
+        for wallet in cfg.hot_wallets:
+            sid = f"reconcile-{network}-{wallet.lower()}"
+            action = ScheduleActionStartWorkflow(
+                NonceReconcilerWorkflow.run,
+                ReconcileInput(network=network, hot_wallet=wallet),
+                id=f"reconcile-{network}-{wallet.lower()}",
+                task_queue=settings.task_queue,
+            )
+            schedule = Schedule(
+                action=action,
+                spec=ScheduleSpec(
+                    intervals=[
+                        ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))
+                    ]
+                ),
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            )
+            try:
+                await client.create_schedule(sid, schedule)
+                log.info("worker.schedule.created", schedule_id=sid)
+            except ScheduleAlreadyRunningError:
+                pass
 
 
 async def main() -> None:
@@ -85,6 +129,7 @@ async def main() -> None:
     await engine.start()
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
     worker = build_worker(client, engine, settings.task_queue)
+    await ensure_reconcile_schedules(client, engine, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -31,13 +31,17 @@ from models.domain import (
     ErrorType,
     Inclusion,
     NonceAllocation,
+    Realignment,
+    ReconcileInput,
+    ReconcileReport,
     SignedTx,
     SignInput,
+    StatusChange,
     TxPurpose,
     WithdrawalRef,
     WithdrawalStatus,
 )
-from models.tables import TxAttempt
+from models.tables import TxAttempt, utcnow
 from settings import EngineConfig, NetworkConfig
 
 log = structlog.get_logger()
@@ -69,6 +73,35 @@ class ChainActivities:
                 nonce = await self.chains[network].pending_nonce(wallet)
                 async with self.db.transaction() as s:
                     await repo.ensure_hot_wallet(s, network, wallet, nonce)
+
+    @activity.defn
+    async def realign_nonce(self, ref: WithdrawalRef) -> Realignment:
+        """After "nonce too low" with none of our attempts mined: the nonce went to a transaction sent
+        outside the engine. Move the withdrawal to the wallet's next free nonce (alerting)."""
+        async with self.db.read() as s:
+            w = await repo.get_withdrawal(s, ref.withdrawal_id)
+            attempts = await repo.attempts_for(s, ref.withdrawal_id)
+        if w is None or w.hot_wallet is None:
+            raise LookupError(ref.withdrawal_id)
+        rpc = self.chains[w.network]
+        try:
+            if await self._mined_attempt(rpc, attempts) is not None:
+                raise _fail(ErrorType.NONCE_CONFLICT, "one of our transactions is mined: nothing to realign")
+            latest = await rpc.latest_nonce(w.hot_wallet)
+        except RpcUnavailable as e:
+            raise _rpc_down(e) from e
+        async with self.db.transaction() as s:
+            old, new = await repo.realign_nonce(s, w.id, latest)
+        log.error(
+            "nonce.realigned",
+            alert=True,
+            withdrawal_id=w.id,
+            hot_wallet=w.hot_wallet,
+            old_nonce=old,
+            new_nonce=new.nonce,
+            reason="nonce used by a transaction sent outside the engine",
+        )
+        return Realignment(old_nonce=old, new_nonce=new.nonce)
 
     @activity.defn
     async def allocate_nonce(self, ref: WithdrawalRef) -> NonceAllocation:
@@ -142,14 +175,19 @@ class ChainActivities:
                 fees = await self._fees(cfg, rpc)
             except feemath.FeeAboveCap as e:
                 if inp.purpose != TxPurpose.CANCEL:
-                    raise _fail(ErrorType.FEE_ABOVE_CAP, str(e), retryable=not attempts) from e
+                    raise _fail(
+                        ErrorType.FEE_ABOVE_CAP,
+                        str(e),
+                        retryable=not any(a.nonce == w.nonce for a in attempts),
+                    ) from e
                 fees = await self._uncapped_fees(cfg, rpc)
         except (RpcUnavailable, ChainIdMismatch) as e:
             if isinstance(e, ChainIdMismatch):
                 raise _fail(ErrorType.CHAIN_ID_MISMATCH, str(e)) from e
             raise _rpc_down(e) from e
-        if attempts:  # a replacement at the same nonce must outbid every earlier attempt
-            top = max(attempts, key=lambda a: a.max_fee_per_gas or a.gas_price or 0)
+        at_nonce = [a for a in attempts if a.nonce == w.nonce]
+        if at_nonce:  # a replacement at the same nonce must outbid every earlier attempt
+            top = max(at_nonce, key=lambda a: a.max_fee_per_gas or a.gas_price or 0)
             fees = feemath.replacement(
                 fees, feemath.Fees(top.max_fee_per_gas, top.max_priority_fee_per_gas, top.gas_price)
             )
@@ -422,3 +460,151 @@ class ChainActivities:
                         kind=e.kind,
                         error=e.message[:200],
                     )
+
+
+class ReconcileActivities:
+    """Per-hot-wallet nonce reconciliation (run by `NonceReconcilerWorkflow` on a Temporal Schedule).
+
+    Compares the engine's allocations with the chain's latest and pending nonce and:
+    - records nonces used by transactions sent outside the engine and moves the counter past them;
+    - re-broadcasts allocated transactions that no node knows any more;
+    - fills a nonce whose withdrawal's workflow is gone without sending anything (0-value self-transfer),
+      and ends that withdrawal CANCELLED with its reservation released;
+    - logs an alert (`nonce.reconcile.alert`) for each of these.
+    """
+
+    def __init__(self, chain: ChainActivities, client: Any | None = None) -> None:
+        self.chain = chain
+        self.client = client  # temporalio Client, to ask whether a withdrawal's workflow still runs
+
+    async def _workflow_running(self, withdrawal_id: str) -> bool | None:
+        if self.client is None:
+            return None
+        from temporalio.client import WorkflowExecutionStatus
+        from temporalio.service import RPCError as TemporalRPCError
+
+        try:
+            desc = await self.client.get_workflow_handle(f"withdrawal-{withdrawal_id}").describe()
+        except TemporalRPCError:
+            return False
+        return desc.status == WorkflowExecutionStatus.RUNNING
+
+    @activity.defn
+    async def reconcile_wallet(self, inp: ReconcileInput) -> ReconcileReport:
+        db, rpc = self.chain.db, self.chain.chains[inp.network]
+        alerts: list[str] = []
+        try:
+            latest = await rpc.latest_nonce(inp.hot_wallet)
+            pending = await rpc.pending_nonce(inp.hot_wallet)
+        except RpcUnavailable as e:
+            raise _rpc_down(e) from e
+        async with db.transaction() as s:
+            hw = await repo.lock_hot_wallet(s, inp.network, inp.hot_wallet)
+            external = await repo.record_external_nonces(s, hw, latest)
+            next_nonce = hw.next_nonce
+        if external:
+            alerts.append(
+                f"nonces {external[0]}..{external[-1]} used by transactions sent outside the engine"
+            )
+        async with db.read() as s:
+            allocs = [
+                a for a in await repo.nonce_allocations(s, inp.network, inp.hot_wallet) if a.nonce >= latest
+            ]
+            attempts = {
+                a.withdrawal_id: await repo.attempts_for(s, a.withdrawal_id)
+                for a in allocs
+                if a.withdrawal_id
+            }
+        rebroadcast: list[str] = []
+        filled: list[int] = []
+        now = utcnow()
+        for alloc in allocs:
+            if alloc.purpose != "WITHDRAWAL" or not alloc.active or alloc.withdrawal_id is None:
+                continue
+            mine = [a for a in attempts.get(alloc.withdrawal_id, []) if a.nonce == alloc.nonce]
+            if mine:
+                known = [a for a in mine if await rpc.call("eth_getTransactionByHash", [a.tx_hash])]
+                if not known:
+                    await self.chain._resend(rpc, alloc.withdrawal_id, mine)
+                    rebroadcast.append(mine[-1].tx_hash)
+                    alerts.append(
+                        f"nonce {alloc.nonce}: transaction {mine[-1].tx_hash} unknown to the node, resent"
+                    )
+                continue
+            age = (now - alloc.created_at).total_seconds()
+            running = await self._workflow_running(alloc.withdrawal_id)
+            if running or (running is None and age < inp.orphan_after_seconds) or age < 1:
+                continue
+            tx_hash = await self._fill(inp, alloc.withdrawal_id, alloc.nonce)
+            filled.append(alloc.nonce)
+            alerts.append(f"nonce {alloc.nonce} of withdrawal {alloc.withdrawal_id} filled by {tx_hash}")
+        for text in alerts:
+            log.error(
+                "nonce.reconcile.alert",
+                alert=True,
+                network=inp.network,
+                hot_wallet=inp.hot_wallet,
+                detail=text,
+            )
+        return ReconcileReport(
+            network=inp.network,
+            hot_wallet=inp.hot_wallet,
+            latest_nonce=latest,
+            pending_nonce=pending,
+            next_nonce=next_nonce,
+            rebroadcast=rebroadcast,
+            filled=filled,
+            external=external,
+            alerts=alerts,
+        )
+
+    async def _fill(self, inp: ReconcileInput, withdrawal_id: str, nonce: int) -> str:
+        """0-value self-transfer at `nonce`; the orphaned withdrawal ends CANCELLED, funds released."""
+        chain = self.chain
+        cfg, rpc = chain.config.networks[inp.network], chain.chains[inp.network]
+        fees = await chain._uncapped_fees(cfg, rpc)
+        tx: dict[str, Any] = {
+            "to": inp.hot_wallet,
+            "value": 0,
+            "data": "0x",
+            "gas": cfg.native_gas_limit,
+            "nonce": nonce,
+            "chainId": cfg.chain_id,
+        }
+        if fees.gas_price is not None:
+            tx["gasPrice"] = fees.gas_price
+        else:
+            tx.update(
+                maxFeePerGas=fees.max_fee_per_gas, maxPriorityFeePerGas=fees.max_priority_fee_per_gas, type=2
+            )
+        raw, tx_hash = chain.signer.sign(inp.hot_wallet, tx)
+        attempt = TxAttempt(
+            withdrawal_id=withdrawal_id,
+            purpose=TxPurpose.FILL,
+            seq=0,
+            network=inp.network,
+            hot_wallet=inp.hot_wallet,
+            nonce=nonce,
+            tx_hash=tx_hash,
+            raw_tx=raw,
+            tx_type=0 if fees.gas_price is not None else 2,
+            gas_limit=tx["gas"],
+            max_fee_per_gas=fees.max_fee_per_gas,
+            max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            gas_price=fees.gas_price,
+        )
+        async with chain.db.transaction() as s:
+            s.add(attempt)
+            await repo.mark_allocation(s, inp.network, inp.hot_wallet, nonce, purpose="FILL")
+            await repo.apply_status_change(
+                s,
+                StatusChange(
+                    withdrawal_id=withdrawal_id,
+                    status=WithdrawalStatus.CANCELLED,
+                    error_code="CANCELLED",
+                    error_message=f"workflow ended before sending; nonce {nonce} filled by {tx_hash}",
+                ),
+            )
+        with contextlib.suppress(RpcError):
+            await rpc.send_raw(raw)
+        return tx_hash

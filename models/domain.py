@@ -58,6 +58,7 @@ class ErrorType(StrEnum):
 class TxPurpose(StrEnum):
     WITHDRAWAL = "WITHDRAWAL"
     CANCEL = "CANCEL"  # 0-value self-transfer at the withdrawal's nonce
+    FILL = "FILL"  # 0-value self-transfer by the reconciler for a nonce no live withdrawal will use
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +181,33 @@ class Inclusion:
     confirmations: int = 0
     success: bool = False
     fee_wei: str = "0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Realignment:
+    old_nonce: int
+    new_nonce: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcileInput:
+    network: str
+    hot_wallet: str
+    # An allocated nonce whose withdrawal's workflow is no longer running is filled after this long.
+    orphan_after_seconds: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcileReport:
+    network: str
+    hot_wallet: str
+    latest_nonce: int
+    pending_nonce: int
+    next_nonce: int
+    rebroadcast: list[str] = field(default_factory=list)
+    filled: list[int] = field(default_factory=list)
+    external: list[int] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -308,9 +308,7 @@ async def allocate_nonce(s: AsyncSession, withdrawal_id: str) -> NonceAllocation
     The withdrawal row is locked first, so two concurrent calls for one withdrawal serialize and the
     second finds the first one's allocation; the hot-wallet row lock then serializes the counter."""
     w = await lock_withdrawal(s, withdrawal_id)
-    existing = (
-        await s.exec(select(NonceAllocation).where(NonceAllocation.withdrawal_id == withdrawal_id))
-    ).first()  # type: ignore[attr-defined]
+    existing = await active_allocation(s, withdrawal_id)
     if existing is not None:
         return existing
     if w.hot_wallet is None:
@@ -331,6 +329,81 @@ async def allocate_nonce(s: AsyncSession, withdrawal_id: str) -> NonceAllocation
     s.add_all([alloc, hw, w])
     await s.flush()
     return alloc
+
+
+async def active_allocation(s: AsyncSession, withdrawal_id: str) -> NonceAllocation | None:
+    q = select(NonceAllocation).where(
+        NonceAllocation.withdrawal_id == withdrawal_id, col(NonceAllocation.active).is_(True)
+    )
+    return (await s.exec(q)).first()  # type: ignore[attr-defined]
+
+
+async def lock_hot_wallet(s: AsyncSession, network: str, address: str) -> HotWallet:
+    q = select(HotWallet).where(HotWallet.network == network, HotWallet.address == address).with_for_update()
+    return (await s.exec(q)).one()  # type: ignore[attr-defined]
+
+
+async def record_external_nonces(s: AsyncSession, hw: HotWallet, chain_latest: int) -> list[int]:
+    """Nonces below the chain's that the engine never allocated were used outside it: record them as
+    EXTERNAL and move the wallet's counter past them. `hw` must be locked."""
+    skipped = list(range(hw.next_nonce, chain_latest))
+    for n in skipped:
+        s.add(
+            NonceAllocation(
+                network=hw.network, hot_wallet=hw.address, nonce=n, purpose="EXTERNAL", active=False
+            )
+        )
+    if skipped:
+        hw.next_nonce = chain_latest
+        s.add(hw)
+        await s.flush()
+    return skipped
+
+
+async def realign_nonce(
+    s: AsyncSession, withdrawal_id: str, chain_latest: int
+) -> tuple[int, NonceAllocation]:
+    """The withdrawal's nonce was consumed on chain by a transaction the engine did not send (none of
+    ours is mined there): give it the wallet's next nonce. Its attempts at the old nonce can never be
+    mined any more, so one withdrawal still gets at most one mined transaction. Returns (old, new)."""
+    w = await lock_withdrawal(s, withdrawal_id)
+    old = await active_allocation(s, withdrawal_id)
+    if old is None or w.hot_wallet is None:
+        raise LookupError(f"withdrawal {withdrawal_id} has no nonce")
+    if old.nonce >= chain_latest:
+        return old.nonce, old  # the nonce is still free on chain: nothing to realign
+    hw = await lock_hot_wallet(s, w.network, w.hot_wallet)
+    old.active, old.purpose = False, "EXTERNAL"
+    s.add(old)
+    await record_external_nonces(s, hw, chain_latest)
+    new = NonceAllocation(network=w.network, hot_wallet=w.hot_wallet, nonce=hw.next_nonce, withdrawal_id=w.id)
+    hw.next_nonce += 1
+    w.nonce = new.nonce
+    w.updated_at = utcnow()
+    s.add_all([new, hw, w])
+    await s.exec(
+        update(TxAttempt)  # type: ignore[call-overload]
+        .where(col(TxAttempt.withdrawal_id) == withdrawal_id, col(TxAttempt.nonce) == old.nonce)
+        .values(
+            outcome="FAILED", error="nonce used by a transaction sent outside the engine", updated_at=utcnow()
+        )
+    )
+    await s.flush()
+    return old.nonce, new
+
+
+async def mark_allocation(
+    s: AsyncSession, network: str, hot_wallet: str, nonce: int, *, purpose: str
+) -> None:
+    await s.exec(
+        update(NonceAllocation)  # type: ignore[call-overload]
+        .where(
+            col(NonceAllocation.network) == network,
+            col(NonceAllocation.hot_wallet) == hot_wallet,
+            col(NonceAllocation.nonce) == nonce,
+        )
+        .values(purpose=purpose, active=False)
+    )
 
 
 async def nonce_allocations(s: AsyncSession, network: str, hot_wallet: str) -> list[NonceAllocation]:

@@ -137,13 +137,21 @@ class HotWallet(SQLModel, table=True):
 
 
 class NonceAllocation(SQLModel, table=True):
+    """Every nonce of a hot wallet the engine knows about, contiguous from the first one it used.
+
+    purpose WITHDRAWAL: given to a withdrawal (`active` while it is the one it uses); FILL: a 0-value
+    self-transfer the reconciler sent for a nonce no live withdrawal will use; EXTERNAL: used by a
+    transaction sent from the wallet outside the engine."""
+
     __tablename__ = "nonce_allocations"
     __table_args__ = (UniqueConstraint("network", "hot_wallet", "nonce", name="uq_nonce"),)
     id: int | None = Field(default=None, primary_key=True)
     network: str = Field(max_length=32)
     hot_wallet: str = Field(max_length=42)
     nonce: int
-    withdrawal_id: str = Field(max_length=36, unique=True)
+    withdrawal_id: str | None = Field(default=None, max_length=36, index=True)
+    purpose: str = Field(default="WITHDRAWAL", max_length=16)
+    active: bool = True
     created_at: datetime = _ts()
 
 

@@ -347,11 +347,30 @@ class WithdrawalWorkflow:
             try:
                 await self._step(
                     lambda inp=inp: self._local(ChainActivities.broadcast_transaction, inp),  # type: ignore[misc]
-                    passthrough=(ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS, ErrorType.UNDERPRICED),
+                    passthrough=(
+                        ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS,
+                        ErrorType.UNDERPRICED,
+                        ErrorType.NONCE_CONFLICT,
+                    ),
                 )
                 return
             except _Passthrough as p:
-                if p.code == ErrorType.UNDERPRICED:
+                if p.code == ErrorType.NONCE_CONFLICT:
+                    moved = await self._step(
+                        lambda: self._local(
+                            ChainActivities.realign_nonce,
+                            WithdrawalRef(withdrawal_id=self._req.withdrawal_id),
+                        )
+                    )
+                    self._nonce = moved.new_nonce
+                    self._history.append(
+                        f"nonce {moved.old_nonce} was used outside the engine; moved to {moved.new_nonce}"
+                    )
+                    replaced = await self._sign_replacement(purpose)
+                    if replaced is not None:
+                        tx_hash = replaced
+                        continue
+                elif p.code == ErrorType.UNDERPRICED:
                     self._history.append(f"underpriced: {p.message}")
                     replaced = await self._sign_replacement(purpose)
                     if replaced is not None:

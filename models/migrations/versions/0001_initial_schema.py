@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 23:32:09.188639
+Create Date: 2026-11-28 00:19:45.180347
 """
 
 from collections.abc import Sequence
@@ -70,12 +70,18 @@ def upgrade() -> None:
         sa.Column("network", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("hot_wallet", sqlmodel.sql.sqltypes.AutoString(length=42), nullable=False),
         sa.Column("nonce", sa.Integer(), nullable=False),
-        sa.Column("withdrawal_id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+        sa.Column("withdrawal_id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=True),
+        sa.Column("purpose", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("network", "hot_wallet", "nonce", name="uq_nonce"),
-        sa.UniqueConstraint("withdrawal_id"),
     )
+    with op.batch_alter_table("nonce_allocations", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_nonce_allocations_withdrawal_id"), ["withdrawal_id"], unique=False
+        )
+
     op.create_table(
         "tx_attempts",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -169,6 +175,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_tx_attempts_withdrawal_id"))
 
     op.drop_table("tx_attempts")
+    with op.batch_alter_table("nonce_allocations", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_nonce_allocations_withdrawal_id"))
+
     op.drop_table("nonce_allocations")
     op.drop_table("hot_wallets")
     with op.batch_alter_table("fund_reservations", schema=None) as batch_op:

@@ -1,0 +1,124 @@
+"""Nonce reconciliation against real anvils: transactions sent behind the engine's back, orphaned
+nonces of a terminated workflow, transactions no node knows any more."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from eth_account import Account
+
+from devstack import chain, processes
+from models import repo
+from models.domain import ReconcileInput, ReconcileReport
+from tests.invariants import assert_invariants
+from tests.stack import Harness, native_body, new_wallet
+from workflows.reconcile import NonceReconcilerWorkflow
+
+
+def rpc(h: Harness, network: str, method: str, *params: Any) -> Any:
+    return processes.rpc(h.stack.rpc_urls[network], method, list(params))
+
+
+def send_behind_the_engines_back(h: Harness, network: str) -> str:
+    """A transfer signed with the hot wallet's key outside the engine, waited until mined."""
+    wallet, key = next(iter(h.keys.items()))
+    w3 = chain.web3_for(h.stack.rpc_urls[network])
+    tx = {
+        "to": new_wallet()[0],
+        "value": 1,
+        "gas": 21_000,
+        "gasPrice": w3.eth.gas_price * 2,
+        "nonce": w3.eth.get_transaction_count(wallet, "pending"),
+        "chainId": w3.eth.chain_id,
+    }
+    signed = Account.sign_transaction(tx, key)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    assert w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30, poll_latency=0.1)["status"] == 1
+    return tx_hash.hex()
+
+
+async def reconcile(h: Harness, network: str) -> ReconcileReport:
+    wallet = h.config.networks[network].hot_wallets[0]
+    return await h.client.execute_workflow(
+        NonceReconcilerWorkflow.run,
+        ReconcileInput(network=network, hot_wallet=wallet, orphan_after_seconds=1),
+        id=f"reconcile-test-{uuid.uuid4()}",
+        task_queue=h.settings.task_queue,
+    )
+
+
+async def allocations(h: Harness, network: str) -> list[Any]:
+    async with h.db.read() as s:
+        return await repo.nonce_allocations(s, network, h.config.networks[network].hot_wallets[0])
+
+
+async def test_withdrawal_whose_nonce_was_used_outside_is_moved_to_the_next_nonce(harness: Harness) -> None:
+    network = "ethereum"
+    first = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]
+    await harness.wait_status(first, {"CONFIRMED"})
+    await asyncio.to_thread(send_behind_the_engines_back, harness, network)  # takes the engine's next nonce
+    to = new_wallet()[0]
+    wid = (await harness.request(native_body(network, to, "0.02"))).json()["id"]
+    final = await harness.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"})
+    assert final["status"] == "CONFIRMED", final
+    assert int(rpc(harness, network, "eth_getBalance", to, "latest"), 16) == 2 * 10**16
+    history = (await harness.client.get_workflow_handle(f"withdrawal-{wid}").query("status"))["history"]
+    assert any("used outside the engine" in e for e in history), history
+    purposes = [(a.nonce, a.purpose) for a in await allocations(harness, network)]
+    assert purposes == [(0, "WITHDRAWAL"), (1, "EXTERNAL"), (2, "WITHDRAWAL")], purposes
+    await assert_invariants(harness, [first, wid])
+
+
+async def test_reconciler_records_external_nonces_so_new_withdrawals_skip_them(harness: Harness) -> None:
+    network = "bsc"
+    for _ in range(2):
+        await asyncio.to_thread(send_behind_the_engines_back, harness, network)
+    report = await reconcile(harness, network)
+    assert report.external == [0, 1] and report.next_nonce == 2 and report.alerts
+    wid = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]
+    final = await harness.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"})
+    assert final["status"] == "CONFIRMED"
+    history = (await harness.client.get_workflow_handle(f"withdrawal-{wid}").query("status"))["history"]
+    assert not any("outside the engine" in e for e in history)  # no conflict: it got nonce 2 directly
+    await assert_invariants(harness, [wid])
+
+
+async def test_nonce_of_a_terminated_workflow_is_filled_and_later_withdrawals_proceed(
+    harness: Harness,
+) -> None:
+    network = "polygon"
+    url, usdt = harness.stack.rpc_urls[network], harness.stack.tokens[network]["USDT"]
+    to = new_wallet()[0]
+    await asyncio.to_thread(chain.blacklist, url, usdt, to)
+    body = {"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "9"}
+    orphan = (await harness.request(body)).json()["id"]
+    await harness.wait_status(orphan, {"NEEDS_ATTENTION"})  # nonce 0 allocated, nothing signed
+    await harness.client.get_workflow_handle(f"withdrawal-{orphan}").terminate("operator gave up")
+    later = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]  # nonce 1
+    await asyncio.sleep(1.5)
+    report = await reconcile(harness, network)
+    assert report.filled == [0], report
+    assert (await harness.wait_status(later, {"CONFIRMED"}))["status"] == "CONFIRMED"
+    cancelled = await harness.status(orphan)
+    assert cancelled["status"] == "CANCELLED" and "filled" in cancelled["error"]["message"]
+    async with harness.db.read() as s:
+        assert {r.state for r in await repo.reservations_for(s, orphan)} == {"RELEASED"}
+    await assert_invariants(harness, [later])
+
+
+async def test_reconciler_rebroadcasts_a_transaction_no_node_knows(harness: Harness) -> None:
+    network = "ethereum"
+    rpc(harness, network, "evm_setIntervalMining", 0)
+    try:
+        wid = (await harness.request(native_body(network, new_wallet()[0], "0.03"))).json()["id"]
+        w = await harness.wait_status(wid, {"BROADCAST"})
+        rpc(harness, network, "anvil_dropTransaction", w["tx_hash"])
+        report = await reconcile(harness, network)
+        assert w["tx_hash"] in report.rebroadcast
+        assert rpc(harness, network, "eth_getTransactionByHash", w["tx_hash"]) is not None
+    finally:
+        rpc(harness, network, "evm_setIntervalMining", 1)
+    assert (await harness.wait_status(wid, {"CONFIRMED"}))["status"] == "CONFIRMED"
+    await assert_invariants(harness, [wid])
