@@ -9,18 +9,27 @@ file to the worker. A config whose URL is `http://127.0.0.2:<port>` therefore st
 127.0.0.1:<port> as before, while the worker (and the devstack's own setup calls) talk to
 127.0.0.2:<port>, where this proxy listens and forwards to 127.0.0.1:<port>. All of 127.0.0.0/8 is
 loopback on Linux, so nothing needs configuring.
+
+The proxy runs in a process of its own (`ProxyProcess`, i.e. `python -m bench.rpc_proxy`), so that
+the bench's HTTP client, busy with hundreds of withdrawals, does not delay the RPC calls it forwards;
+the bench reads the counts from `GET /__bench__/stats`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 import tomllib
 from collections import Counter
 from collections.abc import Generator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +42,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 PROXY_HOST = "127.0.0.2"
+STATS_PATH = "/__bench__/stats"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def proxied_config(config_file: Path, network: str, out_dir: Path) -> tuple[Path, str, str]:
@@ -80,7 +91,12 @@ class CountingProxy:
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=100), timeout=30
         )
-        app = Starlette(routes=[Route("/{path:path}", self._forward, methods=["POST", "GET"])])
+        app = Starlette(
+            routes=[
+                Route(STATS_PATH, self._stats, methods=["GET"]),
+                Route("/{path:path}", self._forward, methods=["POST", "GET"]),
+            ]
+        )
         self._server = _QuietServer(
             uvicorn.Config(
                 app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off"
@@ -99,6 +115,14 @@ class CountingProxy:
         for item in payload if isinstance(payload, list) else [payload]:
             if isinstance(item, dict):
                 self.calls[str(item.get("method"))] += 1
+
+    async def _stats(self, request: Request) -> Response:
+        body = {
+            "calls": dict(self.calls),
+            "upstream_s": self.upstream_s,
+            "errors": dict(self.upstream_errors),
+        }
+        return Response(json.dumps(body), media_type="application/json")
 
     async def _forward(self, request: Request) -> Response:
         body = await request.body()
@@ -138,3 +162,82 @@ class CountingProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, timeout=10)
         await self._http.aclose()
+
+
+@dataclass
+class ProxyStats:
+    calls: Counter[str] = field(default_factory=Counter)
+    upstream_s: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+class ProxyProcess:
+    """`CountingProxy` in a child process (`python -m bench.rpc_proxy`); counts are read over HTTP."""
+
+    def __init__(self, proxy_url: str, upstream: str) -> None:
+        self.proxy_url, self.upstream = proxy_url, upstream
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.to_thread(
+            subprocess.Popen,
+            [
+                sys.executable,
+                "-m",
+                "bench.rpc_proxy",
+                "--listen",
+                self.proxy_url,
+                "--upstream",
+                self.upstream,
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(200):
+            if self.proc.poll() is not None:
+                raise SystemExit(f"error: the RPC proxy exited with {self.proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                await self.stats()
+                return
+            await asyncio.sleep(0.05)
+        await self.stop()
+        raise SystemExit(f"error: the RPC proxy did not start on {self.proxy_url}")
+
+    async def stats(self) -> ProxyStats:
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.get(self.proxy_url + STATS_PATH)
+        r.raise_for_status()
+        d = r.json()
+        return ProxyStats(Counter(d["calls"]), list(d["upstream_s"]), Counter(d["errors"]))
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            await asyncio.to_thread(self.proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)
+
+
+async def _serve(listen: str, upstream: str) -> None:
+    proxy = CountingProxy(listen, upstream)
+    await proxy.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await proxy.stop()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Counting JSON-RPC proxy (started by bench/throughput.py)")
+    ap.add_argument("--listen", required=True, help="http://127.0.0.2:PORT")
+    ap.add_argument("--upstream", required=True, help="http://127.0.0.1:PORT")
+    a = ap.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(a.listen, a.upstream))

@@ -48,7 +48,7 @@ from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from bench.noop_workflow import LOCAL, REGULAR, WITHDRAWAL_HAPPY_PATH, NoopInput, NoopWithdrawalWorkflow, noop  # noqa: E402
-from bench.rpc_proxy import CountingProxy, proxied_config  # noqa: E402
+from bench.rpc_proxy import ProxyProcess, ProxyStats, proxied_config  # noqa: E402
 
 TERMINAL = frozenset({"CONFIRMED", "REJECTED", "CANCELLED", "FAILED"})
 BROADCAST_OR_LATER = frozenset({"BROADCAST", "CONFIRMING", "CONFIRMED"})
@@ -340,25 +340,27 @@ class EngineRun:
         if t.status not in TERMINAL and t.error is None:
             t.error = f"not terminal after --timeout ({t.status})"
 
-    async def run(self, proxy: CountingProxy | None, pids: dict[str, int]) -> bool:
+    async def run(self, proxy: ProxyProcess | None, pids: dict[str, int]) -> bool:
         a = self.args
         self.deadline = time.monotonic() + a.timeout
         tracks = [Track(index=i, key=f"bench-{self.run_id}-{i}") for i in range(a.n)]
         limits = httpx.Limits(
             max_connections=a.concurrency + 32, max_keepalive_connections=a.concurrency + 32
         )
-        rpc_before = Counter(proxy.calls) if proxy else Counter()
-        upstream_before = (len(proxy.upstream_s), Counter(proxy.upstream_errors)) if proxy else (0, Counter())
+        before = await proxy.stats() if proxy else ProxyStats()
+        if proxy is not None and proxy.pid is not None:
+            pids = {**pids, "rpc_proxy": proxy.pid}
         meter = CpuMeter(pids)
         with LoopLag() as lag:
             async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as self.http:
                 await asyncio.gather(*(self._drive(t) for t in tracks))
-        rpc_used = (Counter(proxy.calls) - rpc_before) if proxy else None
+        after = await proxy.stats() if proxy else None
+        rpc_used = (after.calls - before.calls) if after else None
         self.withdrawal_ids = [t.id for t in tracks if t.id is not None]
         self._report(tracks, rpc_used)
-        if proxy is not None:
-            upstream = proxy.upstream_s[upstream_before[0] :]
-            errors = Counter(proxy.upstream_errors) - upstream_before[1]
+        if after is not None:
+            upstream = after.upstream_s[len(before.upstream_s) :]
+            errors = after.errors - before.errors
             p99 = percentile(upstream, 99) or 0.0
             figure("rpc_proxy_upstream_s", f"{p50_p90(upstream)} p99 {p99:.3f}")
             figure("rpc_proxy_upstream_errors", counts(errors.elements()))
@@ -726,13 +728,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> int:
-    proxy: CountingProxy | None = None
+    proxy: ProxyProcess | None = None
     try:
         if args.rpc_proxy:
             config, proxy_url, upstream = proxied_config(
                 args.config, args.network, args.credentials.resolve().parent / "bench"
             )
-            proxy = CountingProxy(proxy_url, upstream)
+            proxy = ProxyProcess(proxy_url, upstream)
             await proxy.start()
             creds = await wait_for_proxied_stack(args.credentials, args, proxy_url, config)
         else:
@@ -768,7 +770,7 @@ async def main(args: argparse.Namespace) -> int:
             await report_breakdown(client, engine.withdrawal_ids, log_path, phase1_started)
         if proxy is not None:
             note(
-                "the stack's RPC for this network goes through this process's proxy, which stops now: "
+                "the stack's RPC for this network goes through the bench's proxy, which stops now: "
                 "stop the stack too (pkill -INT -f devstack.run)"
             )
             await proxy.stop()

@@ -166,6 +166,10 @@ class WithdrawalWorkflow:
         self._publish()
         try:
             if adm.accepted:
+                # End this workflow task here so the `submit` update (the POST) is answered with the
+                # admission alone; nonce, signing and broadcast run in the next task.
+                if workflow.patched("answer-submit-before-nonce"):
+                    await workflow.sleep(timedelta(milliseconds=1))
                 await self._process(adm)
         except _CancelRequested:
             await self._cancelled()

@@ -2,8 +2,9 @@
 
     make histories      # starts its own dev server and anvils, runs three withdrawals, writes JSON here
 
-Run it after a deliberate change to WithdrawalWorkflow (guarded with workflow.patched) so the new
-shape is covered too; keep the old files when old histories must still replay.
+Run it after a change to WithdrawalWorkflow. Guard the change with `workflow.patched(...)` and first
+rename the current files to `<name>_vN.json` (N the next free number): those keep proving that
+workflows started before the change still replay; the regenerated files cover the new shape.
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ import pytest
 
 from activities.signer import write_keystore
 from devstack import processes
+from models import repo
 from settings import ROOT
 from tests.invariants import assert_invariants
+from tests.rpc_proxy import RpcProxy
 from tests.stack import Harness, Stack, close_harness, make_harness, native_body, new_wallet
 
 PASSWORD = "crash-test-password"
@@ -96,3 +98,45 @@ async def test_sigkill_worker_mid_flight_loses_nothing_and_pays_once(
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+async def test_sigkill_between_signing_and_broadcast_sends_the_recorded_bytes_once(
+    stack: Stack, db_url: str, tmp: Path
+) -> None:
+    network = "polygon"
+    proxy = RpcProxy(stack.rpc_urls[network])
+    await proxy.start()
+    h = await make_harness(stack, db_url, start_worker=False, rpc_urls={network: [proxy.url]})
+    proxy.hold_sends()
+    proc = start_worker_process(h, tmp)
+    try:
+        to = new_wallet()[0]
+        r = await h.request(native_body(network, to, "0.05"))
+        assert r.status_code == 201, r.text
+        wid = r.json()["id"]
+        for _ in range(200):  # signed and recorded, the send held at the proxy
+            async with h.db.read() as s:
+                signed = await repo.attempts_for(s, wid)
+            if signed and proxy.held:
+                break
+            await asyncio.sleep(0.05)
+        assert signed and proxy.held, "the worker never got to broadcast"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proxy.release_sends()
+        proc = start_worker_process(h, tmp)
+        final = await h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION", "FAILED"}, limit=120)
+        assert final["status"] == "CONFIRMED", final
+        async with h.db.read() as s:
+            attempts = await repo.attempts_for(s, wid)
+        assert [a.tx_hash for a in attempts] == [signed[0].tx_hash], "re-signed instead of resending"
+        assert int(processes.rpc(stack.rpc_urls[network], "eth_getBalance", [to, "latest"]), 16) == 5 * 10**16
+        await assert_invariants(h, [wid])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await close_harness(h)
+        await proxy.stop()

@@ -30,7 +30,7 @@ def send_behind_the_engines_back(h: Harness, network: str) -> str:
         "value": 1,
         "gas": 21_000,
         "gasPrice": w3.eth.gas_price * 2,
-        "nonce": w3.eth.get_transaction_count(wallet, "pending"),
+        "nonce": w3.eth.get_transaction_count(wallet, "pending"),  # type: ignore[arg-type]
         "chainId": w3.eth.chain_id,
     }
     signed = Account.sign_transaction(tx, key)

@@ -1,0 +1,60 @@
+"""A JSON-RPC proxy in front of anvil for fault injection: it can hold eth_sendRawTransaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from devstack import processes
+
+
+class RpcProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.port = processes.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._open = asyncio.Event()  # cleared: eth_sendRawTransaction waits until it is set again
+        self._open.set()
+        self.held = 0
+        self._http = httpx.AsyncClient(timeout=30)
+        app = Starlette(routes=[Route("/", self._handle, methods=["POST"])])
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def _handle(self, request: Request) -> Response:
+        body = await request.body()
+        if not self._open.is_set() and b"eth_sendRawTransaction" in body:
+            self.held += 1
+            await self._open.wait()
+        resp = await self._http.post(
+            self.upstream, content=body, headers={"Content-Type": "application/json"}
+        )
+        return Response(resp.content, resp.status_code, media_type="application/json")
+
+    def hold_sends(self) -> None:
+        self._open.clear()
+
+    def release_sends(self) -> None:
+        self._open.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        self._open.set()
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5)
+        await self._http.aclose()
