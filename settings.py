@@ -118,6 +118,9 @@ class NetworkConfig(BaseModel):
     token_gas_limit_cap: int = 200_000
     gas_limit_margin: Decimal = Decimal("1.25")
     rpc_timeout_seconds: float = 10.0
+    # "confirmations": CONFIRMED after `required_confirmations` blocks; "finalized": once the block is at
+    # or below the node's `finalized` block (and at least `required_confirmations` deep).
+    finality: Literal["confirmations", "finalized"] = "confirmations"
     # Not mined after this many blocks: replace at the same nonce with both fees raised >= 12.5%.
     stuck_after_blocks: int = Field(default=12, ge=1)
 

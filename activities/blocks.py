@@ -24,8 +24,10 @@ MAX_CATCH_UP = 64
 
 
 class BlockWatcher:
-    def __init__(self, rpc: ChainRpc, block_time: float) -> None:
+    def __init__(self, rpc: ChainRpc, block_time: float, *, track_finalized: bool = False) -> None:
         self.rpc = rpc
+        self.track_finalized = track_finalized
+        self.finalized = -1  # number of the node's `finalized` block (when tracked)
         self.interval = max(0.1, min(block_time / 2, 5.0))
         self.block_time = block_time
         self.head = -1
@@ -85,6 +87,10 @@ class BlockWatcher:
                 self._index[h] = (n, str(block["hash"]))
             self._order.append((n, hashes))
             self.head = n
+        if self.track_finalized and (start <= head or self.finalized < 0):
+            fin = await self.rpc.block("finalized")
+            if fin is not None:
+                self.finalized = int(fin["number"], 16)
         while len(self._order) > RECENT_BLOCKS:
             _, old = self._order.popleft()
             for h in old:

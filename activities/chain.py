@@ -302,8 +302,9 @@ class ChainActivities:
     def watcher(self, network: str) -> BlockWatcher:
         w = self._watchers.get(network)
         if w is None:
+            cfg = self.config.networks[network]
             w = self._watchers[network] = BlockWatcher(
-                self.chains[network], self.config.networks[network].block_time_seconds
+                self.chains[network], cfg.block_time_seconds, track_finalized=cfg.finality == "finalized"
             )
         w.ensure_started()
         return w
@@ -346,6 +347,8 @@ class ChainActivities:
             now = time.monotonic()
             if inp.until_included_only:
                 due = blocks.lookup(hashes) is not None
+            elif cfg.finality == "finalized":
+                due = blocks.finalized >= inp.included_block_number and blocks.head >= target
             else:
                 due = blocks.head >= target
             if due or not blocks.healthy or now - last_direct > fallback_after:
@@ -415,6 +418,13 @@ class ChainActivities:
         if not inp.until_included_only:
             if confirmations < inp.required_confirmations:
                 return None
+            if self.config.networks[attempt.network].finality == "finalized":
+                finalized = blocks.finalized if blocks.finalized >= 0 else -1
+                if finalized < block_number:
+                    fin = await rpc.block("finalized")
+                    finalized = int(fin["number"], 16) if fin else -1
+                if finalized < block_number:
+                    return None
             block = await rpc.block(block_number)
             if block is None or block.get("hash") != receipt.get("blockHash"):
                 return None  # the node is mid-reorg: look again

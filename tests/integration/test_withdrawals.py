@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from devstack import chain, processes
@@ -58,3 +60,24 @@ async def test_usdt_withdrawal_transfers_six_decimal_units(harness: Harness, net
     tx = await _tx(harness, network, final["tx_hash"])
     assert tx["to"].lower() == token.lower() and int(tx["value"], 16) == 0
     assert tx["input"].startswith("0xa9059cbb")
+
+
+async def test_finalized_mode_waits_for_the_finalized_block(stack, db_url) -> None:  # type: ignore[no-untyped-def]
+    from tests.stack import close_harness, make_harness
+
+    h = await make_harness(stack, db_url, network_overrides={"finality": "finalized"})
+    try:
+        network = "polygon"
+        to, _ = new_wallet()
+        wid = (await h.request(native_body(network, to, "0.2"))).json()["id"]
+        confirming = await h.wait_status(wid, {"CONFIRMING"})
+        await asyncio.sleep(3)  # well past 3 confirmations, far from anvil's finalized block (64 behind)
+        assert (await h.status(wid))["status"] == "CONFIRMING"
+        final = await h.wait_status(wid, {"CONFIRMED"}, limit=120)
+        url = h.stack.rpc_urls[network]
+        finalized = int(processes.rpc(url, "eth_getBlockByNumber", ["finalized", False])["number"], 16)
+        receipt = processes.rpc(url, "eth_getTransactionReceipt", [final["tx_hash"]])
+        assert int(receipt["blockNumber"], 16) <= finalized and final["confirmations"] >= 64
+        assert confirming["tx_hash"] == final["tx_hash"]
+    finally:
+        await close_harness(h)
