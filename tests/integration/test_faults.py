@@ -298,3 +298,25 @@ async def test_hot_wallet_pool_spreads_load(stack: Stack, db_url: str) -> None:
 
 
 assert set(NETWORKS) == {"ethereum", "bsc", "polygon"}
+
+
+async def test_one_of_two_rpc_endpoints_stopped_mid_flight(stack: Stack, db_url: str) -> None:
+    from tests.rpc_proxy import RpcProxy
+
+    network = "ethereum"
+    first = RpcProxy(stack.rpc_urls[network])
+    await first.start()
+    h = await make_harness(stack, db_url, rpc_urls={network: [first.url, stack.rpc_urls[network]]})
+    try:
+        rs = [await h.request(native_body(network, new_wallet()[0], "0.01")) for _ in range(3)]
+        ids = [r.json()["id"] for r in rs]
+        await h.wait_status(ids[-1], {"BROADCAST", "CONFIRMING", "CONFIRMED"})
+        await first.stop()  # the preferred endpoint goes away mid-flight
+        rs = [await h.request(native_body(network, new_wallet()[0], "0.01")) for _ in range(3)]
+        ids += [r.json()["id"] for r in rs]
+        for wid in ids:
+            assert (await h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"}))["status"] == "CONFIRMED"
+        await assert_invariants(h, ids)
+    finally:
+        await close_harness(h)
+        await first.stop()
