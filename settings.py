@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     rate_limit_per_minute: int = 600
     log_level: str = "INFO"
+    otel_exporter: str | None = None  # "console": OpenTelemetry spans of workflows/activities to stdout
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:

@@ -30,6 +30,7 @@ from logging_setup import configure_logging
 from models.db import Database
 from models.domain import ReconcileInput
 from settings import EngineConfig, Settings
+from telemetry import interceptors
 from workflows.reconcile import NonceReconcilerWorkflow
 from workflows.withdrawal import WithdrawalWorkflow
 
@@ -127,7 +128,11 @@ async def main() -> None:
     engine = Engine(settings, config, signer)
     log.info("worker.starting", task_queue=settings.task_queue, hot_wallets=len(signer.addresses))
     await engine.start()
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    client = await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        interceptors=interceptors(settings.otel_exporter),
+    )
     worker = build_worker(client, engine, settings.task_queue)
     await ensure_reconcile_schedules(client, engine, settings)
     stop = asyncio.Event()

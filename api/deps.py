@@ -25,6 +25,7 @@ from models import repo
 from models.db import Database
 from models.tables import ApiClient
 from settings import EngineConfig, Settings
+from telemetry import interceptors
 
 
 class TemporalConnector:
@@ -43,7 +44,9 @@ class TemporalConnector:
                 try:
                     self._client = await asyncio.wait_for(
                         Client.connect(
-                            self.settings.temporal_address, namespace=self.settings.temporal_namespace
+                            self.settings.temporal_address,
+                            namespace=self.settings.temporal_namespace,
+                            interceptors=interceptors(self.settings.otel_exporter),
                         ),
                         timeout=5,
                     )

@@ -4,6 +4,8 @@
 funds available) runs, in this order:
 
     admit (local)                       the API's update-with-start waits for this one
+    a 1 ms timer                        ends the workflow task, so the POST is answered here
+                                        (`workflow.patched("answer-submit-before-nonce")`, since 85b5d78)
     allocate_nonce (local)              also writes PROCESSING (`_set_status(..., persist=False)`)
     sign_transaction (local)
     broadcast_transaction (local)
@@ -12,7 +14,9 @@ funds available) runs, in this order:
     await_transaction, until confirmed (regular)
     record_status CONFIRMED (local)
 
-that is 6 local and 2 regular activities (`WithdrawalWorkflow.run`, `_process`, `_confirm`).
+that is 6 local and 2 regular activities and one timer (`WithdrawalWorkflow.run`, `_process`,
+`_confirm`). Before 85b5d78 there was no timer: the POST waited for the whole first workflow task,
+up to record_status BROADCAST (`--ceiling-mix 5734199` runs that older shape).
 `NoopWithdrawalWorkflow` runs the same sequence of no-op activities, is started the same way
 (update-with-start, the update answering once the first local activity is done) and uses the same
 timeouts, so the only difference left is the work itself.
@@ -30,9 +34,11 @@ from temporalio.common import RetryPolicy
 
 LOCAL = "local"
 REGULAR = "regular"
+TIMER = "timer"
 
 WITHDRAWAL_HAPPY_PATH: tuple[tuple[str, str], ...] = (
     ("admit", LOCAL),
+    ("timer: answer the POST before the nonce", TIMER),
     ("allocate_nonce", LOCAL),  # PROCESSING is written by the activity itself
     ("sign_transaction", LOCAL),
     ("broadcast_transaction", LOCAL),
@@ -41,6 +47,9 @@ WITHDRAWAL_HAPPY_PATH: tuple[tuple[str, str], ...] = (
     ("await_transaction confirmed", REGULAR),
     ("record_status CONFIRMED", LOCAL),
 )
+# The same path before 85b5d78 (measured in docs/benchmarks.md, 2026-11-27/28): no timer.
+WITHDRAWAL_HAPPY_PATH_5734199 = tuple(step for step in WITHDRAWAL_HAPPY_PATH if step[1] != TIMER)
+CEILING_MIXES = {"head": WITHDRAWAL_HAPPY_PATH, "5734199": WITHDRAWAL_HAPPY_PATH_5734199}
 
 LOCAL_TIMEOUT = timedelta(seconds=30)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
@@ -48,7 +57,7 @@ RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=time
 
 @dataclass(frozen=True, kw_only=True)
 class NoopInput:
-    kinds: list[str]  # LOCAL or REGULAR, one per activity, in order
+    kinds: list[str]  # LOCAL, REGULAR or TIMER, one per step, in order
 
 
 @activity.defn
@@ -71,7 +80,9 @@ class NoopWithdrawalWorkflow:
     @workflow.run
     async def run(self, inp: NoopInput) -> int:
         for step, kind in enumerate(inp.kinds):
-            if kind == LOCAL:
+            if kind == TIMER:
+                await workflow.sleep(timedelta(milliseconds=1))
+            elif kind == LOCAL:
                 await workflow.execute_local_activity(
                     noop, step, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=RETRY
                 )

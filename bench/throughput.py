@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--n 200] [--concurrency 50] [--network ethereum]
         [--asset ETH] [--credentials .data/dev-credentials.json] [--rpc-proxy] [--no-ceiling]
-        [--breakdown]
+        [--breakdown] [--rpc-sniff]
 
 Needs `make run` (for unthrottled figures: `WE_RATE_LIMIT_PER_MINUTE=1000000 make run`, since the dev API
 key's default limit of 600 requests/min counts status polls too). Prints one `name: value` line per
@@ -12,7 +12,7 @@ Phase 1 drives N withdrawals through the REST API: `POST /withdrawal/request` wi
 `--concurrency` POSTs in flight, then `GET /withdrawal/status/{id}` until each is terminal.
 Phase 2 (the ceiling) starts N `bench.noop_workflow.NoopWithdrawalWorkflow`s by update-with-start with
 the same concurrency, on the same Temporal server, served by a worker in this process on its own task
-queue; each runs the same mix of no-op activities as a happy-path native withdrawal (6 local, 2 regular).
+queue; each runs the same mix of no-op steps as a happy-path native withdrawal (6 local, 2 regular, 1 timer).
 
 Exit status: 0 when every withdrawal was accepted and CONFIRMED (and the ceiling ran), 1 when some
 were not, 2 when the stack is not reachable or the bench is misused.
@@ -47,8 +47,9 @@ from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
-from bench.noop_workflow import LOCAL, REGULAR, WITHDRAWAL_HAPPY_PATH, NoopInput, NoopWithdrawalWorkflow, noop  # noqa: E402
+from bench.noop_workflow import CEILING_MIXES, LOCAL, REGULAR, TIMER, NoopInput, NoopWithdrawalWorkflow, noop  # noqa: E402
 from bench.rpc_proxy import ProxyProcess, ProxyStats, proxied_config  # noqa: E402
+from bench.rpc_sniff import SnifferProcess  # noqa: E402
 
 TERMINAL = frozenset({"CONFIRMED", "REJECTED", "CANCELLED", "FAILED"})
 BROADCAST_OR_LATER = frozenset({"BROADCAST", "CONFIRMING", "CONFIRMED"})
@@ -340,7 +341,9 @@ class EngineRun:
         if t.status not in TERMINAL and t.error is None:
             t.error = f"not terminal after --timeout ({t.status})"
 
-    async def run(self, proxy: ProxyProcess | None, pids: dict[str, int]) -> bool:
+    async def run(
+        self, proxy: ProxyProcess | None, pids: dict[str, int], sniff_port: int | None = None
+    ) -> bool:
         a = self.args
         self.deadline = time.monotonic() + a.timeout
         tracks = [Track(index=i, key=f"bench-{self.run_id}-{i}") for i in range(a.n)]
@@ -350,12 +353,20 @@ class EngineRun:
         before = await proxy.stats() if proxy else ProxyStats()
         if proxy is not None and proxy.pid is not None:
             pids = {**pids, "rpc_proxy": proxy.pid}
+        sniffer = SnifferProcess(sniff_port) if sniff_port is not None else None
+        if sniffer is not None:
+            await asyncio.to_thread(sniffer.start)
+            if sniffer.pid is not None:
+                pids = {**pids, "rpc_sniff": sniffer.pid}
         meter = CpuMeter(pids)
-        with LoopLag() as lag:
-            async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as self.http:
-                await asyncio.gather(*(self._drive(t) for t in tracks))
+        try:
+            with LoopLag() as lag:
+                async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as self.http:
+                    await asyncio.gather(*(self._drive(t) for t in tracks))
+        finally:
+            sniffed = await asyncio.to_thread(sniffer.stop) if sniffer is not None else None
         after = await proxy.stats() if proxy else None
-        rpc_used = (after.calls - before.calls) if after else None
+        rpc_used = (after.calls - before.calls) if after else sniffed
         self.withdrawal_ids = [t.id for t in tracks if t.id is not None]
         self._report(tracks, rpc_used)
         if after is not None:
@@ -412,7 +423,9 @@ class EngineRun:
                 "not by the engine; restart the stack with WE_RATE_LIMIT_PER_MINUTE=1000000 make run"
             )
         if rpc_used is None:
-            figure("rpc_calls_per_confirmed", "n/a (needs --rpc-proxy, see docs/benchmarks.md)")
+            figure(
+                "rpc_calls_per_confirmed", "n/a (needs --rpc-sniff or --rpc-proxy, see docs/benchmarks.md)"
+            )
         else:
             total = sum(rpc_used.values())
             figure("rpc_calls", total)
@@ -480,9 +493,24 @@ async def history_breakdown(client: Client, workflow_ids: list[str]) -> None:
                 acts[-1]["started"] = ts(ev)
             elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED and acts:
                 acts[-1]["ended"] = ts(ev)
-        markers = sum(1 for ev in history.events if ev.event_type == EventType.EVENT_TYPE_MARKER_RECORDED)
+        markers = sum(  # local activities; `workflow.patched` records a `core_patch` marker too
+            1
+            for ev in history.events
+            if ev.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+            and ev.marker_recorded_event_attributes.marker_name == "core_local_activity"
+        )
+        timers = [ev for ev in history.events if ev.event_type == EventType.EVENT_TYPE_TIMER_FIRED]
+        timer_started = [ev for ev in history.events if ev.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
+        timer_s = [ts(f) - ts(st) for st, f in zip(timer_started, timers, strict=False)]
         start = ts(history.events[0])
-        return {"start": start, "tasks": tasks, "acts": acts, "failed": failed, "markers": markers}
+        return {
+            "start": start,
+            "tasks": tasks,
+            "acts": acts,
+            "failed": failed,
+            "markers": markers,
+            "timer_s": timer_s,
+        }
 
     found = [h for h in await asyncio.gather(*(one(w) for w in workflow_ids)) if h is not None]
     if not found:
@@ -499,6 +527,7 @@ async def history_breakdown(client: Client, workflow_ids: list[str]) -> None:
     acts = [a for h in found for a in h["acts"] if "started" in a and "ended" in a]
     figure("wf_activity_wait_s", p50_p90([a["started"] - a["scheduled"] for a in acts]))
     figure("wf_await_transaction_run_s", p50_p90([a["ended"] - a["started"] for a in acts]))
+    figure("wf_timer_start_to_fired_s", p50_p90([x for h in found for x in h["timer_s"]]))
     figure(
         "wf_per_withdrawal",
         f"{counts(len(h['tasks']) for h in found)} workflow tasks, {counts(h['markers'] for h in found)} "
@@ -546,9 +575,11 @@ async def report_breakdown(client: Client, withdrawal_ids: list[str], log_path: 
 # --- phase 2: the ceiling --------------------------------------------------------------------------
 
 
-async def run_ceiling(client: Client, n: int, concurrency: int, limit_s: float) -> tuple[float, float]:
+async def run_ceiling(
+    client: Client, n: int, concurrency: int, limit_s: float, mix: str = "head"
+) -> tuple[float, float]:
     """N no-op withdrawals on their own task queue; returns (starts/s, completed workflows/s)."""
-    kinds = [kind for _, kind in WITHDRAWAL_HAPPY_PATH]
+    kinds = [kind for _, kind in CEILING_MIXES[mix]]
     task_queue = f"bench-ceiling-{uuid.uuid4().hex[:10]}"
     gate = asyncio.Semaphore(concurrency)
 
@@ -585,7 +616,8 @@ async def run_ceiling(client: Client, n: int, concurrency: int, limit_s: float) 
     completed = n / (max(d for _, _, d in times) - first)
     figure(
         "ceiling_activities_per_workflow",
-        f"{kinds.count(LOCAL)} local + {kinds.count(REGULAR)} regular (as a happy-path native withdrawal)",
+        f"{kinds.count(LOCAL)} local + {kinds.count(REGULAR)} regular + {kinds.count(TIMER)} timer "
+        f"(a happy-path native withdrawal, --ceiling-mix {mix})",
     )
     figure("ceiling_accepted_per_s", accepted)
     figure("ceiling_workflow_p50_s", percentile([d - s for s, _, d in times], 50))
@@ -695,6 +727,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-Temporal ceiling")
     p.add_argument(
+        "--ceiling-mix",
+        choices=sorted(CEILING_MIXES),
+        default="head",
+        help="the withdrawal shape the ceiling mimics: head (timer after admit) or 5734199 (none)",
+    )
+    p.add_argument(
         "--breakdown",
         action="store_true",
         help="after phase 1, split each withdrawal's time from its Temporal history and the worker's "
@@ -713,6 +751,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "through it, wait for it, then run (see bench/rpc_proxy.py)",
     )
     p.add_argument(
+        "--rpc-sniff",
+        action="store_true",
+        help="count JSON-RPC calls to the network's anvil on the loopback interface during phase 1, "
+        "without a proxy in the path (Linux, root or CAP_NET_RAW; see bench/rpc_sniff.py)",
+    )
+    p.add_argument(
         "--config",
         type=Path,
         default=ROOT / "config" / "dev.toml",
@@ -722,6 +766,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--wait-stack", type=float, default=900.0, help="--rpc-proxy: seconds to wait for the stack"
     )
     args = p.parse_args(argv)
+    if args.rpc_sniff and args.rpc_proxy:
+        p.error("--rpc-sniff and --rpc-proxy count the same calls: use one")
     if args.n < 1 or args.concurrency < 1 or args.poll_rps <= 0:
         p.error("--n, --concurrency and --poll-rps must be positive")
     return args
@@ -751,6 +797,8 @@ async def main(args: argparse.Namespace) -> int:
             raise BenchError(f"cannot reach Temporal at {creds['temporal_address']}: {e}") from e
 
         rpc_port = urlsplit(str(creds["networks"][args.network].get("rpc_url", ""))).port
+        if args.rpc_sniff and rpc_port is None:
+            raise BenchError(f"--rpc-sniff: no port in the {args.network} rpc_url of {args.credentials}")
         pids = stack_processes(urlsplit(creds["api_url"]).port or 80, rpc_port)
         net = creds["networks"][args.network]
         for name, value in (
@@ -764,7 +812,7 @@ async def main(args: argparse.Namespace) -> int:
             figure(name, value)
         engine = EngineRun(args, creds)
         phase1_started = time.time()
-        all_confirmed = await engine.run(proxy, pids)
+        all_confirmed = await engine.run(proxy, pids, rpc_port if args.rpc_sniff else None)
         if args.breakdown:
             log_path = args.worker_log or args.credentials.resolve().parent / "logs" / "worker.log"
             await report_breakdown(client, engine.withdrawal_ids, log_path, phase1_started)
@@ -779,7 +827,7 @@ async def main(args: argparse.Namespace) -> int:
             return 0 if all_confirmed else 1
 
         meter = CpuMeter({k: v for k, v in pids.items() if k == "temporal"})
-        _, ceiling = await run_ceiling(client, args.n, args.concurrency, args.timeout)
+        _, ceiling = await run_ceiling(client, args.n, args.concurrency, args.timeout, args.ceiling_mix)
         figure("ceiling_workflows_per_s", ceiling)
         meter.report("ceiling_")
         if engine.confirmed_per_s is not None:
