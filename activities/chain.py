@@ -294,6 +294,11 @@ class ChainActivities:
                 raise _fail(ErrorType.BROADCAST_REJECTED, f"{kind}: {e.message}"[:500]) from e
         except RpcUnavailable as e:
             raise _rpc_down(e) from e  # unknown outcome: the retry resends the same bytes
+        if inp.record_status:
+            async with self.db.transaction() as s:
+                await repo.apply_status_change(
+                    s, StatusChange(withdrawal_id=inp.withdrawal_id, status=WithdrawalStatus.BROADCAST)
+                )
         log.info("withdrawal.broadcast.sent", withdrawal_id=inp.withdrawal_id, tx_hash=attempt.tx_hash)
         return attempt.tx_hash
 
@@ -439,6 +444,11 @@ class ChainActivities:
                 fee_wei=fee,
                 status=WithdrawalStatus.CONFIRMING if inp.until_included_only else None,
             )
+            success = int(receipt.get("status", "0x1"), 16) == 1
+            if inp.settle and success and attempt.purpose == TxPurpose.WITHDRAWAL:
+                await repo.apply_status_change(
+                    s, StatusChange(withdrawal_id=withdrawal_id, status=WithdrawalStatus.CONFIRMED)
+                )
         return Inclusion(
             outcome="INCLUDED" if inp.until_included_only else "CONFIRMED",
             tx_hash=attempt.tx_hash,
@@ -544,6 +554,11 @@ class ReconcileActivities:
             age = (now - alloc.created_at).total_seconds()
             running = await self._workflow_running(alloc.withdrawal_id)
             if running or (running is None and age < inp.orphan_after_seconds) or age < 1:
+                if age > inp.orphan_after_seconds:
+                    alerts.append(
+                        f"nonce {alloc.nonce} held by withdrawal {alloc.withdrawal_id} for {int(age)} s with "
+                        "nothing signed: later transactions of this wallet wait behind it (retry or cancel)"
+                    )
                 continue
             tx_hash = await self._fill(inp, alloc.withdrawal_id, alloc.nonce)
             filled.append(alloc.nonce)

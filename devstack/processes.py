@@ -120,9 +120,9 @@ def start(
     cmd: list[str], log_path: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(
-        cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
-    )
+    merged = {**os.environ, **(env or {})}
+    merged.pop("PYTHONDONTWRITEBYTECODE", None)  # the workflow sandbox re-imports modules: keep .pyc files
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=merged, start_new_session=True)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

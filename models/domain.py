@@ -153,6 +153,8 @@ class SignedTx:
 class BroadcastInput:
     withdrawal_id: str
     tx_hash: str
+    # The withdrawal's first broadcast: write status BROADCAST with it.
+    record_status: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +168,8 @@ class AwaitInput:
     # Without: the block the transaction was included in; a receipt in another block is a reorg.
     included_block_hash: str | None = None
     included_block_number: int = 0
+    # Write CONFIRMED (and consume the reservation) with the final inclusion when the withdrawal succeeded.
+    settle: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 S = WithdrawalStatus
 
-LOCAL_TIMEOUT = timedelta(seconds=30)
+LOCAL_TIMEOUT = timedelta(seconds=60)  # signing may make three RPC calls of up to 10 s each
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=6
 )
@@ -75,6 +75,9 @@ class WithdrawalWorkflow:
         self._cancel_sent = False
         self._last_signed: str | None = None
         self._next_seq: dict[str, int] = {}
+        # Patches (see tests/histories): set once, right after admission.
+        self._allocate_as_activity = False
+        self._fold_writes = False
         self._nonce: int | None = None
         self._tx_hash: str | None = None
         self._error: tuple[str, str] | None = None
@@ -168,7 +171,9 @@ class WithdrawalWorkflow:
             if adm.accepted:
                 # End this workflow task here so the `submit` update (the POST) is answered with the
                 # admission alone; nonce, signing and broadcast run in the next task.
-                if workflow.patched("answer-submit-before-nonce"):
+                self._allocate_as_activity = workflow.patched("allocate-nonce-as-activity")
+                self._fold_writes = workflow.patched("fold-status-writes")
+                if not self._allocate_as_activity and workflow.patched("answer-submit-before-nonce"):
                     await workflow.sleep(timedelta(milliseconds=1))
                 await self._process(adm)
         except _CancelRequested:
@@ -204,20 +209,36 @@ class WithdrawalWorkflow:
         self._check_cancel()
 
         ref = WithdrawalRef(withdrawal_id=self._req.withdrawal_id)
-        alloc = await self._step(lambda: self._local(ChainActivities.allocate_nonce, ref))
+        if self._allocate_as_activity:
+            # A regular activity ends the first workflow task at once, so the POST (the `submit` update)
+            # is answered with the admission alone; signing and broadcast follow in the next task.
+            alloc = await self._step(
+                lambda: workflow.execute_activity_method(
+                    ChainActivities.allocate_nonce,
+                    ref,
+                    start_to_close_timeout=LOCAL_TIMEOUT,
+                    retry_policy=FOREVER_RETRY,
+                )
+            )
+        else:
+            alloc = await self._step(lambda: self._local(ChainActivities.allocate_nonce, ref))
         self._nonce = alloc.nonce
         await self._set_status(S.PROCESSING, persist=False)  # written with the allocation
         self._check_cancel()
         signed: SignedTx = await self._step(
-            lambda: self._local(ChainActivities.sign_transaction, SignInput(withdrawal_id=ref.withdrawal_id))
+            lambda: self._local(
+                ChainActivities.sign_transaction,
+                SignInput(withdrawal_id=ref.withdrawal_id),
+                retry=self._after_nonce(),
+            )
         )
         self._tx_hash = signed.tx_hash
         self._next_seq[TxPurpose.WITHDRAWAL] = 1
         self._publish()
         self._check_cancel()
-        await self._broadcast_step(signed.tx_hash)
+        await self._broadcast_step(signed.tx_hash, first=True)
         self._broadcast = True
-        await self._set_status(S.BROADCAST)
+        await self._set_status(S.BROADCAST, persist=not self._fold_writes)  # else written by the broadcast
         await self._confirm(adm.required_confirmations)
 
     async def _confirm(self, required: int) -> None:
@@ -260,7 +281,9 @@ class WithdrawalWorkflow:
         elif final.success:
             if self._cancel_sent:
                 self._history.append("cancel lost: the withdrawal was mined before the cancellation")
-            await self._set_status(S.CONFIRMED, None)
+            await self._set_status(
+                S.CONFIRMED, None, persist=not self._fold_writes
+            )  # else settled by the await
         else:
             await self._set_status(
                 S.FAILED, (ErrorType.EXECUTION_REVERTED.value, "transaction mined but reverted")
@@ -341,16 +364,24 @@ class WithdrawalWorkflow:
                 await self._set_status(S.PENDING)
                 return
 
-    async def _broadcast_step(self, tx_hash: str, purpose: str = TxPurpose.WITHDRAWAL) -> None:
+    async def _broadcast_step(
+        self, tx_hash: str, purpose: str = TxPurpose.WITHDRAWAL, *, first: bool = False
+    ) -> None:
         """Broadcast; an underpriced answer gets a replacement with bumped fees (within the cap),
         insufficient funds waits in WAITING_FOR_FUNDS; both retry on a timer."""
         assert self._admission is not None
         while True:
             self._last_signed = tx_hash
-            inp = BroadcastInput(withdrawal_id=self._req.withdrawal_id, tx_hash=tx_hash)
+            inp = BroadcastInput(
+                withdrawal_id=self._req.withdrawal_id,
+                tx_hash=tx_hash,
+                record_status=first and self._fold_writes,
+            )
             try:
                 await self._step(
-                    lambda inp=inp: self._local(ChainActivities.broadcast_transaction, inp),  # type: ignore[misc]
+                    lambda inp=inp: self._local(  # type: ignore[misc]
+                        ChainActivities.broadcast_transaction, inp, retry=self._after_nonce()
+                    ),
                     passthrough=(
                         ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS,
                         ErrorType.UNDERPRICED,
@@ -417,6 +448,12 @@ class WithdrawalWorkflow:
 
     # --- helpers -------------------------------------------------------------------------------
 
+    def _after_nonce(self) -> RetryPolicy:
+        """Once a nonce is allocated, a transient failure (RPC down, timeouts) is retried without limit:
+        parking would leave the nonce unsent and stall every later transaction of the hot wallet.
+        Definite failures (non-retryable errors) still park in NEEDS_ATTENTION."""
+        return FOREVER_RETRY if self._fold_writes else STEP_RETRY
+
     def _check_cancel(self) -> None:
         if self._cancel is not None:
             raise _CancelRequested()
@@ -444,6 +481,7 @@ class WithdrawalWorkflow:
                 withdrawal_id=self._req.withdrawal_id,
                 required_confirmations=required,
                 until_included_only=until_included_only,
+                settle=self._fold_writes and not until_included_only,
                 included_block_hash=included.block_hash if included else None,
                 included_block_number=included.block_number if included else 0,
             ),
