@@ -199,12 +199,7 @@ class ChainActivities:
                 )
         tx.pop("from")
         tx.update(nonce=w.nonce, chainId=cfg.chain_id)
-        if fees.gas_price is not None:
-            tx["gasPrice"] = fees.gas_price
-        else:
-            tx.update(
-                maxFeePerGas=fees.max_fee_per_gas, maxPriorityFeePerGas=fees.max_priority_fee_per_gas, type=2
-            )
+        tx.update(fees.tx_fields())
         try:
             raw, tx_hash = self.signer.sign(w.hot_wallet, tx)
         except SignerUnavailable as e:
@@ -596,12 +591,7 @@ class ReconcileActivities:
             "nonce": nonce,
             "chainId": cfg.chain_id,
         }
-        if fees.gas_price is not None:
-            tx["gasPrice"] = fees.gas_price
-        else:
-            tx.update(
-                maxFeePerGas=fees.max_fee_per_gas, maxPriorityFeePerGas=fees.max_priority_fee_per_gas, type=2
-            )
+        tx.update(fees.tx_fields())
         raw, tx_hash = chain.signer.sign(inp.hot_wallet, tx)
         attempt = TxAttempt(
             withdrawal_id=withdrawal_id,

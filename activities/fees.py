@@ -15,6 +15,16 @@ class Fees:
     max_priority_fee_per_gas: int | None = None
     gas_price: int | None = None
 
+    def tx_fields(self) -> dict[str, int]:
+        """The fee fields of a transaction dict: legacy gasPrice, or type-2 EIP-1559 fields."""
+        if self.gas_price is not None:
+            return {"gasPrice": self.gas_price}
+        return {
+            "maxFeePerGas": int(self.max_fee_per_gas or 0),
+            "maxPriorityFeePerGas": int(self.max_priority_fee_per_gas or 0),
+            "type": 2,
+        }
+
     @property
     def per_gas_ceiling(self) -> int:
         return self.gas_price if self.gas_price is not None else int(self.max_fee_per_gas or 0)

@@ -53,6 +53,14 @@ def start_worker_process(h: Harness, tmp: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def stop_worker_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 async def _statuses(h: Harness, ids: list[str]) -> list[str]:
     return [(await h.status(wid))["status"] for wid in ids]
 
@@ -93,11 +101,7 @@ async def test_sigkill_worker_mid_flight_loses_nothing_and_pays_once(
             assert int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16) == 10**16
         await assert_invariants(h, ids)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_worker_process(proc)
 
 
 async def test_sigkill_between_signing_and_broadcast_sends_the_recorded_bytes_once(
@@ -133,10 +137,6 @@ async def test_sigkill_between_signing_and_broadcast_sends_the_recorded_bytes_on
         assert int(processes.rpc(stack.rpc_urls[network], "eth_getBalance", [to, "latest"]), 16) == 5 * 10**16
         await assert_invariants(h, [wid])
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_worker_process(proc)
         await close_harness(h)
         await proxy.stop()
