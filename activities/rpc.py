@@ -107,10 +107,21 @@ class ChainRpc:
             except (httpx.TransportError, RpcUnavailable, ValueError) as e:
                 last = e
             self._unhealthy_until[url] = time.monotonic() + 5.0
-            log.warning("rpc.endpoint.failed", network=self.network, method=method, error=str(last)[:200])
+            log.warning(
+                "rpc.endpoint.failed",
+                network=self.network,
+                method=method,
+                error_type=type(last).__name__,
+                error=str(last)[:200],
+            )
         if isinstance(last, ChainIdMismatch) or (self._wrong_chain and last is None):
             raise ChainIdMismatch(f"{self.network}: no endpoint serves chain id {self.chain_id}")
-        kind = RpcErrorKind.TIMEOUT if isinstance(last, httpx.TimeoutException) else RpcErrorKind.SERVER_ERROR
+        if isinstance(last, RpcUnavailable | RpcError):
+            kind = last.kind
+        elif isinstance(last, httpx.TimeoutException):
+            kind = RpcErrorKind.TIMEOUT
+        else:
+            kind = RpcErrorKind.SERVER_ERROR
         raise RpcUnavailable(f"{self.network}: no RPC endpoint answered {method}: {last}", kind)
 
     async def verify_all(self) -> None:

@@ -1,25 +1,29 @@
 """The ceiling: a workflow shaped like a happy-path native withdrawal whose activities do nothing.
 
-`WithdrawalWorkflow` (workflows/withdrawal.py) on the happy path of a native withdrawal (no approval,
-funds available) runs, in this order:
+`WithdrawalWorkflow` (workflows/withdrawal.py) at HEAD (827fa9c, patches "allocate-nonce-as-activity"
+and "fold-status-writes") runs, on the happy path of a native withdrawal (no approval, funds
+available), in this order:
 
-    admit (local)                       the API's update-with-start waits for this one
-    a 1 ms timer                        ends the workflow task, so the POST is answered here
-                                        (`workflow.patched("answer-submit-before-nonce")`, since 85b5d78)
-    allocate_nonce (local)              also writes PROCESSING (`_set_status(..., persist=False)`)
+    admit (local)                          the API's update-with-start waits for this one
+    allocate_nonce (regular, 60 s)         ends the first workflow task, so the POST is answered here;
+                                           also writes PROCESSING (`_set_status(..., persist=False)`)
     sign_transaction (local)
-    broadcast_transaction (local)
-    record_status BROADCAST (local)
-    await_transaction, until included (regular)    also writes CONFIRMING (persist=False)
-    await_transaction, until confirmed (regular)
-    record_status CONFIRMED (local)
+    broadcast_transaction (local)          also writes BROADCAST (`BroadcastInput.record_status`)
+    await_transaction, until included (regular, 1 h, heartbeat 20 s)   also writes CONFIRMING
+    await_transaction, until confirmed (regular, 1 h, heartbeat 20 s)  also writes CONFIRMED (`settle`)
 
-that is 6 local and 2 regular activities and one timer (`WithdrawalWorkflow.run`, `_process`,
-`_confirm`). Before 85b5d78 there was no timer: the POST waited for the whole first workflow task,
-up to record_status BROADCAST (`--ceiling-mix 5734199` runs that older shape).
-`NoopWithdrawalWorkflow` runs the same sequence of no-op activities, is started the same way
-(update-with-start, the update answering once the first local activity is done) and uses the same
-timeouts, so the only difference left is the work itself.
+that is 3 local and 3 regular activities, no timer (`WithdrawalWorkflow.run`, `_process`,
+`_broadcast_step`, `_confirm`, `_await_cancellable`, `_await`). Older shapes stay selectable with
+`--ceiling-mix`:
+
+- `7046ff5` (85b5d78 .. cb8bdd6, patch "answer-submit-before-nonce"): admit, a 1 ms timer, then
+  allocate_nonce, sign, broadcast and record_status BROADCAST as local activities, the two awaits,
+  record_status CONFIRMED (6 local, 2 regular, 1 timer);
+- `5734199`: the same without the timer (6 local, 2 regular).
+
+`NoopWithdrawalWorkflow` runs the same sequence of no-op activities with the same timeouts, is started
+the same way (update-with-start, the update answering once the first local activity is done), so the
+only difference left is the work itself.
 
 Lives in its own module, not `__main__`: the workflow sandbox re-imports the workflow's module.
 """
@@ -33,31 +37,48 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
 LOCAL = "local"
-REGULAR = "regular"
+REGULAR = "regular"  # as await_transaction: 1 h start-to-close, 20 s heartbeat timeout
+REGULAR_SHORT = "regular_60s"  # as allocate_nonce at HEAD: 60 s start-to-close, no heartbeat
 TIMER = "timer"
+REGULAR_KINDS = (REGULAR, REGULAR_SHORT)
 
 WITHDRAWAL_HAPPY_PATH: tuple[tuple[str, str], ...] = (
     ("admit", LOCAL),
+    ("allocate_nonce", REGULAR_SHORT),  # PROCESSING is written by the activity itself
+    ("sign_transaction", LOCAL),
+    ("broadcast_transaction", LOCAL),  # BROADCAST is written by the activity itself
+    ("await_transaction included", REGULAR),  # CONFIRMING is written by the activity itself
+    ("await_transaction confirmed", REGULAR),  # CONFIRMED is written by the activity itself
+)
+# 85b5d78 .. cb8bdd6 (measured in docs/benchmarks.md as "HEAD 7046ff5"): a 1 ms timer after admit.
+WITHDRAWAL_HAPPY_PATH_7046FF5: tuple[tuple[str, str], ...] = (
+    ("admit", LOCAL),
     ("timer: answer the POST before the nonce", TIMER),
-    ("allocate_nonce", LOCAL),  # PROCESSING is written by the activity itself
+    ("allocate_nonce", LOCAL),
     ("sign_transaction", LOCAL),
     ("broadcast_transaction", LOCAL),
     ("record_status BROADCAST", LOCAL),
-    ("await_transaction included", REGULAR),  # CONFIRMING is written by the activity itself
+    ("await_transaction included", REGULAR),
     ("await_transaction confirmed", REGULAR),
     ("record_status CONFIRMED", LOCAL),
 )
-# The same path before 85b5d78 (measured in docs/benchmarks.md, 2026-11-27/28): no timer.
-WITHDRAWAL_HAPPY_PATH_5734199 = tuple(step for step in WITHDRAWAL_HAPPY_PATH if step[1] != TIMER)
-CEILING_MIXES = {"head": WITHDRAWAL_HAPPY_PATH, "5734199": WITHDRAWAL_HAPPY_PATH_5734199}
+# 5734199 (measured 2026-11-28 00:00): no timer.
+WITHDRAWAL_HAPPY_PATH_5734199 = tuple(s for s in WITHDRAWAL_HAPPY_PATH_7046FF5 if s[1] != TIMER)
+CEILING_MIXES = {
+    "head": WITHDRAWAL_HAPPY_PATH,
+    "7046ff5": WITHDRAWAL_HAPPY_PATH_7046FF5,
+    "5734199": WITHDRAWAL_HAPPY_PATH_5734199,
+}
 
-LOCAL_TIMEOUT = timedelta(seconds=30)
+LOCAL_TIMEOUT = timedelta(seconds=60)  # workflows/withdrawal.py LOCAL_TIMEOUT (30 s before 827fa9c)
+AWAIT_TIMEOUT = timedelta(hours=1)
+AWAIT_HEARTBEAT = timedelta(seconds=20)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
 
 
 @dataclass(frozen=True, kw_only=True)
 class NoopInput:
-    kinds: list[str]  # LOCAL, REGULAR or TIMER, one per step, in order
+    kinds: list[str]  # LOCAL, REGULAR, REGULAR_SHORT or TIMER, one per step, in order
 
 
 @activity.defn
@@ -86,12 +107,16 @@ class NoopWithdrawalWorkflow:
                 await workflow.execute_local_activity(
                     noop, step, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=RETRY
                 )
+            elif kind == REGULAR_SHORT:
+                await workflow.execute_activity(
+                    noop, step, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=RETRY
+                )
             else:
                 await workflow.execute_activity(
                     noop,
                     step,
-                    start_to_close_timeout=timedelta(hours=1),
-                    heartbeat_timeout=timedelta(seconds=20),
+                    start_to_close_timeout=AWAIT_TIMEOUT,
+                    heartbeat_timeout=AWAIT_HEARTBEAT,
                     retry_policy=RETRY,
                 )
             self._admitted = True

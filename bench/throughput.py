@@ -12,7 +12,8 @@ Phase 1 drives N withdrawals through the REST API: `POST /withdrawal/request` wi
 `--concurrency` POSTs in flight, then `GET /withdrawal/status/{id}` until each is terminal.
 Phase 2 (the ceiling) starts N `bench.noop_workflow.NoopWithdrawalWorkflow`s by update-with-start with
 the same concurrency, on the same Temporal server, served by a worker in this process on its own task
-queue; each runs the same mix of no-op steps as a happy-path native withdrawal (6 local, 2 regular, 1 timer).
+queue; each runs the same mix of no-op steps as a happy-path native withdrawal (at HEAD 3 local and
+3 regular activities; `--ceiling-mix` selects older shapes, see bench/noop_workflow.py).
 
 Exit status: 0 when every withdrawal was accepted and CONFIRMED (and the ceiling ran), 1 when some
 were not, 2 when the stack is not reachable or the bench is misused.
@@ -47,7 +48,15 @@ from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
-from bench.noop_workflow import CEILING_MIXES, LOCAL, REGULAR, TIMER, NoopInput, NoopWithdrawalWorkflow, noop  # noqa: E402
+from bench.noop_workflow import (  # noqa: E402
+    CEILING_MIXES,
+    LOCAL,
+    REGULAR_KINDS,
+    TIMER,
+    NoopInput,
+    NoopWithdrawalWorkflow,
+    noop,
+)
 from bench.rpc_proxy import ProxyProcess, ProxyStats, proxied_config  # noqa: E402
 from bench.rpc_sniff import SnifferProcess  # noqa: E402
 
@@ -270,6 +279,7 @@ class EngineRun:
         self.http: httpx.AsyncClient | None = None
         self.confirmed_per_s: float | None = None
         self.withdrawal_ids: list[str] = []
+        self.confirmed_at: dict[str, float] = {}
 
     async def _send(self, method: str, url: str, **kw: Any) -> httpx.Response | None:
         """One request; waits out 429/503 (Retry-After) and transport errors until the deadline."""
@@ -368,6 +378,9 @@ class EngineRun:
         after = await proxy.stats() if proxy else None
         rpc_used = (after.calls - before.calls) if after else sniffed
         self.withdrawal_ids = [t.id for t in tracks if t.id is not None]
+        self.confirmed_at = {
+            t.id: t.terminal_at for t in tracks if t.id and t.status == "CONFIRMED" and t.terminal_at
+        }
         self._report(tracks, rpc_used)
         if after is not None:
             upstream = after.upstream_s[len(before.upstream_s) :]
@@ -435,7 +448,12 @@ class EngineRun:
 
 # --- breakdown: where a withdrawal's time goes ----------------------------------------------------
 
-# The worker's log events on the happy path of a native withdrawal, in order (activities/*.py).
+# The worker's log events on the happy path of a native withdrawal, in order (activities/*.py), and
+# the step that ends with each. At HEAD (fold-status-writes) BROADCAST is written by the broadcast and
+# CONFIRMED by the final await, which log no `withdrawal.status` event: the row's CONFIRMED time
+# (updated_at, as seen by the bench) stands in for the last one. A step whose event is missing is
+# measured from the previous event that is there.
+CONFIRMED_ROW = "row:CONFIRMED"
 LOG_STEPS = (
     ("withdrawal.admitted", "admit"),
     ("withdrawal.nonce.allocated", "allocate_nonce"),
@@ -443,6 +461,7 @@ LOG_STEPS = (
     ("withdrawal.broadcast.sent", "broadcast_transaction"),
     ("withdrawal.status:BROADCAST", "record_status_broadcast"),
     ("withdrawal.status:CONFIRMED", "awaits_and_record_status_confirmed"),
+    (CONFIRMED_ROW, "awaits_to_confirmed"),
 )
 
 
@@ -455,8 +474,9 @@ def p50_p90(values: list[float]) -> str:
 async def history_breakdown(client: Client, workflow_ids: list[str]) -> None:
     """Workflow-task timings from each withdrawal's Temporal history.
 
-    The first workflow task runs admit and every local activity up to record_status BROADCAST, and
-    the API's update (the POST) is answered when it completes."""
+    The API's update (the POST) is answered when the first workflow task completes: at HEAD that task
+    runs admit and schedules allocate_nonce (a regular activity); in the older shapes it ran every
+    local activity up to record_status BROADCAST (5734199) or up to the 1 ms timer (7046ff5)."""
     from temporalio.api.enums.v1 import EventType
 
     def ts(event: Any) -> float:
@@ -488,7 +508,8 @@ async def history_breakdown(client: Client, workflow_ids: list[str]) -> None:
             ):
                 failed += 1
             elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                acts.append({"scheduled": ts(ev)})
+                name = ev.activity_task_scheduled_event_attributes.activity_type.name
+                acts.append({"scheduled": ts(ev), "name": name})  # type: ignore[dict-item]
             elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and acts:
                 acts[-1]["started"] = ts(ev)
             elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED and acts:
@@ -525,8 +546,11 @@ async def history_breakdown(client: Client, workflow_ids: list[str]) -> None:
     figure("wf_later_task_wait_s", p50_p90([t["started"] - t["scheduled"] for t in later]))
     figure("wf_later_task_run_s", p50_p90([t["ended"] - t["started"] for t in later]))
     acts = [a for h in found for a in h["acts"] if "started" in a and "ended" in a]
-    figure("wf_activity_wait_s", p50_p90([a["started"] - a["scheduled"] for a in acts]))
-    figure("wf_await_transaction_run_s", p50_p90([a["ended"] - a["started"] for a in acts]))
+    names = sorted({str(a["name"]) for a in acts})
+    for name in names:  # regular activities: allocate_nonce (HEAD) and await_transaction
+        mine = [a for a in acts if a["name"] == name]
+        figure(f"wf_{name}_wait_s", p50_p90([a["started"] - a["scheduled"] for a in mine]))
+        figure(f"wf_{name}_run_s", p50_p90([a["ended"] - a["started"] for a in mine]))
     figure("wf_timer_start_to_fired_s", p50_p90([x for h in found for x in h["timer_s"]]))
     figure(
         "wf_per_withdrawal",
@@ -536,7 +560,9 @@ async def history_breakdown(client: Client, workflow_ids: list[str]) -> None:
     )
 
 
-def log_breakdown(log_path: Path, withdrawal_ids: list[str], since: float) -> None:
+def log_breakdown(
+    log_path: Path, withdrawal_ids: list[str], since: float, confirmed_at: dict[str, float] | None = None
+) -> None:
     """Time between consecutive happy-path log events of each withdrawal: how long each local
     activity took, waiting included (each event is logged when its activity's work is done)."""
     if not log_path.exists():
@@ -562,14 +588,32 @@ def log_breakdown(log_path: Path, withdrawal_ids: list[str], since: float) -> No
             if event == "withdrawal.status":
                 event = f"{event}:{d.get('status')}"
             seen.setdefault(wid, {}).setdefault(event, when)
-    for (before, _), (after, step) in zip(LOG_STEPS, LOG_STEPS[1:], strict=False):
-        gaps = [e[after] - e[before] for e in seen.values() if before in e and after in e]
-        figure(f"step_{step}_s", p50_p90(gaps))
+    for wid, when in (confirmed_at or {}).items():
+        if wid in seen and "withdrawal.status:CONFIRMED" not in seen[wid]:
+            seen[wid][CONFIRMED_ROW] = when
+    gaps: dict[str, list[float]] = {step: [] for _, step in LOG_STEPS[1:]}
+    for events in seen.values():
+        previous: float | None = None
+        for event, step in LOG_STEPS:
+            if event not in events:
+                continue
+            if previous is not None and step in gaps:
+                gaps[step].append(events[event] - previous)
+            previous = events[event]
+    for step, values in gaps.items():
+        if values:
+            figure(f"step_{step}_s", p50_p90(values))
 
 
-async def report_breakdown(client: Client, withdrawal_ids: list[str], log_path: Path, since: float) -> None:
+async def report_breakdown(
+    client: Client,
+    withdrawal_ids: list[str],
+    log_path: Path,
+    since: float,
+    confirmed_at: dict[str, float] | None = None,
+) -> None:
     await history_breakdown(client, [f"withdrawal-{w}" for w in withdrawal_ids])
-    log_breakdown(log_path, withdrawal_ids, since)
+    log_breakdown(log_path, withdrawal_ids, since, confirmed_at)
 
 
 # --- phase 2: the ceiling --------------------------------------------------------------------------
@@ -616,7 +660,8 @@ async def run_ceiling(
     completed = n / (max(d for _, _, d in times) - first)
     figure(
         "ceiling_activities_per_workflow",
-        f"{kinds.count(LOCAL)} local + {kinds.count(REGULAR)} regular + {kinds.count(TIMER)} timer "
+        f"{kinds.count(LOCAL)} local + {sum(k in REGULAR_KINDS for k in kinds)} regular + "
+        f"{kinds.count(TIMER)} timer "
         f"(a happy-path native withdrawal, --ceiling-mix {mix})",
     )
     figure("ceiling_accepted_per_s", accepted)
@@ -730,7 +775,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ceiling-mix",
         choices=sorted(CEILING_MIXES),
         default="head",
-        help="the withdrawal shape the ceiling mimics: head (timer after admit) or 5734199 (none)",
+        help="the withdrawal shape the ceiling mimics: head (3 local + 3 regular), 7046ff5 (6 local + "
+        "2 regular + a 1 ms timer) or 5734199 (6 local + 2 regular)",
     )
     p.add_argument(
         "--breakdown",
@@ -815,7 +861,9 @@ async def main(args: argparse.Namespace) -> int:
         all_confirmed = await engine.run(proxy, pids, rpc_port if args.rpc_sniff else None)
         if args.breakdown:
             log_path = args.worker_log or args.credentials.resolve().parent / "logs" / "worker.log"
-            await report_breakdown(client, engine.withdrawal_ids, log_path, phase1_started)
+            await report_breakdown(
+                client, engine.withdrawal_ids, log_path, phase1_started, engine.confirmed_at
+            )
         if proxy is not None:
             note(
                 "the stack's RPC for this network goes through the bench's proxy, which stops now: "

@@ -23,6 +23,8 @@ class RpcProxy:
         self._open = asyncio.Event()  # cleared: eth_sendRawTransaction waits until it is set again
         self._open.set()
         self.held = 0
+        self.fail_status: int | None = None  # answer every request with this HTTP status
+        self.delay = 0.0  # seconds to wait before forwarding
         self._http = httpx.AsyncClient(timeout=30)
         app = Starlette(routes=[Route("/", self._handle, methods=["POST"])])
         self._server = uvicorn.Server(
@@ -32,6 +34,10 @@ class RpcProxy:
 
     async def _handle(self, request: Request) -> Response:
         body = await request.body()
+        if self.fail_status is not None:
+            return Response(b"upstream unavailable", self.fail_status)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if not self._open.is_set() and b"eth_sendRawTransaction" in body:
             self.held += 1
             await self._open.wait()

@@ -175,8 +175,13 @@ class Harness:
         self._run = asyncio.create_task(self.worker.run())
 
     async def stop_worker(self) -> None:
+        """Shut the worker down; bounded, as worker.py does (after a server restart it can hang)."""
         if self.worker is not None:
-            await self.worker.shutdown()
+            try:
+                await asyncio.wait_for(self.worker.shutdown(), 20)
+            except TimeoutError:
+                if self._run is not None:
+                    self._run.cancel()
             self.worker = None
 
     def headers(self, key: str | None = None) -> dict[str, str]:
