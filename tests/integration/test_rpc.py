@@ -108,3 +108,88 @@ async def test_insufficient_funds_at_broadcast_waits_for_funds(stack: Stack, db_
     finally:
         await close_harness(h)
         await proxy.stop()
+
+
+async def _broadcast_crafted(harness, network: str, wid: str, **tx_fields: object) -> str:  # type: ignore[no-untyped-def]
+    """Sign a transaction at the withdrawal's nonce with the given fields, record it, broadcast it."""
+    from temporalio.exceptions import ApplicationError
+
+    from models import repo
+    from models.domain import BroadcastInput
+    from models.tables import TxAttempt
+
+    async with harness.db.read() as s:
+        w = await repo.get_withdrawal(s, wid)
+        seq = len(await repo.attempts_for(s, wid))
+    cfg = harness.config.networks[network]
+    tx = {
+        "to": w.hot_wallet,
+        "value": 0,
+        "nonce": w.nonce,
+        "chainId": cfg.chain_id,
+        "gas": 21_000,
+        **tx_fields,
+    }
+    raw, tx_hash = harness.engine.chain.signer.sign(w.hot_wallet, tx)
+    async with harness.db.transaction() as s:
+        s.add(
+            TxAttempt(
+                withdrawal_id=wid,
+                purpose="WITHDRAWAL",
+                seq=100 + seq,
+                network=network,
+                hot_wallet=w.hot_wallet,
+                nonce=w.nonce,
+                tx_hash=tx_hash,
+                raw_tx=raw,
+                tx_type=2,
+                gas_limit=int(tx["gas"]),
+            )
+        )
+    try:
+        await harness.engine.chain.broadcast_transaction(BroadcastInput(withdrawal_id=wid, tx_hash=tx_hash))
+    except ApplicationError as e:
+        return str(e.type)
+    return "sent"
+
+
+async def test_broadcast_maps_node_refusals_to_their_handling(harness) -> None:  # type: ignore[no-untyped-def]
+    """replacement underpriced / fee below base fee → Underpriced (the workflow bumps fees);
+    intrinsic gas too low → BroadcastRejected (NEEDS_ATTENTION)."""
+    from devstack import processes
+    from tests.stack import native_body
+
+    network = "ethereum"
+    url = harness.stack.rpc_urls[network]
+    processes.rpc(url, "evm_setIntervalMining", [0])
+    try:
+        wid = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]
+        w = await harness.wait_status(wid, {"BROADCAST"})
+        pending = processes.rpc(url, "eth_getTransactionByHash", [w["tx_hash"]])
+        same_fees = {
+            "maxFeePerGas": int(pending["maxFeePerGas"], 16),
+            "maxPriorityFeePerGas": int(pending["maxPriorityFeePerGas"], 16),
+            "type": 2,
+        }
+        assert await _broadcast_crafted(harness, network, wid, **same_fees) == "Underpriced"
+        assert (
+            await _broadcast_crafted(harness, network, wid, maxFeePerGas=1, maxPriorityFeePerGas=1, type=2)
+            == "Underpriced"
+        )
+        assert (
+            await _broadcast_crafted(
+                harness,
+                network,
+                wid,
+                gas=20_000,
+                **{
+                    **same_fees,
+                    "maxFeePerGas": same_fees["maxFeePerGas"] * 2,
+                    "maxPriorityFeePerGas": same_fees["maxPriorityFeePerGas"] * 2,
+                },
+            )
+            == "BroadcastRejected"
+        )
+    finally:
+        processes.rpc(url, "evm_setIntervalMining", [1])
+    assert (await harness.wait_status(wid, {"CONFIRMED"}))["tx_hash"] == w["tx_hash"]
