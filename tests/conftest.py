@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Harness, Stack, close_harness, make_harness, new_sqlite_db, start_stack
+from tests.stack import Harness, Stack, new_sqlite_db, running_harness, start_stack
 
 
 @pytest.fixture(scope="session")
@@ -24,11 +24,8 @@ def db_url(stack: Stack) -> str:
 
 @pytest.fixture
 async def harness(stack: Stack, db_url: str) -> AsyncIterator[Harness]:
-    h = await make_harness(stack, db_url)
-    try:
+    async with running_harness(stack, db_url) as h:
         yield h
-    finally:
-        await close_harness(h)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import json
 import secrets
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -267,6 +269,16 @@ async def make_harness(
     if start_worker:
         await h.start_worker()
     return h
+
+
+@asynccontextmanager
+async def running_harness(stack: Stack, db_url: str, **kw: Any) -> AsyncIterator[Harness]:
+    """`make_harness` for the length of a block (or a fixture), always closed."""
+    h = await make_harness(stack, db_url, **kw)
+    try:
+        yield h
+    finally:
+        await close_harness(h)
 
 
 async def close_harness(h: Harness) -> None:

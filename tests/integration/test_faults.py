@@ -14,7 +14,16 @@ import pytest
 from devstack import processes
 from models import repo
 from tests.invariants import assert_invariants
-from tests.stack import NETWORKS, Harness, Stack, close_harness, make_harness, native_body, new_wallet
+from tests.stack import (
+    NETWORKS,
+    Harness,
+    Stack,
+    close_harness,
+    make_harness,
+    native_body,
+    new_wallet,
+    running_harness,
+)
 
 GWEI = 10**9
 
@@ -43,11 +52,8 @@ async def wait_until(predicate: Any, limit: float = 60, what: str = "condition")
 @pytest.fixture
 async def fast_stuck(stack: Stack, db_url: str) -> AsyncIterator[Harness]:
     """Stuck after 2 blocks; ethereum capped at 40 gwei."""
-    h = await make_harness(stack, db_url, network_overrides={"stuck_after_blocks": 2})
-    try:
+    async with running_harness(stack, db_url, network_overrides={"stuck_after_blocks": 2}) as h:
         yield h
-    finally:
-        await close_harness(h)
 
 
 @pytest.fixture
@@ -202,11 +208,8 @@ async def test_cancel_once_in_a_block_is_refused_and_the_withdrawal_completes(ha
 
 @pytest.fixture
 async def deep_confirmations(stack: Stack, db_url: str) -> AsyncIterator[Harness]:
-    h = await make_harness(stack, db_url, network_overrides={"required_confirmations": 8})
-    try:
+    async with running_harness(stack, db_url, network_overrides={"required_confirmations": 8}) as h:
         yield h
-    finally:
-        await close_harness(h)
 
 
 async def test_reorg_before_final_confirmation_goes_back_to_broadcast(deep_confirmations: Harness) -> None:

@@ -121,6 +121,7 @@ async def _broadcast_crafted(harness, network: str, wid: str, **tx_fields: objec
     async with harness.db.read() as s:
         w = await repo.get_withdrawal(s, wid)
         seq = len(await repo.attempts_for(s, wid))
+    assert w is not None and w.hot_wallet is not None and w.nonce is not None
     cfg = harness.config.networks[network]
     tx = {
         "to": w.hot_wallet,
