@@ -171,7 +171,7 @@ class WithdrawalWorkflow:
             if adm.accepted:
                 # Patches (histories in tests/histories/*_v1, *_v2 replay the older shapes). The POST
                 # (the `submit` update) is answered when this first workflow task ends: now by the
-                # allocate_nonce activity it schedules; before, by a 1 ms timer; at first, not until broadcast.
+                # allocate_nonce activity it schedules; before, a 1 ms timer; at first, only after broadcast.
                 self._allocate_as_activity = workflow.patched("allocate-nonce-as-activity")
                 self._fold_writes = workflow.patched("fold-status-writes")
                 if not self._allocate_as_activity and workflow.patched("answer-submit-before-nonce"):
