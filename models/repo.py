@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import case, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -96,25 +96,36 @@ async def count_by_status_and_network(
     return [(n, st, int(c)) for n, st, c in (await s.exec(q)).all()]  # type: ignore[attr-defined]
 
 
-async def apply_status_change(s: AsyncSession, change: StatusChange) -> Withdrawal:
+async def _update_withdrawal(s: AsyncSession, withdrawal_id: str, **values: Any) -> None:
+    """One UPDATE of a withdrawal row (it takes the row lock on MySQL; SQLite is already serialized)."""
+    result: Any = await s.exec(
+        update(Withdrawal)  # type: ignore[call-overload]
+        .where(col(Withdrawal.id) == withdrawal_id)
+        .values(updated_at=utcnow(), **values)
+    )
+    if result.rowcount != 1:
+        raise LookupError(f"withdrawal {withdrawal_id} not found")
+
+
+async def apply_status_change(s: AsyncSession, change: StatusChange) -> None:
     """Write a status transition and its data; consume or release reservations exactly once."""
-    w = await lock_withdrawal(s, change.withdrawal_id)
-    w.status = change.status
-    w.error_code = change.error_code
-    w.error_message = change.error_message
-    w.updated_at = utcnow()
-    s.add(w)
+    await _update_withdrawal(
+        s,
+        change.withdrawal_id,
+        status=change.status,
+        error_code=change.error_code,
+        error_message=change.error_message,
+    )
     if change.status == WithdrawalStatus.BROADCAST:
         await s.exec(
             update(TxAttempt)  # type: ignore[call-overload]
-            .where(col(TxAttempt.withdrawal_id) == w.id, col(TxAttempt.outcome) == "SIGNED")
+            .where(col(TxAttempt.withdrawal_id) == change.withdrawal_id, col(TxAttempt.outcome) == "SIGNED")
             .values(outcome="BROADCAST", updated_at=utcnow())
         )
     if change.status in (WithdrawalStatus.REJECTED, WithdrawalStatus.CANCELLED, WithdrawalStatus.FAILED):
-        await settle_reservations(s, w.id, "RELEASED")
+        await settle_reservations(s, change.withdrawal_id, "RELEASED")
     elif change.status == WithdrawalStatus.CONFIRMED:
-        await settle_reservations(s, w.id, "CONSUMED")
-    return w
+        await settle_reservations(s, change.withdrawal_id, "CONSUMED")
 
 
 async def record_inclusion(
@@ -128,22 +139,21 @@ async def record_inclusion(
     status: str | None = None,
 ) -> None:
     """Record which attempt is in a block (the others are replaced), optionally with a status."""
-    w = await lock_withdrawal(s, withdrawal_id)
-    w.tx_hash, w.block_number, w.confirmations, w.fee_wei = tx_hash, block_number, confirmations, fee_wei
+    values: dict[str, Any] = {
+        "tx_hash": tx_hash,
+        "block_number": block_number,
+        "confirmations": confirmations,
+        "fee_wei": fee_wei,
+    }
     if status is not None:
-        w.status, w.error_code, w.error_message = status, None, None
-    w.updated_at = utcnow()
-    s.add(w)
+        values.update(status=status, error_code=None, error_message=None)
+    await _update_withdrawal(s, withdrawal_id, **values)
+    mined = col(TxAttempt.tx_hash) == tx_hash
     await s.exec(
-        update(TxAttempt)
-        .where(col(TxAttempt.withdrawal_id) == withdrawal_id, col(TxAttempt.tx_hash) != tx_hash)
-        .where(col(TxAttempt.outcome).in_(["SIGNED", "BROADCAST"]))
-        .values(outcome="REPLACED", updated_at=utcnow())
-    )
-    await s.exec(
-        update(TxAttempt)
-        .where(col(TxAttempt.tx_hash) == tx_hash)
-        .values(outcome="MINED", updated_at=utcnow())
+        update(TxAttempt)  # type: ignore[call-overload]
+        .where(col(TxAttempt.withdrawal_id) == withdrawal_id)
+        .where(or_(mined, col(TxAttempt.outcome).in_(["SIGNED", "BROADCAST"])))
+        .values(outcome=case((mined, "MINED"), else_="REPLACED"), updated_at=utcnow())
     )
 
 
