@@ -32,7 +32,6 @@ class BlockWatcher:
         self.block_time = block_time
         self.head = -1
         self.last_progress = 0.0
-        self.blocks_read = 0
         self._index: dict[str, tuple[int, str]] = {}  # tx hash -> (block number, block hash)
         self._order: deque[tuple[int, list[str]]] = deque()
         self._cond = asyncio.Condition()
@@ -80,7 +79,6 @@ class BlockWatcher:
             block = await self.rpc.block(n)
             if block is None:
                 break
-            self.blocks_read += 1
             self._forget_above(n - 1)
             hashes = [str(t).lower() for t in block.get("transactions", [])]
             for h in hashes:

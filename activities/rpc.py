@@ -202,9 +202,6 @@ class Chains:
     def __getitem__(self, network: str) -> ChainRpc:
         return self.rpc[network]
 
-    def total_calls(self) -> int:
-        return sum(sum(r.calls.values()) for r in self.rpc.values())
-
     async def verify_all(self) -> None:
         await asyncio.gather(*(r.verify_all() for r in self.rpc.values()))
 

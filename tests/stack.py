@@ -10,8 +10,8 @@ import json
 import secrets
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -50,6 +50,15 @@ class Stack:
     tokens: dict[str, dict[str, str]]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     temporal_cmd: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def mining_paused(self, network: str) -> Iterator[None]:
+        """Stop the network's interval mining for the block, then mine every second again."""
+        processes.rpc(self.rpc_urls[network], "evm_setIntervalMining", [0])
+        try:
+            yield
+        finally:
+            processes.rpc(self.rpc_urls[network], "evm_setIntervalMining", [1])
 
     def restart_temporal(self, *, kill: bool = True) -> None:
         """SIGKILL the dev server and start it again on the same port and database file."""

@@ -73,7 +73,6 @@ class WithdrawalWorkflow:
         self._retry = False
         self._broadcast = False
         self._cancel_sent = False
-        self._last_signed: str | None = None
         self._next_seq: dict[str, int] = {}
         # Patches (see tests/histories): set once, right after admission.
         self._allocate_as_activity = False
@@ -372,7 +371,6 @@ class WithdrawalWorkflow:
         insufficient funds waits in WAITING_FOR_FUNDS; both retry on a timer."""
         assert self._admission is not None
         while True:
-            self._last_signed = tx_hash
             inp = BroadcastInput(
                 withdrawal_id=self._req.withdrawal_id,
                 tx_hash=tx_hash,

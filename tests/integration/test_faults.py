@@ -56,29 +56,13 @@ async def fast_stuck(stack: Stack, db_url: str) -> AsyncIterator[Harness]:
         yield h
 
 
-@pytest.fixture
-def mining_paused(harness: Harness) -> Any:
-    paused: list[str] = []
-
-    def pause(network: str) -> None:
-        rpc(harness, network, "evm_setIntervalMining", 0)
-        paused.append(network)
-
-    yield pause
-    for network in paused:
-        rpc(harness, network, "evm_setIntervalMining", 1)
-
-
 async def test_base_fee_spike_leaves_it_stuck_and_the_replacement_is_mined(fast_stuck: Harness) -> None:
     h, network = fast_stuck, "ethereum"
     to = new_wallet()[0]
-    rpc(h, network, "evm_setIntervalMining", 0)
-    try:
+    with h.stack.mining_paused(network):
         wid = (await h.request(native_body(network, to, "0.4"))).json()["id"]
         await h.wait_status(wid, {"BROADCAST"})
         rpc(h, network, "anvil_setNextBlockBaseFeePerGas", hex(200 * GWEI))  # far above what it offered
-    finally:
-        rpc(h, network, "evm_setIntervalMining", 1)
     final = await h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"}, limit=90)
     await _assert_bumped_once_mined(h, network, wid, final, to, 4 * 10**17, {"FAILED", "REPLACED"})
 
@@ -86,16 +70,13 @@ async def test_base_fee_spike_leaves_it_stuck_and_the_replacement_is_mined(fast_
 async def test_transaction_stuck_in_the_mempool_is_replaced(fast_stuck: Harness) -> None:
     h, network = fast_stuck, "polygon"
     to = new_wallet()[0]
-    rpc(h, network, "evm_setIntervalMining", 0)
-    try:
+    with h.stack.mining_paused(network):
         wid = (await h.request(native_body(network, to, "0.7"))).json()["id"]
 
         async def replaced() -> bool:
             return len(await attempts(h, wid)) >= 2
 
         await wait_until(replaced, what="a replacement of the stuck transaction")
-    finally:
-        rpc(h, network, "evm_setIntervalMining", 1)
     final = await h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"}, limit=90)
     await _assert_bumped_once_mined(h, network, wid, final, to, 7 * 10**17, {"REPLACED"})
 
@@ -123,13 +104,10 @@ async def test_fee_cap_waits_instead_of_overpaying(stack: Stack, db_url: str) ->
     )
     try:
         network = "polygon"
-        rpc(h, network, "evm_setIntervalMining", 0)
-        try:
+        with h.stack.mining_paused(network):
             wid = (await h.request(native_body(network, new_wallet()[0], "0.1"))).json()["id"]
             await h.wait_status(wid, {"BROADCAST"})
             rpc(h, network, "anvil_setNextBlockBaseFeePerGas", hex(60 * GWEI))  # twice the cap
-        finally:
-            rpc(h, network, "evm_setIntervalMining", 1)
         final = await h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"}, limit=120)
         assert final["status"] == "CONFIRMED", final
         tried = await attempts(h, wid)
@@ -142,44 +120,42 @@ async def test_fee_cap_waits_instead_of_overpaying(stack: Stack, db_url: str) ->
         await close_harness(h)
 
 
-async def test_dropped_transaction_is_broadcast_again(harness: Harness, mining_paused: Any) -> None:
+async def test_dropped_transaction_is_broadcast_again(harness: Harness) -> None:
     network = "bsc"
-    mining_paused(network)
     to = new_wallet()[0]
-    r = await harness.request(native_body(network, to, "0.2"))
-    wid = r.json()["id"]
-    w = await harness.wait_status(wid, {"BROADCAST"})
-    assert rpc(harness, network, "anvil_dropTransaction", w["tx_hash"]) is not None or True
-    pending = rpc(harness, network, "eth_getTransactionByHash", w["tx_hash"])
-    assert pending is None, "the node forgot the transaction"
-    await wait_until(
-        lambda: asyncio.to_thread(
-            lambda: rpc(harness, network, "eth_getTransactionByHash", w["tx_hash"]) is not None
-        ),
-        what="the engine to broadcast the dropped transaction again",
-    )
-    rpc(harness, network, "evm_setIntervalMining", 1)
+    with harness.stack.mining_paused(network):
+        r = await harness.request(native_body(network, to, "0.2"))
+        wid = r.json()["id"]
+        w = await harness.wait_status(wid, {"BROADCAST"})
+        rpc(harness, network, "anvil_dropTransaction", w["tx_hash"])
+        pending = rpc(harness, network, "eth_getTransactionByHash", w["tx_hash"])
+        assert pending is None, "the node forgot the transaction"
+        await wait_until(
+            lambda: asyncio.to_thread(
+                lambda: rpc(harness, network, "eth_getTransactionByHash", w["tx_hash"]) is not None
+            ),
+            what="the engine to broadcast the dropped transaction again",
+        )
     final = await harness.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"})
     assert final["status"] == "CONFIRMED" and balance(harness, network, to) == 2 * 10**17
     await assert_invariants(harness, [wid])
 
 
-async def test_cancel_after_broadcast_replaces_with_a_self_transfer(
-    harness: Harness, mining_paused: Any
-) -> None:
+async def test_cancel_after_broadcast_replaces_with_a_self_transfer(harness: Harness) -> None:
     network = "ethereum"
     wallet = harness.config.networks[network].hot_wallets[0]
-    mining_paused(network)
     to = new_wallet()[0]
-    wid = (await harness.request(native_body(network, to, "0.3"))).json()["id"]
-    await harness.wait_status(wid, {"BROADCAST"})
-    await harness.client.get_workflow_handle(f"withdrawal-{wid}").signal("cancel", {"reason": "fraud check"})
 
     async def cancel_sent() -> bool:
         return any(a.purpose == "CANCEL" for a in await attempts(harness, wid))
 
-    await wait_until(cancel_sent, what="the cancel replacement")
-    rpc(harness, network, "evm_setIntervalMining", 1)
+    with harness.stack.mining_paused(network):
+        wid = (await harness.request(native_body(network, to, "0.3"))).json()["id"]
+        await harness.wait_status(wid, {"BROADCAST"})
+        await harness.client.get_workflow_handle(f"withdrawal-{wid}").signal(
+            "cancel", {"reason": "fraud check"}
+        )
+        await wait_until(cancel_sent, what="the cancel replacement")
     final = await harness.wait_status(wid, {"CANCELLED", "CONFIRMED"})
     assert final["status"] == "CANCELLED" and final["error"]["message"] == "fraud check"
     tx = rpc(harness, network, "eth_getTransactionByHash", final["tx_hash"])

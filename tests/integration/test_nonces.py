@@ -110,15 +110,12 @@ async def test_nonce_of_a_terminated_workflow_is_filled_and_later_withdrawals_pr
 
 async def test_reconciler_rebroadcasts_a_transaction_no_node_knows(harness: Harness) -> None:
     network = "ethereum"
-    rpc(harness, network, "evm_setIntervalMining", 0)
-    try:
+    with harness.stack.mining_paused(network):
         wid = (await harness.request(native_body(network, new_wallet()[0], "0.03"))).json()["id"]
         w = await harness.wait_status(wid, {"BROADCAST"})
         rpc(harness, network, "anvil_dropTransaction", w["tx_hash"])
         report = await reconcile(harness, network)
         assert w["tx_hash"] in report.rebroadcast
         assert rpc(harness, network, "eth_getTransactionByHash", w["tx_hash"]) is not None
-    finally:
-        rpc(harness, network, "evm_setIntervalMining", 1)
     assert (await harness.wait_status(wid, {"CONFIRMED"}))["status"] == "CONFIRMED"
     await assert_invariants(harness, [wid])

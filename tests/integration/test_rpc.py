@@ -61,19 +61,15 @@ async def test_node_errors_are_classified_not_failed_over(stack: Stack) -> None:
 
 
 async def test_resending_is_answered_already_known_or_nonce_too_low_and_both_count_as_sent(harness) -> None:  # type: ignore[no-untyped-def]
-    from devstack import processes
     from models.domain import BroadcastInput
     from tests.stack import native_body
 
     network = "ethereum"
-    processes.rpc(harness.stack.rpc_urls[network], "evm_setIntervalMining", [0])
-    try:
+    with harness.stack.mining_paused(network):
         wid = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]
         w = await harness.wait_status(wid, {"BROADCAST"})
         again = BroadcastInput(withdrawal_id=wid, tx_hash=w["tx_hash"])
         assert await harness.engine.chain.broadcast_transaction(again) == w["tx_hash"]  # "already known"
-    finally:
-        processes.rpc(harness.stack.rpc_urls[network], "evm_setIntervalMining", [1])
     await harness.wait_status(wid, {"CONFIRMED"})
     assert (
         await harness.engine.chain.broadcast_transaction(again) == w["tx_hash"]
@@ -162,8 +158,7 @@ async def test_broadcast_maps_node_refusals_to_their_handling(harness) -> None: 
 
     network = "ethereum"
     url = harness.stack.rpc_urls[network]
-    processes.rpc(url, "evm_setIntervalMining", [0])
-    try:
+    with harness.stack.mining_paused(network):
         wid = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]
         w = await harness.wait_status(wid, {"BROADCAST"})
         pending = processes.rpc(url, "eth_getTransactionByHash", [w["tx_hash"]])
@@ -191,6 +186,4 @@ async def test_broadcast_maps_node_refusals_to_their_handling(harness) -> None: 
             )
             == "BroadcastRejected"
         )
-    finally:
-        processes.rpc(url, "evm_setIntervalMining", [1])
     assert (await harness.wait_status(wid, {"CONFIRMED"}))["tx_hash"] == w["tx_hash"]

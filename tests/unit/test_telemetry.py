@@ -9,6 +9,9 @@ from telemetry import interceptors
 def test_tracing_is_off_unless_an_exporter_is_named() -> None:
     assert interceptors(None) == []
     assert isinstance(interceptors("console")[0], TracingInterceptor)
+    from opentelemetry import trace
+
+    trace.get_tracer_provider().shutdown()  # type: ignore[attr-defined]  # flush now, not onto pytest's closed stdout
 
 
 def test_unknown_exporter_is_refused_at_start() -> None:
