@@ -122,6 +122,8 @@ class NetworkConfig(BaseModel):
     # "confirmations": CONFIRMED after `required_confirmations` blocks; "finalized": once the block is at
     # or below the node's `finalized` block (and at least `required_confirmations` deep).
     finality: Literal["confirmations", "finalized"] = "confirmations"
+    # Recipients refused besides the zero address, the precompiles, hot wallets and known tokens.
+    denied_recipients: list[str] = []
     # Not mined after this many blocks: replace at the same nonce with both fees raised >= 12.5%.
     stuck_after_blocks: int = Field(default=12, ge=1)
 

@@ -22,10 +22,14 @@ from temporalio.client import (
 )
 from temporalio.worker import Worker
 
-from activities.chain import ChainActivities, ReconcileActivities
+from activities.broadcast import BroadcastActivities
+from activities.confirmations import ConfirmationActivities
 from activities.funds import FundsActivities
+from activities.lifecycle import LifecycleActivities
+from activities.nonces import NonceActivities, ReconcileActivities, TemporalWorkflowProbe
 from activities.rpc import Chains
 from activities.signer import KeystoreSigner
+from activities.transactions import TransactionActivities
 from logging_setup import configure_logging
 from models.db import Database
 from models.domain import ReconcileInput
@@ -38,42 +42,49 @@ log = structlog.get_logger()
 
 
 class Engine:
-    """The worker's dependencies, built once."""
+    """The worker's dependencies, built once; each activity class gets only what it uses."""
 
-    def __init__(self, settings: Settings, config: EngineConfig, signer: KeystoreSigner) -> None:
-        self.settings, self.config = settings, config
+    def __init__(
+        self, settings: Settings, config: EngineConfig, signer: KeystoreSigner, client: Client
+    ) -> None:
+        self.settings, self.config, self.signer = settings, config, signer
         self.db = Database(settings.db_url)
         self.chains = Chains(config.networks)
+        self.lifecycle = LifecycleActivities(self.db)
         self.funds = FundsActivities(self.db, self.chains, config)
-        self.chain = ChainActivities(self.db, self.chains, signer, config)
-        self.reconcile = ReconcileActivities(self.chain)
+        self.nonces = NonceActivities(self.db, self.chains, config)
+        self.transactions = TransactionActivities(self.db, self.chains, signer, config)
+        self.broadcast = BroadcastActivities(self.db, self.chains)
+        self.confirmations = ConfirmationActivities(self.db, self.chains, config)
+        self.reconcile = ReconcileActivities(
+            self.db, self.chains, signer, config, TemporalWorkflowProbe(client)
+        )
 
     @property
     def activities(self) -> list[object]:
         return [
+            self.lifecycle.record_transition,
             self.funds.admit,
             self.funds.reserve,
-            self.funds.record_status,
-            self.chain.allocate_nonce,
-            self.chain.sign_transaction,
-            self.chain.broadcast_transaction,
-            self.chain.await_transaction,
-            self.chain.realign_nonce,
+            self.nonces.allocate_nonce,
+            self.nonces.resolve_nonce_conflict,
+            self.transactions.sign_transaction,
+            self.broadcast.broadcast_transaction,
+            self.confirmations.await_transaction,
             self.reconcile.reconcile_wallet,
         ]
 
     async def start(self) -> None:
         await self.chains.verify_all()
-        await self.chain.ensure_hot_wallets()
+        await self.nonces.ensure_hot_wallets()
 
     async def aclose(self) -> None:
-        await self.chain.aclose()
+        await self.confirmations.aclose()
         await self.chains.aclose()
         await self.db.dispose()
 
 
 def build_worker(client: Client, engine: Engine, task_queue: str) -> Worker:
-    engine.reconcile.client = client
     return Worker(
         client,
         task_queue=task_queue,
@@ -125,14 +136,14 @@ async def main() -> None:
     missing = [w for n in config.networks.values() for w in n.hot_wallets if not signer.has(w)]
     if missing:
         log.warning("worker.keystore.missing_keys", hot_wallets=missing)
-    engine = Engine(settings, config, signer)
-    log.info("worker.starting", task_queue=settings.task_queue, hot_wallets=len(signer.addresses))
-    await engine.start()
     client = await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         interceptors=interceptors(settings.otel_exporter),
     )
+    engine = Engine(settings, config, signer, client)
+    log.info("worker.starting", task_queue=settings.task_queue, hot_wallets=len(signer.addresses))
+    await engine.start()
     worker = build_worker(client, engine, settings.task_queue)
     await ensure_reconcile_schedules(client, engine, settings)
     stop = asyncio.Event()

@@ -1,21 +1,63 @@
-"""Admission (limits and hot-wallet reservations) and status records."""
+"""Admission (limits and hot-wallet reservations): the policy the repository only stores.
+
+- daily limit per user and asset over the last 24 hours (REJECTED when exceeded);
+- a reservation of amount (+ worst-case fee in native coin) on the least busy hot wallet whose
+  on-chain balance minus what is already held covers it (WAITING_FOR_FUNDS when none can).
+Both run with the network's hot-wallet rows locked, so concurrent admissions never over-reserve.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from datetime import timedelta
 
 import structlog
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities.rpc import Chains
 from models import repo
-from models.amounts import to_units
+from models.amounts import MAX_AMOUNT_UNITS, to_units
 from models.db import Database
-from models.domain import Admission, StatusChange, WithdrawalRef, WithdrawalRequest, WithdrawalStatus
+from models.domain import Admission, ErrorCode, ErrorInfo, WithdrawalRef, WithdrawalRequest, WithdrawalStatus
+from models.requests import RequestRefused, revalidate
 from models.tables import Withdrawal, utcnow
 from settings import EngineConfig, NetworkConfig
 
 log = structlog.get_logger()
+
+Balances = Mapping[tuple[str, str], int]  # (hot wallet, asset) -> on-chain balance in base units
+
+DAILY_LIMIT = ErrorInfo(
+    code=ErrorCode.LIMIT_EXCEEDED, message="daily withdrawal limit for this user exceeded"
+)
+
+
+def reservation_amounts(cfg: NetworkConfig, asset: str, amount: int) -> dict[str, int]:
+    """What a withdrawal holds: the amount in its asset, plus a worst-case fee in native coin."""
+    fee = cfg.fee_allowance_wei(asset)
+    if asset == cfg.native_asset:
+        return {asset: amount + fee}
+    return {asset: amount, cfg.native_asset: fee}
+
+
+def choose_wallet(
+    cfg: NetworkConfig,
+    need: Mapping[str, int],
+    balances: Balances,
+    held: Mapping[tuple[str, str], int],
+    busy: Mapping[str, int],
+) -> str | None:
+    """The least busy hot wallet (ties: config order) that can cover `need` after what it holds."""
+    candidates = [
+        wallet
+        for wallet in cfg.hot_wallets
+        if all(balances.get((wallet, a), 0) - held.get((wallet, a), 0) >= n for a, n in need.items())
+    ]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda x: (busy.get(x, 0), cfg.hot_wallets.index(x)))
 
 
 class FundsActivities:
@@ -34,14 +76,20 @@ class FundsActivities:
                 calls.append(rpc.token_balance(cfg.tokens[asset].address, wallet))
         return dict(zip(pairs, await asyncio.gather(*calls), strict=True))
 
-    def _admission(self, w: Withdrawal, cfg: NetworkConfig) -> Admission:
+    def _admission(self, w: Withdrawal, cfg: NetworkConfig | None) -> Admission:
+        status = WithdrawalStatus(w.status)
+        error = (
+            ErrorInfo(code=ErrorCode(w.error_code), message=w.error_message or "") if w.error_code else None
+        )
+        if cfg is None:  # refused: its network is not configured
+            return Admission(accepted=False, status=status, status_seq=w.status_seq, error=error)
         limits = cfg.limits.get(w.asset)
         threshold = to_units(limits.approval_threshold, w.decimals) if limits else None
         return Admission(
-            accepted=w.status != WithdrawalStatus.REJECTED,
-            status=w.status,
-            error_code=w.error_code,
-            error_message=w.error_message,
+            accepted=status is not WithdrawalStatus.REJECTED,
+            status=status,
+            status_seq=w.status_seq,
+            error=error,
             hot_wallet=w.hot_wallet,
             requires_approval=threshold is not None and w.amount > threshold,
             required_confirmations=cfg.required_confirmations,
@@ -50,20 +98,85 @@ class FundsActivities:
             stuck_after_seconds=cfg.stuck_after_blocks * cfg.block_time_seconds,
         )
 
+    async def _try_reserve(
+        self, s: AsyncSession, w: Withdrawal, cfg: NetworkConfig, balances: Balances
+    ) -> str | None:
+        """Reserve on a wallet that can cover the withdrawal; the network's wallets must be locked."""
+        need = reservation_amounts(cfg, w.asset, w.amount)
+        wallet = choose_wallet(
+            cfg,
+            need,
+            balances,
+            await repo.held_amounts(s, w.network),
+            await repo.in_flight_counts(s, w.network),
+        )
+        if wallet is not None:
+            await repo.reserve(s, w.id, w.network, wallet, need)
+            w.hot_wallet = wallet
+        return wallet
+
     @activity.defn
     async def admit(self, req: WithdrawalRequest) -> Admission:
         """Create the withdrawal row: daily limit, then a reservation on a hot wallet that can cover it
         (else WAITING_FOR_FUNDS). Idempotent: a repeat returns what the first call decided."""
-        cfg = self.config.networks[req.network]
+        cfg = self.config.network(req.network)
         async with self.db.read() as s:
             existing = await repo.get_withdrawal(s, req.withdrawal_id)
         if existing is not None:
             return self._admission(existing, cfg)
+        try:
+            revalidate(self.config, req.network, req.asset, req.to_address, req.amount)
+        except RequestRefused as refused:
+            w = await self.record_refusal(req, refused)
+            log.warning("withdrawal.refused", withdrawal_id=w.id, code=refused.code, field=refused.field)
+            return self._admission(w, cfg)
+        assert cfg is not None
         balances = await self._balances(cfg, req.network, req.asset)
+        w = await self.record_admission(req, cfg, balances)
+        log.info("withdrawal.admitted", withdrawal_id=w.id, status=w.status, hot_wallet=w.hot_wallet)
+        return self._admission(w, cfg)
+
+    async def record_refusal(self, req: WithdrawalRequest, refused: RequestRefused) -> Withdrawal:
+        """A workflow whose input fails validation (started around the API): the row records it
+        REJECTED with the reason; nothing is reserved, nothing will be signed."""
+        cfg = self.config.network(req.network)
+        digits = isinstance(req.amount, str) and req.amount.isascii() and req.amount.isdigit()
         async with self.db.transaction() as s:
             existing = await repo.get_withdrawal(s, req.withdrawal_id)
             if existing is not None:
-                return self._admission(existing, cfg)
+                return existing
+            w = Withdrawal(
+                id=req.withdrawal_id,
+                client_id=req.client_id[:36],
+                idempotency_key=req.idempotency_key[:255],
+                fingerprint=req.fingerprint[:64],
+                user_id=req.user_id[:255],
+                network=req.network[:32],
+                asset=req.asset[:32],
+                to_address=req.to_address[:42],
+                amount=min(int(req.amount), MAX_AMOUNT_UNITS) if digits else 0,
+                decimals=(cfg.asset_decimals(req.asset) if cfg else None) or 0,
+                client_reference=(req.client_reference or "")[:255] or None,
+                status=WithdrawalStatus.PENDING,
+                required_confirmations=cfg.required_confirmations if cfg else 1,
+            )
+            await repo.insert_withdrawal(s, w)
+            error = ErrorInfo(code=refused.code, message=refused.message)
+            await repo.transition(s, w.id, WithdrawalStatus.REJECTED, error=error, seq=1)
+            w.status, w.status_seq = WithdrawalStatus.REJECTED, 1
+            w.error_code, w.error_message = error.code, error.message
+        return w
+
+    async def record_admission(
+        self, req: WithdrawalRequest, cfg: NetworkConfig, balances: Balances
+    ) -> Withdrawal:
+        """Insert the withdrawal and decide, with the network's wallets locked: REJECTED over the daily
+        limit, PENDING with a reservation, else WAITING_FOR_FUNDS. A repeat returns the existing row."""
+        async with self.db.transaction() as s:
+            existing = await repo.get_withdrawal(s, req.withdrawal_id)
+            if existing is not None:
+                return existing
+            await repo.lock_wallets(s, req.network)
             w = Withdrawal(
                 id=req.withdrawal_id,
                 client_id=req.client_id,
@@ -79,11 +192,29 @@ class FundsActivities:
                 status=WithdrawalStatus.PENDING,
                 required_confirmations=cfg.required_confirmations,
             )
-            decision = await repo.admit(s, w, cfg, balances, now=utcnow())
-        log.info(
-            "withdrawal.admitted", withdrawal_id=w.id, status=decision.status, hot_wallet=decision.hot_wallet
-        )
-        return self._admission(w, cfg)
+            await repo.insert_withdrawal(s, w)
+            decided = await self._decide(s, w, cfg, balances)
+            if decided is not WithdrawalStatus.PENDING:
+                error = DAILY_LIMIT if decided is WithdrawalStatus.REJECTED else None
+                await repo.transition(s, w.id, decided, error=error, seq=1)
+                w.status, w.status_seq = decided, 1
+                w.error_code, w.error_message = (error.code, error.message) if error else (None, None)
+        return w
+
+    async def _decide(
+        self, s: AsyncSession, w: Withdrawal, cfg: NetworkConfig, balances: Balances
+    ) -> WithdrawalStatus:
+        limits = cfg.limits.get(w.asset)
+        if limits is not None:
+            used = await repo.daily_total(
+                s, network=w.network, asset=w.asset, user_id=w.user_id, since=utcnow() - timedelta(days=1)
+            )
+            # `used` includes this withdrawal: its row is already inserted.
+            if used > to_units(limits.daily_per_user, w.decimals):
+                return WithdrawalStatus.REJECTED
+        if await self._try_reserve(s, w, cfg, balances):
+            return WithdrawalStatus.PENDING
+        return WithdrawalStatus.WAITING_FOR_FUNDS
 
     @activity.defn
     async def reserve(self, ref: WithdrawalRef) -> str | None:
@@ -97,16 +228,8 @@ class FundsActivities:
         cfg = self.config.networks[w.network]
         balances = await self._balances(cfg, w.network, w.asset)
         async with self.db.transaction() as s:
-            return await repo.reserve_existing(s, w.id, cfg, balances)
-
-    @activity.defn
-    async def record_status(self, change: StatusChange) -> None:
-        """Write a status change to the row; terminal statuses consume or release the reservation once."""
-        async with self.db.transaction() as s:
-            await repo.apply_status_change(s, change)
-        log.info(
-            "withdrawal.status",
-            withdrawal_id=change.withdrawal_id,
-            status=change.status,
-            error=change.error_code,
-        )
+            w = await repo.lock_withdrawal(s, ref.withdrawal_id)
+            if w.hot_wallet is not None:
+                return w.hot_wallet
+            await repo.lock_wallets(s, w.network)
+            return await self._try_reserve(s, w, cfg, balances)

@@ -159,6 +159,10 @@ class ChainRpc:
     async def latest_nonce(self, address: str) -> int:
         return int(await self.call("eth_getTransactionCount", [address, "latest"]), 16)
 
+    async def nonce_at(self, address: str, block_number: int) -> int:
+        """The number of the address's transactions mined up to and including `block_number`."""
+        return int(await self.call("eth_getTransactionCount", [address, hex(block_number)]), 16)
+
     async def get_code(self, address: str) -> str:
         return str(await self.call("eth_getCode", [address, "latest"]))
 
@@ -169,6 +173,10 @@ class ChainRpc:
     async def block(self, number: int | str) -> dict[str, Any] | None:
         tag = hex(number) if isinstance(number, int) else number
         result = await self.call("eth_getBlockByNumber", [tag, False])
+        return dict(result) if result else None
+
+    async def block_with_transactions(self, number: int) -> dict[str, Any] | None:
+        result = await self.call("eth_getBlockByNumber", [hex(number), True])
         return dict(result) if result else None
 
     async def gas_price(self) -> int:

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.body_guard import BodyGuard
 from api.deps import AppState, TemporalConnector
 from api.errors import install_error_handlers
 from api.ratelimit import RateLimiter
@@ -54,6 +55,7 @@ def create_app(state: AppState | None = None) -> FastAPI:
     if state is not None:
         app.state.engine = state
     install_error_handlers(app)
+    app.add_middleware(BodyGuard)
     app.include_router(withdrawals.router)
     app.include_router(health.router)
     app.include_router(admin.router)

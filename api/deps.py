@@ -15,7 +15,6 @@ from api.errors import (
     Forbidden,
     MissingIdempotencyKey,
     RateLimited,
-    ServiceUnavailable,
     Unauthorized,
     ValidationFailed,
 )
@@ -41,19 +40,14 @@ class TemporalConnector:
             return self._client
         async with self._lock:
             if self._client is None:
-                try:
-                    self._client = await asyncio.wait_for(
-                        Client.connect(
-                            self.settings.temporal_address,
-                            namespace=self.settings.temporal_namespace,
-                            interceptors=interceptors(self.settings.otel_exporter),
-                        ),
-                        timeout=5,
-                    )
-                except Exception as e:
-                    raise ServiceUnavailable(
-                        "workflow service unavailable", headers={"Retry-After": "5"}
-                    ) from e
+                self._client = await asyncio.wait_for(
+                    Client.connect(
+                        self.settings.temporal_address,
+                        namespace=self.settings.temporal_namespace,
+                        interceptors=interceptors(self.settings.otel_exporter),
+                    ),
+                    timeout=5,
+                )
         return self._client
 
 
@@ -82,11 +76,8 @@ async def authenticate_client(
     if not x_api_key or len(x_api_key) > 200:
         raise denied
     key_hash = hash_api_key(x_api_key)
-    try:
-        async with state.db.read() as s:
-            client = await repo.find_api_client_by_hash(s, key_hash)
-    except Exception as e:
-        raise ServiceUnavailable("database unavailable", headers={"Retry-After": "5"}) from e
+    async with state.db.read() as s:
+        client = await repo.find_api_client_by_hash(s, key_hash)
     if client is None or not api_key_matches(x_api_key, client.key_hash) or not client.active:
         raise denied
     if client.expires_at is not None and client.expires_at <= datetime.now(UTC).replace(tzinfo=None):
@@ -101,7 +92,7 @@ async def authenticate_client(
 ApiClientDep = Annotated[ApiClient, Depends(authenticate_client)]
 
 
-def require_scope(scope: str):  # noqa: ANN201
+def require_scope(scope: str):
     async def _check(client: ApiClientDep) -> ApiClient:
         if scope not in client.scopes.split():
             raise Forbidden(f"this API key may not use {scope}")
@@ -136,7 +127,7 @@ class Operator:
 ROLE_RANK = {"VIEWER": 0, "OPERATOR": 1, "ADMIN": 2}
 
 
-def require_role(role: str):  # noqa: ANN201
+def require_role(role: str):
     async def _check(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> Operator:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthorized("missing or invalid bearer token")

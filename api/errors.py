@@ -10,12 +10,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.errors import ErrorCode
+
 log = structlog.get_logger()
 
 
 class AppError(Exception):
+    """An error answered to the client: an HTTP status, a code of `ErrorCode`, a fixed message."""
+
     status_code = 400
-    code = "BAD_REQUEST"
+    code = ErrorCode.BAD_REQUEST
 
     def __init__(
         self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
@@ -24,26 +28,72 @@ class AppError(Exception):
         self.message, self.field, self.headers = message, field, headers
 
 
-def _make(name: str, status: int, code: str) -> type[AppError]:
-    return type(name, (AppError,), {"status_code": status, "code": code})
+class Unauthorized(AppError):
+    status_code, code = 401, ErrorCode.UNAUTHORIZED
 
 
-Unauthorized = _make("Unauthorized", 401, "UNAUTHORIZED")
-Forbidden = _make("Forbidden", 403, "FORBIDDEN")
-NotFound = _make("NotFound", 404, "NOT_FOUND")
-MissingIdempotencyKey = _make("MissingIdempotencyKey", 400, "MISSING_IDEMPOTENCY_KEY")
-IdempotencyKeyReused = _make("IdempotencyKeyReused", 409, "IDEMPOTENCY_KEY_REUSED")
-ValidationFailed = _make("ValidationFailed", 422, "VALIDATION_ERROR")
-InvalidAddress = _make("InvalidAddress", 422, "INVALID_ADDRESS")
-InvalidAmount = _make("InvalidAmount", 422, "INVALID_AMOUNT")
-UnsupportedNetwork = _make("UnsupportedNetwork", 422, "UNSUPPORTED_NETWORK")
-UnsupportedAsset = _make("UnsupportedAsset", 422, "UNSUPPORTED_ASSET")
-LimitExceeded = _make("LimitExceeded", 422, "LIMIT_EXCEEDED")
-Conflict = _make("Conflict", 409, "CONFLICT")
-RateLimited = _make("RateLimited", 429, "RATE_LIMITED")
-ServiceUnavailable = _make("ServiceUnavailable", 503, "SERVICE_UNAVAILABLE")
+class Forbidden(AppError):
+    status_code, code = 403, ErrorCode.FORBIDDEN
 
-REFUSALS: dict[str, type[AppError]] = {c.code: c for c in (LimitExceeded, InvalidAmount, InvalidAddress)}
+
+class NotFound(AppError):
+    status_code, code = 404, ErrorCode.NOT_FOUND
+
+
+class MissingIdempotencyKey(AppError):
+    status_code, code = 400, ErrorCode.MISSING_IDEMPOTENCY_KEY
+
+
+class IdempotencyKeyReused(AppError):
+    status_code, code = 409, ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+
+class Conflict(AppError):
+    status_code, code = 409, ErrorCode.CONFLICT
+
+
+class InvalidState(AppError):
+    """An operator action the withdrawal's current status does not allow (the workflow's reason)."""
+
+    status_code, code = 409, ErrorCode.INVALID_STATE
+
+
+class ValidationFailed(AppError):
+    status_code, code = 422, ErrorCode.VALIDATION_ERROR
+
+
+class InvalidAddress(AppError):
+    status_code, code = 422, ErrorCode.INVALID_ADDRESS
+
+
+class InvalidAmount(AppError):
+    status_code, code = 422, ErrorCode.INVALID_AMOUNT
+
+
+class UnsupportedNetwork(AppError):
+    status_code, code = 422, ErrorCode.UNSUPPORTED_NETWORK
+
+
+class UnsupportedAsset(AppError):
+    status_code, code = 422, ErrorCode.UNSUPPORTED_ASSET
+
+
+class LimitExceeded(AppError):
+    status_code, code = 422, ErrorCode.LIMIT_EXCEEDED
+
+
+class RateLimited(AppError):
+    status_code, code = 429, ErrorCode.RATE_LIMITED
+
+
+class ServiceUnavailable(AppError):
+    status_code, code = 503, ErrorCode.SERVICE_UNAVAILABLE
+
+
+# A withdrawal REJECTED at admission is answered with the refusal its error code names.
+REFUSALS: dict[str, type[AppError]] = {
+    c.code: c for c in (LimitExceeded, InvalidAmount, InvalidAddress, UnsupportedNetwork, UnsupportedAsset)
+}
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -54,14 +104,14 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 
 
 # Body fields whose validation failures have a code of their own.
-_FIELD_CODES = {"amount": "INVALID_AMOUNT", "to_address": "INVALID_ADDRESS"}
+_FIELD_CODES = {"amount": ErrorCode.INVALID_AMOUNT, "to_address": ErrorCode.INVALID_ADDRESS}
 _HTTP_CODES = {
-    401: "UNAUTHORIZED",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    413: "PAYLOAD_TOO_LARGE",
-    415: "UNSUPPORTED_MEDIA_TYPE",
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
 }
 
 
@@ -78,7 +128,7 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ())]
         field = ".".join(loc[1:]) if len(loc) > 1 else None
-        code = "VALIDATION_ERROR"
+        code = ErrorCode.VALIDATION_ERROR
         if len(loc) == 2 and loc[0] == "body" and first.get("type") != "missing":
             code = _FIELD_CODES.get(loc[1], code)
         message = str(first.get("msg", "invalid request"))
@@ -88,7 +138,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.BAD_REQUEST)
         return JSONResponse(
             error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None)
         )
@@ -97,7 +147,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("api.unhandled", error_type=type(exc).__name__, error=str(exc)[:300])
         return JSONResponse(
-            error_body("SERVICE_UNAVAILABLE", "the service could not complete the request; retry later"),
+            error_body(
+                ErrorCode.SERVICE_UNAVAILABLE, "the service could not complete the request; retry later"
+            ),
             503,
             headers={"Retry-After": "5"},
         )

@@ -28,6 +28,7 @@ from temporalio.service import RPCError
 from api.deps import AppState
 from api.errors import (
     REFUSALS,
+    AppError,
     IdempotencyKeyReused,
     InvalidAddress,
     InvalidAmount,
@@ -38,9 +39,9 @@ from api.errors import (
     ValidationFailed,
 )
 from models import repo
-from models.addresses import AddressError, normalize_address
-from models.amounts import AmountError, format_amount, parse_amount, to_units
-from models.domain import ErrorType, SubmitInput, SubmitResult, WithdrawalRequest, WithdrawalStatus
+from models.amounts import format_amount
+from models.domain import ErrorCode, SubmitInput, SubmitResult, WithdrawalRequest, WithdrawalStatus
+from models.requests import RequestRefused, validate_request
 from models.tables import ApiClient, Withdrawal
 from settings import EngineConfig
 from workflows import search_attributes as sa
@@ -117,31 +118,19 @@ def withdrawal_view(w: Withdrawal, config: EngineConfig) -> dict[str, Any]:
     ).model_dump()
 
 
+_REFUSAL_CLASSES: dict[str, type[AppError]] = {
+    c.code: c for c in (InvalidAddress, InvalidAmount, UnsupportedNetwork, UnsupportedAsset, LimitExceeded)
+}
+
+
 def validate(body: WithdrawalBody, config: EngineConfig) -> tuple[str, int]:
     """Pure checks answered before anything is written: returns (checksummed address, base units)."""
-    net = config.network(body.network)
-    if net is None:
-        raise UnsupportedNetwork(f"unsupported network {body.network!r}", field="network")
-    decimals = net.asset_decimals(body.asset)
-    if decimals is None:
-        raise UnsupportedAsset(f"asset {body.asset!r} is not supported on {body.network}", field="asset")
-    try:
-        to_address = normalize_address(body.to_address)
-    except AddressError as e:
-        raise InvalidAddress(str(e), field="to_address") from e
-    try:
-        units = parse_amount(body.amount, decimals)
-    except AmountError as e:
-        raise InvalidAmount(str(e), field="amount") from e
-    limits = net.limits.get(body.asset)
-    if limits is not None and units > to_units(limits.per_transaction, decimals):
-        raise LimitExceeded(
-            f"amount is above the per-transaction limit of {limits.per_transaction} {body.asset}",
-            field="amount",
-        )
     if body.user_id.strip() == "":
         raise ValidationFailed("user_id must not be blank", field="user_id")
-    return to_address, units
+    try:
+        return validate_request(config, body.network, body.asset, body.to_address, body.amount)
+    except RequestRefused as refused:
+        raise _REFUSAL_CLASSES[refused.code](refused.message, field=refused.field) from refused
 
 
 def _replay(w: Withdrawal, fp: str, config: EngineConfig) -> tuple[int, dict[str, Any]]:
@@ -153,11 +142,8 @@ def _replay(w: Withdrawal, fp: str, config: EngineConfig) -> tuple[int, dict[str
 
 
 async def _read(state: AppState, withdrawal_id: str) -> Withdrawal | None:
-    try:
-        async with state.db.read() as s:
-            return await repo.get_withdrawal(s, withdrawal_id)
-    except Exception as e:
-        raise ServiceUnavailable("database unavailable", headers={"Retry-After": "5"}) from e
+    async with state.db.read() as s:
+        return await repo.get_withdrawal(s, withdrawal_id)
 
 
 async def submit(
@@ -213,7 +199,7 @@ async def submit(
         )
     except WorkflowUpdateFailedError as e:
         cause = e.cause
-        if isinstance(cause, ApplicationError) and cause.type == ErrorType.IDEMPOTENCY_KEY_REUSED:
+        if isinstance(cause, ApplicationError) and cause.type == ErrorCode.IDEMPOTENCY_KEY_REUSED:
             raise IdempotencyKeyReused(cause.message) from e
         raise ServiceUnavailable("the withdrawal could not be submitted", headers={"Retry-After": "5"}) from e
     except WorkflowAlreadyStartedError as e:
@@ -228,8 +214,8 @@ async def submit(
         ) from e
     adm = result.admission
     if not adm.accepted:
-        cls = REFUSALS.get(adm.error_code or "", LimitExceeded)
-        raise cls(adm.error_message or "refused")
+        code = adm.error.code if adm.error else ErrorCode.LIMIT_EXCEEDED
+        raise REFUSALS.get(code, LimitExceeded)(adm.error.message if adm.error else "refused")
     row = await _read(state, wid)
     if row is None:
         raise ServiceUnavailable("withdrawal state unavailable", headers={"Retry-After": "5"})

@@ -49,17 +49,18 @@ async def ensure_api_client(
         )
         if scopes is not None:
             client.scopes = scopes
-        s.add(client)
+        await repo.create_api_client(s, client)
         return client.id
 
 
 async def ensure_user(db: Database, username: str, password: str, role: str) -> None:
     async with db.transaction() as s:
         if await repo.get_user(s, username) is None:
-            s.add(
+            await repo.create_user(
+                s,
                 User(
                     id=str(uuid.uuid4()), username=username, password_hash=hash_password(password), role=role
-                )
+                ),
             )
 
 

@@ -8,6 +8,7 @@ and the API as their own processes. A process that dies is reported and restarte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -219,10 +220,8 @@ async def _supervise(children: list[Child]) -> None:
                     c.restarts += 1
                     await asyncio.sleep(min(10, c.restarts))
                     c.start()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1)
-            except TimeoutError:
-                pass
     finally:
         log.info("devstack.stopping")
         for c in reversed(children):

@@ -9,7 +9,8 @@ UINT256_MAX = 2**256 - 1
 # MySQL/MariaDB DECIMAL holds at most 65 digits: the largest amount the engine records (10^47 whole tokens
 # at 18 decimals, far beyond any real supply).
 MAX_AMOUNT_UNITS = 10**65 - 1
-_AMOUNT_RE = re.compile(r"^(?P<int>\d+)(?:\.(?P<frac>\d+))?$")
+# ASCII digits only (`\d` would take any Unicode digit), matched against the whole string.
+_AMOUNT_RE = re.compile(r"(?P<int>[0-9]+)(?:\.(?P<frac>[0-9]+))?")
 
 
 class AmountError(ValueError):
@@ -23,13 +24,13 @@ def parse_amount(text: str, decimals: int) -> int:
     """
     if not isinstance(text, str):
         raise AmountError("amount must be a decimal string")
-    m = _AMOUNT_RE.match(text)
+    m = _AMOUNT_RE.fullmatch(text)
     if m is None or len(text) > 100:
         raise AmountError('amount must be a plain decimal string such as "12.5"')
     frac = (m.group("frac") or "").rstrip("0")
     if len(frac) > decimals:
         raise AmountError(f"amount has more than {decimals} decimal places")
-    units = int(m.group("int")) * 10**decimals + (int(frac.ljust(decimals, "0")) if frac else 0)
+    units: int = int(m.group("int")) * 10**decimals + (int(frac.ljust(decimals, "0")) if frac else 0)
     if units <= 0:
         raise AmountError("amount must be greater than zero")
     if units > min(UINT256_MAX, MAX_AMOUNT_UNITS):

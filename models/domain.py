@@ -1,58 +1,25 @@
-"""Domain types shared by workflows, activities and the API.
+"""Domain types shared by workflows, activities and the API: one frozen input dataclass per workflow,
+update, signal and activity, and the enums of every string state.
 
 Standard library only: the workflow sandbox imports this module on every workflow task.
-Amounts travel as decimal strings of base units (uint256 does not fit a JSON number safely).
+Amounts travel as decimal strings of base units (a uint256 does not fit a JSON number safely).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
+from typing import NewType
 
+from models.errors import ErrorCode
+from models.lifecycle import WithdrawalStatus
 
-class WithdrawalStatus(StrEnum):
-    PENDING = "PENDING"
-    AWAITING_APPROVAL = "AWAITING_APPROVAL"
-    WAITING_FOR_FUNDS = "WAITING_FOR_FUNDS"
-    PROCESSING = "PROCESSING"
-    BROADCAST = "BROADCAST"
-    CONFIRMING = "CONFIRMING"
-    CONFIRMED = "CONFIRMED"
-    NEEDS_ATTENTION = "NEEDS_ATTENTION"
-    REJECTED = "REJECTED"
-    CANCELLED = "CANCELLED"
-    FAILED = "FAILED"
+__all__ = ["ErrorCode", "WithdrawalStatus"]
 
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset(
-    {
-        WithdrawalStatus.CONFIRMED,
-        WithdrawalStatus.REJECTED,
-        WithdrawalStatus.CANCELLED,
-        WithdrawalStatus.FAILED,
-    }
-)
-
-
-class ErrorType(StrEnum):
-    """Named failure types (`ApplicationError.type`), listed in one place."""
-
-    IDEMPOTENCY_KEY_REUSED = "IdempotencyKeyReused"
-    LIMIT_EXCEEDED = "LimitExceeded"
-    INSUFFICIENT_HOT_WALLET_FUNDS = "InsufficientHotWalletFunds"
-    NONCE_CONFLICT = "NonceConflict"
-    BROADCAST_REJECTED = "BroadcastRejected"
-    UNDERPRICED = "Underpriced"
-    EXECUTION_REVERTED = "ExecutionReverted"
-    FEE_ABOVE_CAP = "FeeAboveCap"
-    CHAIN_ID_MISMATCH = "ChainIdMismatch"
-    SIGNER_UNAVAILABLE = "SignerUnavailable"
-    NOT_MINED = "NotMined"
-    RPC_UNAVAILABLE = "RpcUnavailable"
+Wei = NewType("Wei", int)  # an amount in base units (wei, or a token's smallest unit)
+Nonce = NewType("Nonce", int)
+TxHash = NewType("TxHash", str)
 
 
 class TxPurpose(StrEnum):
@@ -61,9 +28,83 @@ class TxPurpose(StrEnum):
     FILL = "FILL"  # 0-value self-transfer by the reconciler for a nonce no live withdrawal will use
 
 
+class TxOutcome(StrEnum):
+    """What became of one signed transaction (a `TxAttempt`)."""
+
+    SIGNED = "SIGNED"  # recorded, maybe sent (a crash between send and record leaves it here)
+    BROADCAST = "BROADCAST"  # a node accepted it
+    MINED = "MINED"  # in the canonical chain
+    REPLACED = "REPLACED"  # another attempt at the same nonce was mined
+    FAILED = "FAILED"  # refused by the node, or its nonce went to another transaction: never minable
+
+
+class ReservationState(StrEnum):
+    HELD = "HELD"
+    CONSUMED = "CONSUMED"
+    RELEASED = "RELEASED"
+
+
+class NoncePurpose(StrEnum):
+    """Who holds a nonce of a hot wallet (see `models.tables.NonceAllocation`)."""
+
+    WITHDRAWAL = "WITHDRAWAL"
+    FILL = "FILL"
+    EXTERNAL = "EXTERNAL"
+
+
+class InclusionOutcome(StrEnum):
+    """What `await_transaction` saw."""
+
+    INCLUDED = "INCLUDED"  # one attempt is in a block (fewer than the required confirmations)
+    CONFIRMED = "CONFIRMED"  # the required confirmations on the canonical chain
+    STUCK = "STUCK"  # the next nonce the chain must mine, and not mined within the stuck threshold
+    NONCE_USED = "NONCE_USED"  # the wallet's mined nonce passed ours, but no node shows our receipt
+    REORGED = "REORGED"  # the receipt left the canonical chain before the required confirmations
+
+
+class ApprovalDecision(StrEnum):
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+class HistoryKind(StrEnum):
+    """One entry of a withdrawal's history (the `status` query, the admin detail view)."""
+
+    STATUS = "STATUS"  # moved to `status`
+    RETRY = "RETRY"
+    CANCEL = "CANCEL"
+    APPROVE = "APPROVE"
+    REJECT = "REJECT"
+    REFUSED = "REFUSED"  # an operator action refused (`action` says which, `reason` why)
+    REPLACEMENT = "REPLACEMENT"  # a new attempt at the same nonce with bumped fees
+    FEE_BUMP_SKIPPED = "FEE_BUMP_SKIPPED"  # a replacement would pass the fee cap
+    UNDERPRICED = "UNDERPRICED"
+    REORG = "REORG"
+    NONCE_REALIGNED = "NONCE_REALIGNED"
+    CANCEL_LOST = "CANCEL_LOST"  # the withdrawal was mined before its cancellation
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryEntry:
+    kind: HistoryKind
+    at: datetime
+    actor: str | None = None  # the operator, for operator actions
+    reason: str | None = None
+    status: WithdrawalStatus | None = None  # STATUS: the new status
+    action: HistoryKind | None = None  # REFUSED: the action that was refused
+    tx_hash: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorInfo:
+    code: ErrorCode
+    message: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class WithdrawalRequest:
-    """Workflow input: a validated request. `amount` is in base units."""
+    """Workflow input: a request as the API validated it. `amount` is in base units."""
 
     withdrawal_id: str
     client_id: str
@@ -86,12 +127,13 @@ class SubmitInput:
 
 @dataclass(frozen=True, kw_only=True)
 class Admission:
-    """Answer of the admission step (limits and reservation)."""
+    """Answer of the admission step (limits and reservation) and the network's settings the workflow
+    needs (workflows read no configuration of their own)."""
 
     accepted: bool
-    status: str
-    error_code: str | None = None
-    error_message: str | None = None
+    status: WithdrawalStatus
+    status_seq: int = 0  # the number of the row's last transition (the workflow numbers its own next)
+    error: ErrorInfo | None = None
     hot_wallet: str | None = None
     requires_approval: bool = False
     required_confirmations: int = 1
@@ -108,10 +150,29 @@ class SubmitResult:
 
 @dataclass(frozen=True, kw_only=True)
 class OperatorInput:
-    """Input of every operator signal; every field is optional so `{}` or nothing works."""
+    """Input of every operator signal and update; every field is optional so `{}` or nothing works."""
 
     reason: str | None = None
     operator: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionResult:
+    """Answer of an accepted operator update (a refused one fails with `INVALID_STATE` and the reason)."""
+
+    accepted: bool
+    status: WithdrawalStatus
+
+
+@dataclass(frozen=True, kw_only=True)
+class WithdrawalState:
+    """The `status` query: what the workflow knows now."""
+
+    status: WithdrawalStatus
+    nonce: int | None
+    tx_hash: str | None
+    error: ErrorInfo | None
+    history: list[HistoryEntry]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,11 +181,13 @@ class WithdrawalRef:
 
 
 @dataclass(frozen=True, kw_only=True)
-class StatusChange:
+class TransitionInput:
+    """Activity `record_transition`: move the row to `status` (see `models.lifecycle`)."""
+
     withdrawal_id: str
-    status: str
-    error_code: str | None = None
-    error_message: str | None = None
+    status: WithdrawalStatus
+    seq: int  # the workflow's count of its moves: a re-executed move is recognised by it
+    error: ErrorInfo | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,7 +199,7 @@ class NonceAllocation:
 @dataclass(frozen=True, kw_only=True)
 class SignInput:
     withdrawal_id: str
-    purpose: str = TxPurpose.WITHDRAWAL
+    purpose: TxPurpose = TxPurpose.WITHDRAWAL
     # 0: the first attempt of this purpose; n > 0: the n-th replacement at the same nonce, with fees
     # bumped over every earlier attempt. (purpose, seq) makes a retried call return the same attempt.
     seq: int = 0
@@ -146,15 +209,13 @@ class SignInput:
 class SignedTx:
     tx_hash: str
     nonce: int
-    purpose: str
+    purpose: TxPurpose
 
 
 @dataclass(frozen=True, kw_only=True)
 class BroadcastInput:
     withdrawal_id: str
     tx_hash: str
-    # The withdrawal's first broadcast: write status BROADCAST with it.
-    record_status: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,18 +229,13 @@ class AwaitInput:
     # Without: the block the transaction was included in; a receipt in another block is a reorg.
     included_block_hash: str | None = None
     included_block_number: int = 0
-    # Write CONFIRMED (and consume the reservation) with the final inclusion when the withdrawal succeeded.
-    settle: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class Inclusion:
-    """What `await_transaction` saw: INCLUDED, CONFIRMED, STUCK (nothing mined in time) or REORGED
-    (the receipt left the canonical chain before the required confirmations)."""
-
-    outcome: str
+    outcome: InclusionOutcome
     tx_hash: str = ""
-    purpose: str = ""
+    purpose: TxPurpose = TxPurpose.WITHDRAWAL
     block_number: int = 0
     block_hash: str = ""
     confirmations: int = 0
@@ -187,10 +243,38 @@ class Inclusion:
     fee_wei: str = "0"
 
 
+class NonceHolderOutcome(StrEnum):
+    OURS = "OURS"  # one of the withdrawal's attempts holds the nonce on the canonical chain
+    EXTERNAL = "EXTERNAL"  # a transaction the engine did not send holds it, at the required depth
+    UNPROVEN = "UNPROVEN"  # no proof either way (yet): never re-sign at another nonce on this
+
+
 @dataclass(frozen=True, kw_only=True)
-class Realignment:
+class NonceHolder:
+    """What `activities.proof.find_nonce_holder` proved about a hot wallet's nonce."""
+
+    outcome: NonceHolderOutcome
+    detail: str
+    tx_hash: str | None = None
+    block_number: int = 0
+    block_hash: str = ""
+    purpose: TxPurpose | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NonceConflictInput:
+    """Activity `resolve_nonce_conflict`: prove who holds the withdrawal's nonce; with `move` (an
+    operator's retry after a proven external holder) give the withdrawal the wallet's next nonce."""
+
+    withdrawal_id: str
+    move: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class NonceResolution:
+    holder: NonceHolder
     old_nonce: int
-    new_nonce: int
+    new_nonce: int | None = None  # set when the withdrawal was moved to a new nonce
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,8 +301,7 @@ class ReconcileReport:
 @dataclass(frozen=True, kw_only=True)
 class Outcome:
     withdrawal_id: str
-    status: str
+    status: WithdrawalStatus
     tx_hash: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    history: list[str] = field(default_factory=list)
+    error: ErrorInfo | None = None
+    history: list[HistoryEntry] = field(default_factory=list)

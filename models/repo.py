@@ -1,51 +1,91 @@
-"""Every query of the engine. Callers pass an open transaction (`Database.transaction()`).
+"""Every query of the engine. Callers pass an open transaction (`Database.transaction()` or `read()`).
+
+Write style: new rows are inserted as model objects (`s.add`); existing rows change only through
+UPDATE statements, never by mutating a loaded object. A withdrawal's status changes only in
+`transition`, the single guarded writer of the lifecycle in `models.lifecycle`.
 
 Locking: allocation of nonces and reservations lock the network's hot-wallet rows
 (`SELECT ... FOR UPDATE` on MySQL; on SQLite the whole write transaction is already serialized
 by BEGIN IMMEDIATE). That is what keeps nonces contiguous and reservations within balances across
-any number of worker processes.
+any number of worker processes. Policy (which wallet, whether a limit is exceeded) is decided by the
+activities that own it; this module only reads and writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from models.amounts import to_units
-from models.domain import StatusChange, WithdrawalStatus
+from models import lifecycle
+from models.domain import (
+    ErrorInfo,
+    NoncePurpose,
+    ReservationState,
+    TxOutcome,
+    WithdrawalStatus,
+)
+from models.lifecycle import NonceEffect, ReservationEffect, StaleTransition
 from models.tables import (
     ApiClient,
     FundReservation,
     HotWallet,
     NonceAllocation,
+    StatusEvent,
     TxAttempt,
     User,
     Withdrawal,
     utcnow,
 )
-from settings import NetworkConfig
 
 # Statuses whose amount no longer counts towards the daily limit.
 _NOT_COUNTED = (WithdrawalStatus.REJECTED, WithdrawalStatus.CANCELLED, WithdrawalStatus.FAILED)
+_LIVE_ATTEMPT = (TxOutcome.SIGNED, TxOutcome.BROADCAST)
 
-Balances = Mapping[tuple[str, str], int]  # (hot wallet, asset) -> on-chain balance in base units
+
+async def _first(s: AsyncSession, q: Any) -> Any:
+    return (await s.exec(q)).first()
+
+
+async def _all(s: AsyncSession, q: Any) -> list[Any]:
+    return list((await s.exec(q)).all())
+
+
+async def _update(s: AsyncSession, stmt: Any) -> int:
+    result: Any = await s.exec(stmt)
+    return int(result.rowcount or 0)
 
 
 # --- clients and users -------------------------------------------------------------------------
 
 
 async def find_api_client_by_hash(s: AsyncSession, key_hash: str) -> ApiClient | None:
-    return (await s.exec(select(ApiClient).where(ApiClient.key_hash == key_hash))).first()  # type: ignore[attr-defined]
+    client: ApiClient | None = await _first(s, select(ApiClient).where(ApiClient.key_hash == key_hash))
+    return client
+
+
+async def create_api_client(s: AsyncSession, client: ApiClient) -> None:
+    s.add(client)
+    await s.flush()
+
+
+async def deactivate_api_client(s: AsyncSession, client_id: str) -> bool:
+    stmt = update(ApiClient).where(col(ApiClient.id) == client_id).values(active=False)
+    return await _update(s, stmt) == 1
 
 
 async def get_user(s: AsyncSession, username: str) -> User | None:
-    return (await s.exec(select(User).where(User.username == username))).first()  # type: ignore[attr-defined]
+    user: User | None = await _first(s, select(User).where(User.username == username))
+    return user
+
+
+async def create_user(s: AsyncSession, user: User) -> None:
+    s.add(user)
+    await s.flush()
 
 
 # --- withdrawals -------------------------------------------------------------------------------
@@ -57,12 +97,14 @@ async def get_withdrawal(
     q = select(Withdrawal).where(Withdrawal.id == withdrawal_id)
     if client_id is not None:
         q = q.where(Withdrawal.client_id == client_id)
-    return (await s.exec(q)).first()  # type: ignore[attr-defined]
+    w: Withdrawal | None = await _first(s, q)
+    return w
 
 
 async def lock_withdrawal(s: AsyncSession, withdrawal_id: str) -> Withdrawal:
-    q = select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
-    w = (await s.exec(q)).first()  # type: ignore[attr-defined]
+    w: Withdrawal | None = await _first(
+        s, select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
+    )
     if w is None:
         raise LookupError(f"withdrawal {withdrawal_id} not found")
     return w
@@ -82,7 +124,7 @@ async def list_withdrawals(
     if network:
         q = q.where(Withdrawal.network == network)
     q = q.order_by(col(Withdrawal.created_at).desc()).limit(limit).offset(offset)
-    return list((await s.exec(q)).all())  # type: ignore[attr-defined]
+    return await _all(s, q)
 
 
 async def count_by_status_and_network(
@@ -93,39 +135,119 @@ async def count_by_status_and_network(
     )
     if client_id is not None:
         q = q.where(Withdrawal.client_id == client_id)
-    return [(n, st, int(c)) for n, st, c in (await s.exec(q)).all()]  # type: ignore[attr-defined]
+    return [(n, st, int(c)) for n, st, c in await _all(s, q)]
 
 
-async def _update_withdrawal(s: AsyncSession, withdrawal_id: str, **values: Any) -> None:
-    """One UPDATE of a withdrawal row (it takes the row lock on MySQL; SQLite is already serialized)."""
-    result: Any = await s.exec(
-        update(Withdrawal)  # type: ignore[call-overload]
-        .where(col(Withdrawal.id) == withdrawal_id)
-        .values(updated_at=utcnow(), **values)
-    )
-    if result.rowcount != 1:
-        raise LookupError(f"withdrawal {withdrawal_id} not found")
+async def insert_withdrawal(s: AsyncSession, w: Withdrawal) -> None:
+    """Insert a new withdrawal. Every row is born in `lifecycle.INITIAL`; later statuses come from
+    `transition` (in the same transaction, if the admission decides one at once)."""
+    if w.status != lifecycle.INITIAL:
+        raise ValueError(f"a withdrawal starts in {lifecycle.INITIAL}, not {w.status}")
+    w.status_seq = 0
+    s.add(w)
+    s.add(StatusEvent(withdrawal_id=w.id, seq=0, status=w.status))
+    await s.flush()
 
 
-async def apply_status_change(s: AsyncSession, change: StatusChange) -> None:
-    """Write a status transition and its data; consume or release reservations exactly once."""
-    await _update_withdrawal(
+async def transition(
+    s: AsyncSession,
+    withdrawal_id: str,
+    to: WithdrawalStatus,
+    *,
+    error: ErrorInfo | None = None,
+    seq: int | None = None,
+) -> bool:
+    """Move a withdrawal to `to`: the one writer of a withdrawal's status.
+
+    A single UPDATE guarded by `status IN predecessors(to)` and by the transition number
+    (`status_seq = seq - 1`); in the same transaction it applies the lifecycle's effects (reservation
+    consumed or released, nonce allocation closed, inclusion data cleared) and appends the status event
+    numbered `seq` (the seam for webhooks: an outbox row written with the move).
+
+    `seq` is the workflow's own count of its moves, so a move re-executed after a crash (a local
+    activity whose completion was lost) is recognised by its number and changes nothing (returns
+    False), even when the row has moved on since. Writers outside the workflow (the reconciler, for a
+    withdrawal whose workflow has ended) pass no `seq` and take the next number. Any move the row's
+    status or number does not allow raises `StaleTransition` and changes nothing.
+    """
+    if seq is None:
+        row = (
+            await s.exec(
+                select(Withdrawal.status, Withdrawal.status_seq).where(Withdrawal.id == withdrawal_id)
+            )
+        ).first()
+        if row is None:
+            raise StaleTransition(withdrawal_id, None, to)
+        if row[0] == to:
+            return False
+        seq = int(row[1]) + 1
+    values: dict[str, Any] = {
+        "status": to,
+        "status_seq": seq,
+        "error_code": error.code if error else None,
+        "error_message": error.message if error else None,
+        "updated_at": utcnow(),
+    }
+    if to in lifecycle.CLEARS_INCLUSION:
+        values.update(block_number=None, confirmations=0, fee_wei=None)
+    moved = await _update(
         s,
-        change.withdrawal_id,
-        status=change.status,
-        error_code=change.error_code,
-        error_message=change.error_message,
+        update(Withdrawal)
+        .where(col(Withdrawal.id) == withdrawal_id)
+        .where(col(Withdrawal.status).in_(lifecycle.predecessors(to)))
+        .where(col(Withdrawal.status_seq) == seq - 1)
+        .values(**values),
     )
-    if change.status == WithdrawalStatus.BROADCAST:
-        await s.exec(
-            update(TxAttempt)  # type: ignore[call-overload]
-            .where(col(TxAttempt.withdrawal_id) == change.withdrawal_id, col(TxAttempt.outcome) == "SIGNED")
-            .values(outcome="BROADCAST", updated_at=utcnow())
+    if not moved:
+        row = (
+            await s.exec(
+                select(Withdrawal.status, Withdrawal.status_seq).where(Withdrawal.id == withdrawal_id)
+            )
+        ).first()
+        if row is None:
+            raise StaleTransition(withdrawal_id, None, to)
+        if int(row[1]) >= seq:
+            done = await _first(
+                s,
+                select(StatusEvent.status).where(
+                    StatusEvent.withdrawal_id == withdrawal_id, StatusEvent.seq == seq
+                ),
+            )
+            if done == to:
+                return False  # this very move was made before
+        raise StaleTransition(withdrawal_id, WithdrawalStatus(row[0]), to)
+    reservation = lifecycle.RESERVATION_EFFECT[to]
+    if reservation is ReservationEffect.CONSUME:
+        await _settle_reservations(s, withdrawal_id, ReservationState.CONSUMED)
+    elif reservation is ReservationEffect.RELEASE:
+        await _settle_reservations(s, withdrawal_id, ReservationState.RELEASED)
+    nonce = lifecycle.NONCE_EFFECT[to]
+    if nonce is not NonceEffect.KEEP:
+        close: dict[str, Any] = {"active": False}
+        if nonce is NonceEffect.FILLED:
+            close["purpose"] = NoncePurpose.FILL
+        await _update(
+            s,
+            update(NonceAllocation)
+            .where(col(NonceAllocation.withdrawal_id) == withdrawal_id, col(NonceAllocation.active).is_(True))
+            .values(**close),
         )
-    if change.status in (WithdrawalStatus.REJECTED, WithdrawalStatus.CANCELLED, WithdrawalStatus.FAILED):
-        await settle_reservations(s, change.withdrawal_id, "RELEASED")
-    elif change.status == WithdrawalStatus.CONFIRMED:
-        await settle_reservations(s, change.withdrawal_id, "CONSUMED")
+    s.add(
+        StatusEvent(
+            withdrawal_id=withdrawal_id,
+            seq=seq,
+            status=to,
+            error_code=error.code if error else None,
+            error_message=error.message if error else None,
+        )
+    )
+    await s.flush()
+    return True
+
+
+async def status_events(s: AsyncSession, withdrawal_id: str) -> list[StatusEvent]:
+    q = select(StatusEvent).where(StatusEvent.withdrawal_id == withdrawal_id).order_by(col(StatusEvent.seq))
+    return await _all(s, q)
 
 
 async def record_inclusion(
@@ -136,75 +258,71 @@ async def record_inclusion(
     block_number: int,
     confirmations: int,
     fee_wei: int,
-    status: str | None = None,
 ) -> None:
-    """Record which attempt is in a block (the others are replaced), optionally with a status."""
-    values: dict[str, Any] = {
-        "tx_hash": tx_hash,
-        "block_number": block_number,
-        "confirmations": confirmations,
-        "fee_wei": fee_wei,
-    }
-    if status is not None:
-        values.update(status=status, error_code=None, error_message=None)
-    await _update_withdrawal(s, withdrawal_id, **values)
+    """Record which attempt is in a block (the other live ones are replaced)."""
+    await _update(
+        s,
+        update(Withdrawal)
+        .where(col(Withdrawal.id) == withdrawal_id)
+        .values(
+            tx_hash=tx_hash,
+            block_number=block_number,
+            confirmations=confirmations,
+            fee_wei=fee_wei,
+            updated_at=utcnow(),
+        ),
+    )
     mined = col(TxAttempt.tx_hash) == tx_hash
-    await s.exec(
-        update(TxAttempt)  # type: ignore[call-overload]
+    await _update(
+        s,
+        update(TxAttempt)
         .where(col(TxAttempt.withdrawal_id) == withdrawal_id)
-        .where(or_(mined, col(TxAttempt.outcome).in_(["SIGNED", "BROADCAST"])))
-        .values(outcome=case((mined, "MINED"), else_="REPLACED"), updated_at=utcnow())
+        .where(or_(mined, col(TxAttempt.outcome).in_(_LIVE_ATTEMPT)))
+        .values(outcome=case((mined, TxOutcome.MINED), else_=TxOutcome.REPLACED), updated_at=utcnow()),
     )
 
 
-async def record_reorg(s: AsyncSession, withdrawal_id: str, tx_hash: str) -> None:
-    """The transaction left the canonical chain: back to BROADCAST, no block, no confirmations."""
-    w = await lock_withdrawal(s, withdrawal_id)
-    w.status, w.block_number, w.confirmations, w.fee_wei = WithdrawalStatus.BROADCAST, None, 0, None
-    w.updated_at = utcnow()
-    s.add(w)
-    await s.exec(
-        update(TxAttempt)  # type: ignore[call-overload]
+async def record_reorg(s: AsyncSession, withdrawal_id: str) -> None:
+    """The mined attempt left the canonical chain: its attempts are live again (the status moves back
+    to BROADCAST through `transition`, which clears the block, confirmations and fee)."""
+    await _update(
+        s,
+        update(TxAttempt)
         .where(
-            col(TxAttempt.withdrawal_id) == withdrawal_id, col(TxAttempt.outcome).in_(["MINED", "REPLACED"])
+            col(TxAttempt.withdrawal_id) == withdrawal_id,
+            col(TxAttempt.outcome).in_([TxOutcome.MINED, TxOutcome.REPLACED]),
         )
-        .values(outcome="BROADCAST", updated_at=utcnow())
+        .values(outcome=TxOutcome.BROADCAST, updated_at=utcnow()),
     )
 
 
 # --- admission: limits and reservations ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AdmissionDecision:
-    status: WithdrawalStatus
-    hot_wallet: str | None
-    error_code: str | None = None
-    error_message: str | None = None
-
-
-async def _lock_wallets(s: AsyncSession, network: str) -> list[HotWallet]:
+async def lock_wallets(s: AsyncSession, network: str) -> list[HotWallet]:
     q = select(HotWallet).where(HotWallet.network == network).order_by(col(HotWallet.id)).with_for_update()
-    return list((await s.exec(q)).all())  # type: ignore[attr-defined]
+    return await _all(s, q)
 
 
-async def _held(s: AsyncSession, network: str) -> dict[tuple[str, str], int]:
+async def held_amounts(s: AsyncSession, network: str) -> dict[tuple[str, str], int]:
+    """(hot wallet, asset) -> the sum of HELD reservations."""
     q = select(FundReservation.hot_wallet, FundReservation.asset, FundReservation.amount).where(
-        FundReservation.network == network, FundReservation.state == "HELD"
+        FundReservation.network == network, FundReservation.state == ReservationState.HELD
     )
     held: dict[tuple[str, str], int] = {}
-    for wallet, asset, amount in (await s.exec(q)).all():  # type: ignore[attr-defined]
+    for wallet, asset, amount in await _all(s, q):
         held[(wallet, asset)] = held.get((wallet, asset), 0) + int(amount)
     return held
 
 
-async def _in_flight(s: AsyncSession, network: str) -> dict[str, int]:
+async def in_flight_counts(s: AsyncSession, network: str) -> dict[str, int]:
+    """Hot wallet -> number of withdrawals holding a reservation on it."""
     q = (
         select(FundReservation.hot_wallet, func.count(func.distinct(FundReservation.withdrawal_id)))
-        .where(FundReservation.network == network, FundReservation.state == "HELD")
+        .where(FundReservation.network == network, FundReservation.state == ReservationState.HELD)
         .group_by(FundReservation.hot_wallet)
     )
-    return {w: int(c) for w, c in (await s.exec(q)).all()}  # type: ignore[attr-defined]
+    return {w: int(c) for w, c in await _all(s, q)}
 
 
 async def daily_total(s: AsyncSession, *, network: str, asset: str, user_id: str, since: datetime) -> int:
@@ -215,101 +333,80 @@ async def daily_total(s: AsyncSession, *, network: str, asset: str, user_id: str
         col(Withdrawal.created_at) >= since,
         col(Withdrawal.status).not_in(_NOT_COUNTED),
     )
-    return sum(int(a) for a in (await s.exec(q)).all())  # type: ignore[attr-defined]
+    return sum(int(a) for a in await _all(s, q))
 
 
-def reservation_amounts(cfg: NetworkConfig, asset: str, amount: int) -> dict[str, int]:
-    """What a withdrawal holds: the amount in its asset, plus a worst-case fee in native coin."""
-    fee = cfg.fee_allowance_wei(asset)
-    if asset == cfg.native_asset:
-        return {asset: amount + fee}
-    return {asset: amount, cfg.native_asset: fee}
-
-
-async def try_reserve(s: AsyncSession, w: Withdrawal, cfg: NetworkConfig, balances: Balances) -> str | None:
-    """Reserve on the least busy hot wallet that can cover the withdrawal. Returns the wallet or None.
-
-    Must run with the network's wallet rows locked (see `admit` and `reserve_existing`).
-    """
-    need = reservation_amounts(cfg, w.asset, w.amount)
-    held = await _held(s, w.network)
-    busy = await _in_flight(s, w.network)
-    candidates = [
-        wallet
-        for wallet in cfg.hot_wallets
-        if all(balances.get((wallet, a), 0) - held.get((wallet, a), 0) >= n for a, n in need.items())
-    ]
-    if not candidates:
-        return None
-    wallet = min(candidates, key=lambda x: (busy.get(x, 0), cfg.hot_wallets.index(x)))
-    for a, n in need.items():
-        s.add(FundReservation(withdrawal_id=w.id, network=w.network, hot_wallet=wallet, asset=a, amount=n))
-    w.hot_wallet = wallet
-    return wallet
-
-
-async def admit(
-    s: AsyncSession, w: Withdrawal, cfg: NetworkConfig, balances: Balances, *, now: datetime
-) -> AdmissionDecision:
-    """Insert a new withdrawal after the daily limit check, reserving hot-wallet funds if it can."""
-    await _lock_wallets(s, w.network)
-    limits = cfg.limits.get(w.asset)
-    if limits is not None:
-        used = await daily_total(
-            s, network=w.network, asset=w.asset, user_id=w.user_id, since=now - timedelta(days=1)
+async def reserve(
+    s: AsyncSession, withdrawal_id: str, network: str, hot_wallet: str, amounts: dict[str, int]
+) -> None:
+    """Hold `amounts` (asset -> base units) on `hot_wallet` for the withdrawal and assign the wallet."""
+    for asset, amount in amounts.items():
+        s.add(
+            FundReservation(
+                withdrawal_id=withdrawal_id,
+                network=network,
+                hot_wallet=hot_wallet,
+                asset=asset,
+                amount=amount,
+            )
         )
-        if used + w.amount > to_units(limits.daily_per_user, w.decimals):
-            w.status = WithdrawalStatus.REJECTED
-            w.error_code, w.error_message = "LIMIT_EXCEEDED", "daily withdrawal limit for this user exceeded"
-            s.add(w)
-            return AdmissionDecision(WithdrawalStatus.REJECTED, None, w.error_code, w.error_message)
-    wallet = await try_reserve(s, w, cfg, balances)
-    w.status = WithdrawalStatus.PENDING if wallet else WithdrawalStatus.WAITING_FOR_FUNDS
-    s.add(w)
-    return AdmissionDecision(WithdrawalStatus(w.status), wallet)
-
-
-async def reserve_existing(
-    s: AsyncSession, withdrawal_id: str, cfg: NetworkConfig, balances: Balances
-) -> str | None:
-    """Retry the reservation of a withdrawal waiting for funds; idempotent."""
-    w = await lock_withdrawal(s, withdrawal_id)
-    if w.hot_wallet is not None:
-        return w.hot_wallet
-    await _lock_wallets(s, w.network)
-    wallet = await try_reserve(s, w, cfg, balances)
-    if wallet:
-        w.updated_at = utcnow()
-        s.add(w)
-    return wallet
-
-
-async def settle_reservations(s: AsyncSession, withdrawal_id: str, state: str) -> int:
-    """HELD -> CONSUMED or RELEASED. Only HELD rows move, so a repeat changes nothing."""
-    result: Any = await s.exec(
-        update(FundReservation)
-        .where(col(FundReservation.withdrawal_id) == withdrawal_id, col(FundReservation.state) == "HELD")
-        .values(state=state, settled_at=utcnow())
+    await _update(
+        s,
+        update(Withdrawal)
+        .where(col(Withdrawal.id) == withdrawal_id)
+        .values(hot_wallet=hot_wallet, updated_at=utcnow()),
     )
-    return int(result.rowcount or 0)
+    await s.flush()
+
+
+async def _settle_reservations(s: AsyncSession, withdrawal_id: str, state: ReservationState) -> int:
+    """HELD -> CONSUMED or RELEASED. Only HELD rows move, so a repeat changes nothing."""
+    return await _update(
+        s,
+        update(FundReservation)
+        .where(
+            col(FundReservation.withdrawal_id) == withdrawal_id,
+            col(FundReservation.state) == ReservationState.HELD,
+        )
+        .values(state=state, settled_at=utcnow()),
+    )
 
 
 async def reservations_for(s: AsyncSession, withdrawal_id: str) -> list[FundReservation]:
-    q = select(FundReservation).where(FundReservation.withdrawal_id == withdrawal_id)
-    return list((await s.exec(q)).all())  # type: ignore[attr-defined]
+    return await _all(s, select(FundReservation).where(FundReservation.withdrawal_id == withdrawal_id))
 
 
 # --- hot wallets and nonces ----------------------------------------------------------------------
 
 
-async def ensure_hot_wallet(s: AsyncSession, network: str, address: str, chain_nonce: int) -> HotWallet:
+async def ensure_hot_wallet(s: AsyncSession, network: str, address: str, chain_nonce: int) -> None:
     q = select(HotWallet).where(HotWallet.network == network, HotWallet.address == address)
-    hw = (await s.exec(q)).first()  # type: ignore[attr-defined]
-    if hw is None:
-        hw = HotWallet(network=network, address=address, next_nonce=chain_nonce)
-        s.add(hw)
+    if await _first(s, q) is None:
+        s.add(HotWallet(network=network, address=address, next_nonce=chain_nonce))
         await s.flush()
+
+
+async def lock_hot_wallet(s: AsyncSession, network: str, address: str) -> HotWallet:
+    q = select(HotWallet).where(HotWallet.network == network, HotWallet.address == address).with_for_update()
+    hw: HotWallet = (await s.exec(q)).one()
     return hw
+
+
+async def _take_nonce(s: AsyncSession, hw: HotWallet, withdrawal_id: str) -> NonceAllocation:
+    """The wallet's next nonce for the withdrawal. `hw` must be locked and current."""
+    alloc = NonceAllocation(
+        network=hw.network, hot_wallet=hw.address, nonce=hw.next_nonce, withdrawal_id=withdrawal_id
+    )
+    s.add(alloc)
+    await _update(s, update(HotWallet).where(col(HotWallet.id) == hw.id).values(next_nonce=hw.next_nonce + 1))
+    await _update(
+        s,
+        update(Withdrawal)
+        .where(col(Withdrawal.id) == withdrawal_id)
+        .values(nonce=alloc.nonce, updated_at=utcnow()),
+    )
+    await s.flush()
+    return alloc
 
 
 async def allocate_nonce(s: AsyncSession, withdrawal_id: str) -> NonceAllocation:
@@ -323,49 +420,35 @@ async def allocate_nonce(s: AsyncSession, withdrawal_id: str) -> NonceAllocation
         return existing
     if w.hot_wallet is None:
         raise LookupError(f"withdrawal {withdrawal_id} has no hot wallet")
-    q = (
-        select(HotWallet)
-        .where(HotWallet.network == w.network, HotWallet.address == w.hot_wallet)
-        .with_for_update()
-    )
-    hw = (await s.exec(q)).one()  # type: ignore[attr-defined]
-    alloc = NonceAllocation(
-        network=w.network, hot_wallet=w.hot_wallet, nonce=hw.next_nonce, withdrawal_id=w.id
-    )
-    hw.next_nonce += 1
-    w.nonce = alloc.nonce
-    w.status = WithdrawalStatus.PROCESSING
-    w.updated_at = utcnow()
-    s.add_all([alloc, hw, w])
-    await s.flush()
-    return alloc
+    hw = await lock_hot_wallet(s, w.network, w.hot_wallet)
+    return await _take_nonce(s, hw, w.id)
 
 
 async def active_allocation(s: AsyncSession, withdrawal_id: str) -> NonceAllocation | None:
     q = select(NonceAllocation).where(
         NonceAllocation.withdrawal_id == withdrawal_id, col(NonceAllocation.active).is_(True)
     )
-    return (await s.exec(q)).first()  # type: ignore[attr-defined]
-
-
-async def lock_hot_wallet(s: AsyncSession, network: str, address: str) -> HotWallet:
-    q = select(HotWallet).where(HotWallet.network == network, HotWallet.address == address).with_for_update()
-    return (await s.exec(q)).one()  # type: ignore[attr-defined]
+    alloc: NonceAllocation | None = await _first(s, q)
+    return alloc
 
 
 async def record_external_nonces(s: AsyncSession, hw: HotWallet, chain_latest: int) -> list[int]:
     """Nonces below the chain's that the engine never allocated were used outside it: record them as
-    EXTERNAL and move the wallet's counter past them. `hw` must be locked."""
+    EXTERNAL and move the wallet's counter past them. `hw` must be locked and current."""
     skipped = list(range(hw.next_nonce, chain_latest))
     for n in skipped:
         s.add(
             NonceAllocation(
-                network=hw.network, hot_wallet=hw.address, nonce=n, purpose="EXTERNAL", active=False
+                network=hw.network,
+                hot_wallet=hw.address,
+                nonce=n,
+                purpose=NoncePurpose.EXTERNAL,
+                active=False,
             )
         )
     if skipped:
-        hw.next_nonce = chain_latest
-        s.add(hw)
+        await _update(s, update(HotWallet).where(col(HotWallet.id) == hw.id).values(next_nonce=chain_latest))
+        hw.next_nonce = chain_latest  # the caller's copy stays current (the row is locked)
         await s.flush()
     return skipped
 
@@ -383,36 +466,39 @@ async def realign_nonce(
     if old.nonce >= chain_latest:
         return old.nonce, old  # the nonce is still free on chain: nothing to realign
     hw = await lock_hot_wallet(s, w.network, w.hot_wallet)
-    old.active, old.purpose = False, "EXTERNAL"
-    s.add(old)
+    await _update(
+        s,
+        update(NonceAllocation)
+        .where(col(NonceAllocation.id) == old.id)
+        .values(active=False, purpose=NoncePurpose.EXTERNAL),
+    )
     await record_external_nonces(s, hw, chain_latest)
-    new = NonceAllocation(network=w.network, hot_wallet=w.hot_wallet, nonce=hw.next_nonce, withdrawal_id=w.id)
-    hw.next_nonce += 1
-    w.nonce = new.nonce
-    w.updated_at = utcnow()
-    s.add_all([new, hw, w])
-    await s.exec(
-        update(TxAttempt)  # type: ignore[call-overload]
+    new = await _take_nonce(s, hw, w.id)
+    await _update(
+        s,
+        update(TxAttempt)
         .where(col(TxAttempt.withdrawal_id) == withdrawal_id, col(TxAttempt.nonce) == old.nonce)
         .values(
-            outcome="FAILED", error="nonce used by a transaction sent outside the engine", updated_at=utcnow()
-        )
+            outcome=TxOutcome.FAILED,
+            error="nonce used by a transaction sent outside the engine",
+            updated_at=utcnow(),
+        ),
     )
-    await s.flush()
     return old.nonce, new
 
 
 async def mark_allocation(
-    s: AsyncSession, network: str, hot_wallet: str, nonce: int, *, purpose: str
+    s: AsyncSession, network: str, hot_wallet: str, nonce: int, *, purpose: NoncePurpose
 ) -> None:
-    await s.exec(
-        update(NonceAllocation)  # type: ignore[call-overload]
+    await _update(
+        s,
+        update(NonceAllocation)
         .where(
             col(NonceAllocation.network) == network,
             col(NonceAllocation.hot_wallet) == hot_wallet,
             col(NonceAllocation.nonce) == nonce,
         )
-        .values(purpose=purpose, active=False)
+        .values(purpose=purpose, active=False),
     )
 
 
@@ -422,35 +508,47 @@ async def nonce_allocations(s: AsyncSession, network: str, hot_wallet: str) -> l
         .where(NonceAllocation.network == network, NonceAllocation.hot_wallet == hot_wallet)
         .order_by(col(NonceAllocation.nonce))
     )
-    return list((await s.exec(q)).all())  # type: ignore[attr-defined]
+    return await _all(s, q)
 
 
 # --- transaction attempts ------------------------------------------------------------------------
 
 
-async def attempts_for(s: AsyncSession, withdrawal_id: str, purpose: str | None = None) -> list[TxAttempt]:
-    q = select(TxAttempt).where(TxAttempt.withdrawal_id == withdrawal_id)
-    if purpose is not None:
-        q = q.where(TxAttempt.purpose == purpose)
-    return list((await s.exec(q.order_by(col(TxAttempt.id)))).all())  # type: ignore[attr-defined]
+async def attempts_for(s: AsyncSession, withdrawal_id: str) -> list[TxAttempt]:
+    q = select(TxAttempt).where(TxAttempt.withdrawal_id == withdrawal_id).order_by(col(TxAttempt.id))
+    return await _all(s, q)
+
+
+async def attempts_for_many(s: AsyncSession, withdrawal_ids: Sequence[str]) -> dict[str, list[TxAttempt]]:
+    q = select(TxAttempt).where(col(TxAttempt.withdrawal_id).in_(withdrawal_ids)).order_by(col(TxAttempt.id))
+    out: dict[str, list[TxAttempt]] = {wid: [] for wid in withdrawal_ids}
+    for a in await _all(s, q):
+        out[a.withdrawal_id].append(a)
+    return out
 
 
 async def attempt_by_hash(s: AsyncSession, tx_hash: str) -> TxAttempt | None:
-    return (await s.exec(select(TxAttempt).where(TxAttempt.tx_hash == tx_hash))).first()  # type: ignore[attr-defined]
+    a: TxAttempt | None = await _first(s, select(TxAttempt).where(TxAttempt.tx_hash == tx_hash))
+    return a
 
 
 async def record_attempt(s: AsyncSession, attempt: TxAttempt) -> None:
+    """Record a signed transaction (before it is broadcast) as the withdrawal's latest."""
     s.add(attempt)
-    w = await lock_withdrawal(s, attempt.withdrawal_id)
-    w.tx_hash = attempt.tx_hash
-    w.updated_at = utcnow()
-    s.add(w)
+    await _update(
+        s,
+        update(Withdrawal)
+        .where(col(Withdrawal.id) == attempt.withdrawal_id)
+        .values(tx_hash=attempt.tx_hash, updated_at=utcnow()),
+    )
     await s.flush()
 
 
-async def mark_attempt(s: AsyncSession, tx_hash: str, outcome: str, error: str | None = None) -> None:
-    await s.exec(
+async def mark_attempt(s: AsyncSession, tx_hash: str, outcome: TxOutcome, error: str | None = None) -> None:
+    """Move a live (SIGNED or BROADCAST) attempt to `outcome`."""
+    await _update(
+        s,
         update(TxAttempt)
-        .where(col(TxAttempt.tx_hash) == tx_hash, col(TxAttempt.outcome).in_(["SIGNED", "BROADCAST"]))
-        .values(outcome=outcome, error=error, updated_at=utcnow())
+        .where(col(TxAttempt.tx_hash) == tx_hash, col(TxAttempt.outcome).in_(_LIVE_ATTEMPT))
+        .values(outcome=outcome, error=error, updated_at=utcnow()),
     )

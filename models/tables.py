@@ -86,6 +86,8 @@ class Withdrawal(SQLModel, table=True):
     decimals: int
     client_reference: str | None = Field(default=None, max_length=255)
     status: str = Field(max_length=32, index=True)
+    # The number of the last transition (0: born); each move writes seq + 1 (see `repo.transition`).
+    status_seq: int = 0
     hot_wallet: str | None = Field(default=None, max_length=42)
     nonce: int | None = None
     tx_hash: str | None = Field(default=None, max_length=66)
@@ -97,6 +99,21 @@ class Withdrawal(SQLModel, table=True):
     error_message: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+class StatusEvent(SQLModel, table=True):
+    """Every status a withdrawal entered, in order, written by `repo.transition` in the same transaction
+    as the move (the outbox that webhooks are delivered from)."""
+
+    __tablename__ = "withdrawal_events"
+    __table_args__ = (UniqueConstraint("withdrawal_id", "seq", name="uq_withdrawal_event_seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    withdrawal_id: str = Field(max_length=36, index=True)
+    seq: int
+    status: str = Field(max_length=32)
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+    created_at: datetime = _ts()
 
 
 class TxAttempt(SQLModel, table=True):
@@ -118,7 +135,7 @@ class TxAttempt(SQLModel, table=True):
     max_fee_per_gas: int | None = Field(default=None, sa_column=Column(U256(), nullable=True))
     max_priority_fee_per_gas: int | None = Field(default=None, sa_column=Column(U256(), nullable=True))
     gas_price: int | None = Field(default=None, sa_column=Column(U256(), nullable=True))
-    outcome: str = Field(default="SIGNED", max_length=16)  # SIGNED | BROADCAST | MINED | REPLACED | FAILED
+    outcome: str = Field(default="SIGNED", max_length=16)  # a `TxOutcome`
     error: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
     created_at: datetime = _ts()
     updated_at: datetime = _ts()

@@ -1,9 +1,11 @@
-"""A JSON-RPC proxy in front of anvil for fault injection: it can hold eth_sendRawTransaction."""
+"""A JSON-RPC proxy in front of anvil for fault injection: it can hold eth_sendRawTransaction, and
+lie like a lagging or pruned node behind a load balancer (null for every mined transaction)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import httpx
 import uvicorn
@@ -13,6 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from devstack import processes
+
+_LOOKUPS = (b"eth_getTransactionReceipt", b"eth_getTransactionByHash", b"eth_getBlockReceipts")
 
 
 class RpcProxy:
@@ -25,6 +29,9 @@ class RpcProxy:
         self.held = 0
         self.fail_status: int | None = None  # answer every request with this HTTP status
         self.delay = 0.0  # seconds to wait before forwarding
+        # Answer null to receipt and transaction lookups, as a node that does not know them would.
+        self.hide_transactions = False
+        self.hidden = 0  # how many lookups were answered null
         self._http = httpx.AsyncClient(timeout=30)
         app = Starlette(routes=[Route("/", self._handle, methods=["POST"])])
         self._server = uvicorn.Server(
@@ -38,6 +45,10 @@ class RpcProxy:
             return Response(b"upstream unavailable", self.fail_status)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hide_transactions and any(m in body for m in _LOOKUPS):
+            request_id = json.loads(body).get("id")
+            self.hidden += 1
+            return Response(json.dumps({"jsonrpc": "2.0", "id": request_id, "result": None}), 200)
         if not self._open.is_set() and b"eth_sendRawTransaction" in body:
             self.held += 1
             await self._open.wait()

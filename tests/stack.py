@@ -29,8 +29,10 @@ from api.ratelimit import RateLimiter
 from devstack import chain, processes
 from devstack.bootstrap import ensure_api_client, migrate
 from models.db import Database
+from models.domain import HistoryEntry
 from settings import EngineConfig, Settings
 from worker import Engine, build_worker
+from workflows.withdrawal import WithdrawalWorkflow
 
 # network -> (chain id, native asset, fee model)
 NETWORKS = {
@@ -217,6 +219,12 @@ class Harness:
                 raise AssertionError(f"withdrawal {withdrawal_id} stuck in {w['status']}: {w}")
             await asyncio.sleep(0.2)
 
+    async def history(self, withdrawal_id: str) -> list[HistoryEntry]:
+        """The workflow's typed history (the `status` query)."""
+        handle = self.client.get_workflow_handle_for(WithdrawalWorkflow.run, f"withdrawal-{withdrawal_id}")
+        state = await handle.query(WithdrawalWorkflow.status)
+        return state.history
+
     def config_file(self) -> Path:
         path = self.stack.tmp / f"config-{self.settings.task_queue}.json"
         path.write_text(json.dumps(self.config.model_dump(mode="json"), default=str))
@@ -249,9 +257,9 @@ async def make_harness(
         rate_limit_per_minute=1_000_000,
     )
     signer = KeystoreSigner({a: _Key(bytes.fromhex(k[2:])) for a, k in keys.items()})
-    engine = Engine(settings, config, signer)
-    await engine.start()
     client = await Client.connect(stack.temporal_address)
+    engine = Engine(settings, config, signer, client)
+    await engine.start()
     db = Database(db_url)
     api_key = "we_test_" + secrets.token_hex(16)
     client_id = await ensure_api_client(db, api_key, name="test")

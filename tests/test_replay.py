@@ -11,18 +11,19 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from models.domain import Outcome, WithdrawalRequest
+from tests.histories import SCENARIOS
 from workflows.withdrawal import WithdrawalWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
-def test_the_three_required_histories_are_committed() -> None:
-    names = {p.stem for p in HISTORIES}
-    assert {
-        "native_ethereum_confirmed",
-        "erc20_polygon_confirmed",
-        "needs_attention_retry_confirmed",
-    } <= names
+def test_every_scenario_has_a_committed_history_of_the_one_current_shape() -> None:
+    assert {p.stem for p in HISTORIES} == set(SCENARIOS)
+
+
+def test_no_workflow_patches_until_the_first_release() -> None:
+    source = (Path(__file__).parents[1] / "workflows" / "withdrawal.py").read_text()
+    assert "workflow.patched" not in source and "deprecate_patch" not in source
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)

@@ -8,7 +8,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.chain import ReconcileActivities
+    from activities.nonces import ReconcileActivities
     from models.domain import ReconcileInput, ReconcileReport
 
 

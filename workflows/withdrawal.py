@@ -1,63 +1,114 @@
-"""WithdrawalWorkflow: one durable workflow per withdrawal (DESIGN §4).
+"""WithdrawalWorkflow: one durable workflow per withdrawal.
 
 admit (limits + reservation, answered to the API through the `submit` update) → [wait for funds]
 → [approval] → allocate nonce → sign → broadcast → included → confirmed.
-Anything automatic handling cannot resolve parks the withdrawal in NEEDS_ATTENTION until an
-operator sends `retry` or `cancel`. Compensation (releasing the reservation) happens exactly once,
-in the status record of REJECTED / CANCELLED / FAILED.
+
+Every status change goes through `_move`: the `record_transition` activity applies it to the row with
+the one guarded writer (`models.repo.transition`, which also consumes or releases the reservation), and
+only then do the workflow's status, its search attribute and the Web UI details follow (`_enter`).
+A stale move fails the workflow loudly. Anything automatic handling cannot resolve parks the withdrawal
+in NEEDS_ATTENTION until an operator sends `retry` or `cancel`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.chain import ChainActivities
+    from activities.broadcast import BroadcastActivities
+    from activities.confirmations import ConfirmationActivities
     from activities.funds import FundsActivities
+    from activities.lifecycle import LifecycleActivities
+    from activities.nonces import NonceActivities
+    from activities.transactions import TransactionActivities
     from models.domain import (
+        ActionResult,
         Admission,
+        ApprovalDecision,
         AwaitInput,
         BroadcastInput,
-        ErrorType,
+        ErrorCode,
+        ErrorInfo,
+        HistoryEntry,
+        HistoryKind,
         Inclusion,
+        InclusionOutcome,
+        NonceAllocation,
+        NonceConflictInput,
+        NonceHolderOutcome,
+        NonceResolution,
         OperatorInput,
         Outcome,
         SignedTx,
         SignInput,
-        StatusChange,
         SubmitInput,
         SubmitResult,
+        TransitionInput,
         TxPurpose,
         WithdrawalRef,
         WithdrawalRequest,
+        WithdrawalState,
         WithdrawalStatus,
     )
     from workflows import search_attributes as sa
 
 T = TypeVar("T")
 S = WithdrawalStatus
+K = HistoryKind
 
 LOCAL_TIMEOUT = timedelta(seconds=60)  # signing may make three RPC calls of up to 10 s each
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=6
+# Steps are retried without limit while the cause is transient (RPC down, timeouts): parking with an
+# allocated nonce unsent would stall every later transaction of the hot wallet. Definite failures
+# (non-retryable errors) park in NEEDS_ATTENTION at once.
+FOREVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+# Proving who holds a used nonce: retried while unproven (a lagging node, a block not deep enough),
+# then parked in NEEDS_ATTENTION (NONCE_UNPROVEN); never re-signed at another nonce without proof.
+PROOF_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=1.5,
+    maximum_interval=timedelta(seconds=20),
+    maximum_attempts=15,
 )
 AWAIT_TIMEOUT = timedelta(hours=1)
 AWAIT_HEARTBEAT = timedelta(seconds=20)
 AWAIT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=20
 )
-FOREVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+_OPERATOR_INPUT = 'Input: {"reason"?, "operator"?} or nothing.'
 
 
 class _CancelRequested(Exception):
     pass
+
+
+class _Ended(Exception):
+    """The withdrawal reached a terminal status off the main path (e.g. cancelled, its nonce lost)."""
+
+
+class _Passthrough(Exception):
+    """A step failure the caller handles itself instead of parking in NEEDS_ATTENTION."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _error_of(err: BaseException) -> ErrorInfo:
+    """The code and message of an activity failure (local ones surface unwrapped, regular ones wrapped)."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    if isinstance(cause, ApplicationError):
+        t = cause.type or ""
+        code = ErrorCode(t) if t in ErrorCode.__members__ else ErrorCode.ACTIVITY_FAILED
+        return ErrorInfo(code=code, message=cause.message)
+    return ErrorInfo(code=ErrorCode.ACTIVITY_FAILED, message=str(cause or err))
 
 
 @workflow.defn(name="WithdrawalWorkflow")
@@ -65,24 +116,26 @@ class WithdrawalWorkflow:
     @workflow.init
     def __init__(self, req: WithdrawalRequest) -> None:
         self._req = req
-        self._status: str = S.PENDING
+        self._status = S.PENDING
+        self._error: ErrorInfo | None = None
         self._admission: Admission | None = None
         self._submitted = False
-        self._approval: str | None = None
+        self._approval: ApprovalDecision | None = None
         self._cancel: OperatorInput | None = None
         self._retry = False
-        self._broadcast = False
+        self._broadcast = False  # a transaction of this withdrawal has reached a node
         self._cancel_sent = False
-        self._next_seq: dict[str, int] = {}
-        # Patches (see tests/histories): set once, right after admission.
-        self._allocate_as_activity = False
-        self._fold_writes = False
+        self._next_seq: dict[TxPurpose, int] = {}
         self._nonce: int | None = None
         self._tx_hash: str | None = None
-        self._error: tuple[str, str] | None = None
-        self._history: list[str] = []
+        self._history: list[HistoryEntry] = []
+        self._published: tuple[S, str | None] | None = None
+        self._seq = 0  # the number of the last status move (the row's `status_seq`)
+        self._cancelling = False  # the cancel path runs: a cancel no longer interrupts anything
+        self._nonce_lost = False  # the nonce is proven held by a transaction the engine did not send
+        self._proven: Inclusion | None = None  # our transaction proven in a block (no receipt seen)
 
-    # --- operator interface --------------------------------------------------------------------
+    # --- operator interface: a signal (scripts, Web UI) and an update (answers) per action ---------
 
     @workflow.update(description="Used by the API (update-with-start): answers with the admission decision.")
     async def submit(self, inp: SubmitInput) -> SubmitResult:
@@ -97,63 +150,132 @@ class WithdrawalWorkflow:
         if inp.fingerprint != self._req.fingerprint:
             raise ApplicationError(
                 "Idempotency-Key already used with a different request body",
-                type=ErrorType.IDEMPOTENCY_KEY_REUSED,
+                type=ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                non_retryable=True,
             )
 
-    @workflow.signal(
-        description='Resume a withdrawal in NEEDS_ATTENTION. Input: {"reason"?, "operator"?} or nothing.'
-    )
+    @workflow.signal(name="retry", description=f"Resume a withdrawal in NEEDS_ATTENTION. {_OPERATOR_INPUT}")
     def retry(self, inp: OperatorInput | None = None) -> None:
-        if self._status != S.NEEDS_ATTENTION:
-            workflow.logger.warning("retry ignored: withdrawal is %s", self._status)
-            return
-        self._note("retry", inp)
-        self._retry = True
+        self._signal(K.RETRY, inp)
 
     @workflow.signal(
+        name="cancel",
         description="Cancel. Before broadcast it ends the withdrawal; once broadcast it sends a 0-value "
         "self-transfer at the same nonce, and the withdrawal is CANCELLED only if that is what gets mined. "
-        'Input: {"reason"?, "operator"?} or nothing.'
+        + _OPERATOR_INPUT,
     )
     def cancel(self, inp: OperatorInput | None = None) -> None:
-        refusal = None
-        if self._cancel is not None:
-            refusal = "already requested"
-        elif S(self._status).terminal:
-            refusal = f"withdrawal is {self._status}"
-        elif self._broadcast and self._status != S.BROADCAST:
-            refusal = f"transaction is {self._status}"
-        if refusal:
-            workflow.logger.warning("cancel refused: %s", refusal)
-            self._note(f"cancel refused ({refusal})", inp)
-            self._publish()
-            return
-        self._note("cancel", inp)
-        self._cancel = inp or OperatorInput()
+        self._signal(K.CANCEL, inp)
 
     @workflow.signal(
-        description='Approve a withdrawal in AWAITING_APPROVAL. Input: {"reason"?, "operator"?}.'
+        name="approve", description=f"Approve a withdrawal in AWAITING_APPROVAL. {_OPERATOR_INPUT}"
     )
     def approve(self, inp: OperatorInput | None = None) -> None:
-        if self._status == S.AWAITING_APPROVAL and self._approval is None:
-            self._note("approve", inp)
-            self._approval = "approved"
+        self._signal(K.APPROVE, inp)
 
-    @workflow.signal(description='Reject a withdrawal in AWAITING_APPROVAL. Input: {"reason"?, "operator"?}.')
+    @workflow.signal(
+        name="reject", description=f"Reject a withdrawal in AWAITING_APPROVAL. {_OPERATOR_INPUT}"
+    )
     def reject(self, inp: OperatorInput | None = None) -> None:
-        if self._status == S.AWAITING_APPROVAL and self._approval is None:
-            self._note("reject", inp)
-            self._approval = "rejected"
+        self._signal(K.REJECT, inp)
 
-    @workflow.query(description="Current status, nonce, tx hash, error and operator history.")
-    def status(self) -> dict[str, object]:
-        return {
-            "status": self._status,
-            "nonce": self._nonce,
-            "tx_hash": self._tx_hash,
-            "error": {"code": self._error[0], "message": self._error[1]} if self._error else None,
-            "history": list(self._history),
-        }
+    @workflow.update(
+        name="retry", description=f"Like the signal `retry`, answered: accepted or refused. {_OPERATOR_INPUT}"
+    )
+    def retry_update(self, inp: OperatorInput | None = None) -> ActionResult:
+        return self._accept(K.RETRY, inp)
+
+    @retry_update.validator
+    def _validate_retry(self, inp: OperatorInput | None = None) -> None:
+        self._validate(K.RETRY)
+
+    @workflow.update(
+        name="cancel",
+        description=f"Like the signal `cancel`, answered: accepted or refused. {_OPERATOR_INPUT}",
+    )
+    def cancel_update(self, inp: OperatorInput | None = None) -> ActionResult:
+        return self._accept(K.CANCEL, inp)
+
+    @cancel_update.validator
+    def _validate_cancel(self, inp: OperatorInput | None = None) -> None:
+        self._validate(K.CANCEL)
+
+    @workflow.update(
+        name="approve",
+        description=f"Like the signal `approve`, answered: accepted or refused. {_OPERATOR_INPUT}",
+    )
+    def approve_update(self, inp: OperatorInput | None = None) -> ActionResult:
+        return self._accept(K.APPROVE, inp)
+
+    @approve_update.validator
+    def _validate_approve(self, inp: OperatorInput | None = None) -> None:
+        self._validate(K.APPROVE)
+
+    @workflow.update(
+        name="reject",
+        description=f"Like the signal `reject`, answered: accepted or refused. {_OPERATOR_INPUT}",
+    )
+    def reject_update(self, inp: OperatorInput | None = None) -> ActionResult:
+        return self._accept(K.REJECT, inp)
+
+    @reject_update.validator
+    def _validate_reject(self, inp: OperatorInput | None = None) -> None:
+        self._validate(K.REJECT)
+
+    @workflow.query(description="Current status, nonce, tx hash, error and history.")
+    def status(self) -> WithdrawalState:
+        return WithdrawalState(
+            status=self._status,
+            nonce=self._nonce,
+            tx_hash=self._tx_hash,
+            error=self._error,
+            history=list(self._history),
+        )
+
+    def _refusal(self, action: HistoryKind) -> str | None:
+        """Why `action` is not possible now, or None when it is."""
+        st = self._status
+        if action is K.RETRY:
+            if st is not S.NEEDS_ATTENTION or self._retry:
+                return f"retry is possible only in NEEDS_ATTENTION; the withdrawal is {st}"
+            return None
+        if action is K.CANCEL:
+            if self._cancel is not None:
+                return "a cancellation is already requested"
+            if st.terminal:
+                return f"the withdrawal is {st}"
+            if self._broadcast and st is not S.BROADCAST:
+                return f"the transaction is {st}: too late to cancel"
+            return None
+        if st is not S.AWAITING_APPROVAL or self._approval is not None:
+            return f"{action.lower()} is possible only in AWAITING_APPROVAL; the withdrawal is {st}"
+        return None
+
+    def _validate(self, action: HistoryKind) -> None:
+        refusal = self._refusal(action)
+        if refusal is not None:
+            raise ApplicationError(refusal, type=ErrorCode.INVALID_STATE, non_retryable=True)
+
+    def _signal(self, action: HistoryKind, inp: OperatorInput | None) -> None:
+        refusal = self._refusal(action)
+        if refusal is None:
+            self._accept(action, inp)
+            return
+        workflow.logger.warning("%s refused: %s", action.lower(), refusal)
+        self._note(K.REFUSED, inp, action=action, reason=refusal)
+        self._publish()
+
+    def _accept(self, action: HistoryKind, inp: OperatorInput | None) -> ActionResult:
+        self._note(action, inp, reason=inp.reason if inp else None)
+        if action is K.RETRY:
+            self._retry = True
+        elif action is K.CANCEL:
+            self._cancel = inp or OperatorInput()
+        elif action is K.APPROVE:
+            self._approval = ApprovalDecision.APPROVED
+        else:
+            self._approval = ApprovalDecision.REJECTED
+        return ActionResult(accepted=True, status=self._status)
 
     # --- main path -----------------------------------------------------------------------------
 
@@ -163,85 +285,83 @@ class WithdrawalWorkflow:
             FundsActivities.admit, req, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=FOREVER_RETRY
         )
         self._admission = adm
-        self._status = adm.status
-        self._error = (adm.error_code, adm.error_message or "") if adm.error_code else None
-        self._publish()
+        self._seq = adm.status_seq
+        self._enter(adm.status, adm.error)  # the row was created in this status by `admit`
         try:
-            if adm.accepted:
-                # Patches (histories in tests/histories/*_v1, *_v2 replay the older shapes). The POST
-                # (the `submit` update) is answered when this first workflow task ends: now by the
-                # allocate_nonce activity it schedules; before, a 1 ms timer; at first, only after broadcast.
-                self._allocate_as_activity = workflow.patched("allocate-nonce-as-activity")
-                self._fold_writes = workflow.patched("fold-status-writes")
-                if not self._allocate_as_activity and workflow.patched("answer-submit-before-nonce"):
-                    await workflow.sleep(timedelta(milliseconds=1))
-                await self._process(adm)
-        except _CancelRequested:
-            await self._cancelled()
+            try:
+                if adm.accepted:
+                    await self._process(adm)
+            except _CancelRequested:
+                self._cancelling = True
+                await self._cancelled(adm)
+        except _Ended:
+            pass
         await workflow.wait_condition(workflow.all_handlers_finished)
         return Outcome(
             withdrawal_id=req.withdrawal_id,
             status=self._status,
             tx_hash=self._tx_hash,
-            error_code=self._error[0] if self._error else None,
-            error_message=self._error[1] if self._error else None,
+            error=self._error,
             history=self._history,
         )
 
     async def _process(self, adm: Admission) -> None:
-        if adm.status == S.WAITING_FOR_FUNDS:
+        if adm.status is S.WAITING_FOR_FUNDS:
             await self._wait_for_funds(adm)
-        if adm.requires_approval:
-            await self._set_status(S.AWAITING_APPROVAL)
-            try:
-                await workflow.wait_condition(
-                    lambda: self._approval is not None or self._cancel is not None,
-                    timeout=timedelta(seconds=adm.approval_timeout_seconds),
-                )
-            except TimeoutError:
-                self._approval = "timeout"
-            self._check_cancel()
-            if self._approval != "approved":
-                reason = "approval timed out" if self._approval == "timeout" else "rejected by an operator"
-                await self._set_status(S.REJECTED, ("APPROVAL_REJECTED", reason))
-                return
-            await self._set_status(S.PENDING)
+        if adm.requires_approval and not await self._approved(adm):
+            return
         self._check_cancel()
-
         ref = WithdrawalRef(withdrawal_id=self._req.withdrawal_id)
-        if self._allocate_as_activity:
-            # A regular activity ends the first workflow task at once, so the POST (the `submit` update)
-            # is answered with the admission alone; signing and broadcast follow in the next task.
-            alloc = await self._step(
-                lambda: workflow.execute_activity_method(
-                    ChainActivities.allocate_nonce,
-                    ref,
-                    start_to_close_timeout=LOCAL_TIMEOUT,
-                    retry_policy=FOREVER_RETRY,
-                )
+        # A regular activity ends the first workflow task at once, so the POST (the `submit` update)
+        # is answered with the admission alone; signing and broadcast follow in the next task.
+        alloc: NonceAllocation = await self._step(
+            lambda: workflow.execute_activity_method(
+                NonceActivities.allocate_nonce,
+                ref,
+                start_to_close_timeout=LOCAL_TIMEOUT,
+                retry_policy=FOREVER_RETRY,
             )
-        else:
-            alloc = await self._step(lambda: self._local(ChainActivities.allocate_nonce, ref))
+        )
         self._nonce = alloc.nonce
-        await self._set_status(S.PROCESSING, persist=False)  # written with the allocation
+        await self._move(S.PROCESSING)
         self._check_cancel()
         signed: SignedTx = await self._step(
             lambda: self._local(
-                ChainActivities.sign_transaction,
-                SignInput(withdrawal_id=ref.withdrawal_id),
-                retry=self._after_nonce(),
+                TransactionActivities.sign_transaction, SignInput(withdrawal_id=ref.withdrawal_id)
             )
         )
         self._tx_hash = signed.tx_hash
         self._next_seq[TxPurpose.WITHDRAWAL] = 1
         self._publish()
         self._check_cancel()
-        await self._broadcast_step(signed.tx_hash, first=True)
-        self._broadcast = True
-        await self._set_status(S.BROADCAST, persist=not self._fold_writes)  # else written by the broadcast
-        await self._confirm(adm.required_confirmations)
+        await self._broadcast_step(signed.tx_hash, TxPurpose.WITHDRAWAL)
+        await self._confirm(adm)
 
-    async def _confirm(self, required: int) -> None:
+    async def _approved(self, adm: Admission) -> bool:
+        """Wait for approve/reject (or cancel) up to the approval timeout; a timeout rejects."""
+        await self._move(S.AWAITING_APPROVAL)
+        try:
+            await workflow.wait_condition(
+                lambda: self._approval is not None or self._cancel is not None,
+                timeout=timedelta(seconds=adm.approval_timeout_seconds),
+            )
+        except TimeoutError:
+            self._approval = ApprovalDecision.TIMED_OUT
+        self._check_cancel()
+        if self._approval is ApprovalDecision.APPROVED:
+            await self._move(S.PENDING)
+            return True
+        if self._approval is ApprovalDecision.TIMED_OUT:
+            await self._move(
+                S.REJECTED, ErrorInfo(code=ErrorCode.APPROVAL_TIMED_OUT, message="approval timed out")
+            )
+        else:
+            await self._move(
+                S.REJECTED, ErrorInfo(code=ErrorCode.APPROVAL_REJECTED, message="rejected by an operator")
+            )
+        return False
+
+    async def _confirm(self, adm: Admission) -> None:
         """Wait for inclusion, then for the required confirmations on the canonical chain.
 
         Not mined within the stuck threshold: a replacement at the same nonce with both fee fields
@@ -249,57 +369,65 @@ class WithdrawalWorkflow:
         bumped fees; whichever attempt is mined decides the outcome. Receipt gone before the final
         confirmation: a reorg, back to BROADCAST and resent.
         """
-        assert self._admission is not None
-        stuck_after = self._admission.stuck_after_seconds
+        required = adm.required_confirmations
         while True:
-            included = await self._step(
-                lambda: self._await_cancellable(required, stuck_after), cancellable=False
-            )
+            included: Inclusion | None
+            if self._proven is not None:
+                included, self._proven = self._proven, None
+            else:
+                included = await self._step(lambda: self._await_inclusion(adm), cancellable=False)
             if included is None:
                 await self._replace(TxPurpose.CANCEL)
                 continue
-            if included.outcome == "STUCK":
-                await self._replace(TxPurpose.CANCEL if self._cancel_sent else TxPurpose.WITHDRAWAL)
+            live = TxPurpose.CANCEL if self._cancel_sent else TxPurpose.WITHDRAWAL
+            if included.outcome is InclusionOutcome.STUCK:
+                await self._replace(live)
                 continue
+            if included.outcome is InclusionOutcome.NONCE_USED:
+                proven = await self._settle_nonce_conflict(live)
+                if proven is None:  # moved to a new nonce by an operator's decision
+                    replaced = await self._sign_replacement(live)
+                    if replaced is not None:
+                        await self._broadcast_step(replaced, live)
+                    continue
+                included = proven
             self._tx_hash = included.tx_hash
-            await self._set_status(S.CONFIRMING, persist=False)  # written with the inclusion
-            final = await self._step(
-                lambda inc=included: self._await(required, until_included_only=False, included=inc),  # type: ignore[misc]
-                cancellable=False,
-            )
-            if final.outcome == "REORGED":
-                self._history.append(f"reorg: {included.tx_hash} left block {included.block_hash}")
+            await self._move(S.CONFIRMING)
+            final = await self._step(lambda inc=included: self._await_final(required, inc), cancellable=False)  # type: ignore[misc]
+            if final.outcome is InclusionOutcome.REORGED:
                 workflow.logger.warning("withdrawal reorged out: %s", included.tx_hash)
-                self._tx_hash = included.tx_hash
-                await self._set_status(S.BROADCAST, persist=False)  # written with the reorg
-                await self._broadcast_step(included.tx_hash)
+                self._note(
+                    K.REORG, None, tx_hash=included.tx_hash, reason=f"left block {included.block_hash}"
+                )
+                await self._move(S.BROADCAST)
+                await self._broadcast_step(included.tx_hash, included.purpose)
                 continue
             break
         self._tx_hash = final.tx_hash
-        if final.purpose == TxPurpose.CANCEL:
-            await self._set_status(S.CANCELLED, self._cancel_error())
+        if final.purpose is not TxPurpose.WITHDRAWAL:
+            # A 0-value self-transfer holds the nonce: the withdrawal never paid and never will.
+            await self._move(S.CANCELLED, self._cancel_error())
         elif final.success:
             if self._cancel_sent:
-                self._history.append("cancel lost: the withdrawal was mined before the cancellation")
-            await self._set_status(
-                S.CONFIRMED, None, persist=not self._fold_writes
-            )  # else settled by the await
+                self._note(K.CANCEL_LOST, None, reason="the withdrawal was mined before the cancellation")
+            await self._move(S.CONFIRMED)
         else:
-            await self._set_status(
-                S.FAILED, (ErrorType.EXECUTION_REVERTED.value, "transaction mined but reverted")
+            await self._move(
+                S.FAILED,
+                ErrorInfo(code=ErrorCode.EXECUTION_REVERTED, message="transaction mined but reverted"),
             )
 
-    async def _await_cancellable(self, required: int, stuck_after: float) -> Inclusion | None:
+    async def _await_inclusion(self, adm: Admission) -> Inclusion | None:
         """Await inclusion; returns None as soon as a cancel is requested that has not been sent yet."""
         if self._cancel_pending():
             return None
         handle = workflow.start_activity_method(
-            ChainActivities.await_transaction,
+            ConfirmationActivities.await_transaction,
             AwaitInput(
                 withdrawal_id=self._req.withdrawal_id,
-                required_confirmations=required,
+                required_confirmations=adm.required_confirmations,
                 until_included_only=True,
-                stuck_after_seconds=stuck_after,
+                stuck_after_seconds=adm.stuck_after_seconds,
             ),
             start_to_close_timeout=AWAIT_TIMEOUT,
             heartbeat_timeout=AWAIT_HEARTBEAT,
@@ -309,191 +437,206 @@ class WithdrawalWorkflow:
         if handle.done():
             return await handle
         handle.cancel()
-        try:
+        with contextlib.suppress(ActivityError, asyncio.CancelledError):
             await handle
-        except (ActivityError, asyncio.CancelledError):
-            pass
         return None
 
-    def _cancel_pending(self) -> bool:
-        return self._cancel is not None and not self._cancel_sent
-
-    async def _replace(self, purpose: str) -> None:
-        """Replace the pending transaction at the same nonce (fees bumped over every earlier attempt)."""
-        if purpose == TxPurpose.CANCEL:
-            self._cancel_sent = True
-        signed = await self._sign_replacement(purpose)
-        if signed is not None:
-            await self._broadcast_step(signed, purpose)
-        self._publish()
-
-    async def _sign_replacement(self, purpose: str) -> str | None:
-        """Sign the next attempt of `purpose`. None when the bump would pass the fee cap: the
-        withdrawal then waits (its details say so) rather than overpay; a cancel is never capped."""
-        wid = self._req.withdrawal_id
-        seq = self._next_seq.get(purpose, 0)
-        try:
-            signed: SignedTx = await self._local(
-                ChainActivities.sign_transaction, SignInput(withdrawal_id=wid, purpose=purpose, seq=seq)
-            )
-        except (ActivityError, ApplicationError) as err:
-            cause = err.cause if isinstance(err, ActivityError) else err
-            if isinstance(cause, ApplicationError) and cause.type == ErrorType.FEE_ABOVE_CAP:
-                self._history.append(f"fee bump skipped: {cause.message}")
-                workflow.logger.warning("fee bump skipped for %s: %s", wid, cause.message)
-                self._publish()
-                return None
-            raise
-        self._next_seq[purpose] = seq + 1
-        self._history.append(f"replacement {purpose} #{seq} {signed.tx_hash}")
-        return signed.tx_hash
-
-    async def _wait_for_funds(self, adm: Admission) -> None:
-        self._publish()
-        ref = WithdrawalRef(withdrawal_id=self._req.withdrawal_id)
-        while True:
-            try:
-                await workflow.wait_condition(
-                    lambda: self._cancel is not None, timeout=timedelta(seconds=adm.funds_retry_seconds)
-                )
-            except TimeoutError:
-                pass
-            self._check_cancel()
-            wallet = await self._local(FundsActivities.reserve, ref, retry=FOREVER_RETRY)
-            if wallet:
-                await self._set_status(S.PENDING)
-                return
-
-    async def _broadcast_step(
-        self, tx_hash: str, purpose: str = TxPurpose.WITHDRAWAL, *, first: bool = False
-    ) -> None:
-        """Broadcast; an underpriced answer gets a replacement with bumped fees (within the cap),
-        insufficient funds waits in WAITING_FOR_FUNDS; both retry on a timer."""
-        assert self._admission is not None
-        while True:
-            inp = BroadcastInput(
-                withdrawal_id=self._req.withdrawal_id,
-                tx_hash=tx_hash,
-                record_status=first and self._fold_writes,
-            )
-            try:
-                await self._step(
-                    lambda inp=inp: self._local(  # type: ignore[misc]
-                        ChainActivities.broadcast_transaction, inp, retry=self._after_nonce()
-                    ),
-                    passthrough=(
-                        ErrorType.INSUFFICIENT_HOT_WALLET_FUNDS,
-                        ErrorType.UNDERPRICED,
-                        ErrorType.NONCE_CONFLICT,
-                    ),
-                )
-                return
-            except _Passthrough as p:
-                if p.code == ErrorType.NONCE_CONFLICT:
-                    moved = await self._step(
-                        lambda: self._local(
-                            ChainActivities.realign_nonce,
-                            WithdrawalRef(withdrawal_id=self._req.withdrawal_id),
-                        )
-                    )
-                    self._nonce = moved.new_nonce
-                    self._history.append(
-                        f"nonce {moved.old_nonce} was used outside the engine; moved to {moved.new_nonce}"
-                    )
-                    replaced = await self._sign_replacement(purpose)
-                    if replaced is not None:
-                        tx_hash = replaced
-                        continue
-                elif p.code == ErrorType.UNDERPRICED:
-                    self._history.append(f"underpriced: {p.message}")
-                    replaced = await self._sign_replacement(purpose)
-                    if replaced is not None:
-                        tx_hash = replaced
-                        continue
-                elif self._status != S.WAITING_FOR_FUNDS:
-                    await self._set_status(
-                        S.WAITING_FOR_FUNDS, (p.code, "hot wallet balance too low to broadcast")
-                    )
-            try:
-                await workflow.wait_condition(
-                    self._cancel_pending, timeout=timedelta(seconds=self._admission.funds_retry_seconds)
-                )
-            except TimeoutError:
-                pass
-            if not self._broadcast:
-                self._check_cancel()
-
-    async def _cancelled(self) -> None:
-        """Cancel requested before broadcast. Without a nonce nothing reached the chain; with one,
-        the nonce is filled by a 0-value self-transfer so later nonces do not stall."""
-        if self._nonce is None:
-            await self._set_status(S.CANCELLED, self._cancel_error())
-            return
-        ref = self._req.withdrawal_id
-        self._cancel_sent = True
-        signed = await self._step(
-            lambda: self._local(
-                ChainActivities.sign_transaction, SignInput(withdrawal_id=ref, purpose=TxPurpose.CANCEL)
-            ),
-            cancellable=False,
-        )
-        self._tx_hash = signed.tx_hash
-        self._next_seq[TxPurpose.CANCEL] = 1
-        await self._broadcast_step(signed.tx_hash, TxPurpose.CANCEL)
-        self._broadcast = True
-        await self._set_status(S.BROADCAST)
-        assert self._admission is not None
-        await self._confirm(self._admission.required_confirmations)
-
-    # --- helpers -------------------------------------------------------------------------------
-
-    def _after_nonce(self) -> RetryPolicy:
-        """Once a nonce is allocated, a transient failure (RPC down, timeouts) is retried without limit:
-        parking would leave the nonce unsent and stall every later transaction of the hot wallet.
-        Definite failures (non-retryable errors) still park in NEEDS_ATTENTION."""
-        return FOREVER_RETRY if self._fold_writes else STEP_RETRY
-
-    def _check_cancel(self) -> None:
-        if self._cancel is not None:
-            raise _CancelRequested()
-
-    def _cancel_error(self) -> tuple[str, str]:
-        reason = (self._cancel.reason if self._cancel else None) or "cancelled by an operator"
-        return ("CANCELLED", reason)
-
-    async def _local(
-        self, fn: Callable[..., Awaitable[T]], arg: object, *, retry: RetryPolicy = STEP_RETRY
-    ) -> T:
-        return await workflow.execute_local_activity_method(
-            fn,
-            arg,
-            start_to_close_timeout=LOCAL_TIMEOUT,
-            retry_policy=retry,  # type: ignore[arg-type]
-        )
-
-    async def _await(
-        self, required: int, *, until_included_only: bool, included: Inclusion | None = None
-    ) -> Inclusion:
+    async def _await_final(self, required: int, included: Inclusion) -> Inclusion:
         return await workflow.execute_activity_method(
-            ChainActivities.await_transaction,
+            ConfirmationActivities.await_transaction,
             AwaitInput(
                 withdrawal_id=self._req.withdrawal_id,
                 required_confirmations=required,
-                until_included_only=until_included_only,
-                settle=self._fold_writes and not until_included_only,
-                included_block_hash=included.block_hash if included else None,
-                included_block_number=included.block_number if included else 0,
+                included_block_hash=included.block_hash,
+                included_block_number=included.block_number,
             ),
             start_to_close_timeout=AWAIT_TIMEOUT,
             heartbeat_timeout=AWAIT_HEARTBEAT,
             retry_policy=AWAIT_RETRY,
         )
 
+    def _cancel_pending(self) -> bool:
+        return self._cancel is not None and not self._cancel_sent
+
+    async def _replace(self, purpose: TxPurpose) -> None:
+        """Replace the pending transaction at the same nonce (fees bumped over every earlier attempt)."""
+        if purpose is TxPurpose.CANCEL:
+            self._cancel_sent = True
+        signed = await self._sign_replacement(purpose)
+        if signed is not None:
+            await self._broadcast_step(signed, purpose)
+        self._publish()
+
+    async def _sign_replacement(self, purpose: TxPurpose) -> str | None:
+        """Sign the next attempt of `purpose`. None when the bump would pass the fee cap: the
+        withdrawal then waits (its details say so) rather than overpay; a cancel is never capped."""
+        seq = self._next_seq.get(purpose, 0)
+        try:
+            signed: SignedTx = await self._local(
+                TransactionActivities.sign_transaction,
+                SignInput(withdrawal_id=self._req.withdrawal_id, purpose=purpose, seq=seq),
+            )
+        except (ActivityError, ApplicationError) as err:
+            error = _error_of(err)
+            if error.code is ErrorCode.FEE_ABOVE_CAP:
+                workflow.logger.warning("fee bump skipped: %s", error.message)
+                self._note(K.FEE_BUMP_SKIPPED, None, reason=error.message)
+                self._publish()
+                return None
+            raise
+        self._next_seq[purpose] = seq + 1
+        self._note(K.REPLACEMENT, None, tx_hash=signed.tx_hash, reason=f"{purpose.lower()} #{seq}")
+        return signed.tx_hash
+
+    async def _wait_for_funds(self, adm: Admission) -> None:
+        ref = WithdrawalRef(withdrawal_id=self._req.withdrawal_id)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._cancel is not None, timeout=timedelta(seconds=adm.funds_retry_seconds)
+                )
+            self._check_cancel()
+            wallet: str | None = await self._local(FundsActivities.reserve, ref)
+            if wallet:
+                await self._move(S.PENDING)
+                return
+
+    async def _broadcast_step(self, tx_hash: str, purpose: TxPurpose) -> None:
+        """Broadcast until a node accepts; the first acceptance moves the withdrawal to BROADCAST.
+        Underpriced: a replacement with bumped fees (within the cap); insufficient funds: wait in
+        WAITING_FOR_FUNDS; both retry on a timer."""
+        assert self._admission is not None
+        while True:
+            inp = BroadcastInput(withdrawal_id=self._req.withdrawal_id, tx_hash=tx_hash)
+            try:
+                await self._step(
+                    lambda inp=inp: self._local(BroadcastActivities.broadcast_transaction, inp),  # type: ignore[misc]
+                    passthrough=(
+                        ErrorCode.INSUFFICIENT_HOT_WALLET_FUNDS,
+                        ErrorCode.UNDERPRICED,
+                        ErrorCode.NONCE_CONFLICT,
+                    ),
+                )
+                break
+            except _Passthrough as p:
+                replaced: str | None = None
+                if p.code is ErrorCode.NONCE_CONFLICT:
+                    proven = await self._settle_nonce_conflict(purpose)
+                    if proven is not None:  # ours is mined: nothing more to send
+                        self._proven = proven
+                        break
+                    replaced = await self._sign_replacement(purpose)
+                elif p.code is ErrorCode.UNDERPRICED:
+                    self._note(K.UNDERPRICED, None, reason=p.message)
+                    replaced = await self._sign_replacement(purpose)
+                elif self._status is not S.WAITING_FOR_FUNDS:
+                    await self._move(
+                        S.WAITING_FOR_FUNDS,
+                        ErrorInfo(code=p.code, message="hot wallet balance too low to broadcast"),
+                    )
+                if replaced is not None:
+                    tx_hash = replaced
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    self._cancel_pending, timeout=timedelta(seconds=self._admission.funds_retry_seconds)
+                )
+            if not self._broadcast:
+                self._check_cancel()
+        self._broadcast = True
+        if self._status is not S.BROADCAST:
+            await self._move(S.BROADCAST)
+
+    async def _cancelled(self, adm: Admission) -> None:
+        """Cancel requested before broadcast. Without a nonce nothing reached the chain; with one,
+        the nonce is filled by a 0-value self-transfer so later nonces do not stall."""
+        if self._nonce is None or self._nonce_lost:  # nothing of ours can be mined at a nonce
+            await self._move(S.CANCELLED, self._cancel_error())
+            return
+        self._cancel_sent = True
+        ref = SignInput(withdrawal_id=self._req.withdrawal_id, purpose=TxPurpose.CANCEL)
+        signed: SignedTx = await self._step(
+            lambda: self._local(TransactionActivities.sign_transaction, ref), cancellable=False
+        )
+        self._tx_hash = signed.tx_hash
+        self._next_seq[TxPurpose.CANCEL] = 1
+        await self._broadcast_step(signed.tx_hash, TxPurpose.CANCEL)
+        await self._confirm(adm)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _check_cancel(self) -> None:
+        if self._cancel is not None and not self._cancelling:
+            raise _CancelRequested()
+
+    async def _settle_nonce_conflict(self, purpose: TxPurpose) -> Inclusion | None:
+        """Our nonce is used on chain and no node shows our receipt: prove who holds it.
+
+        Ours → its inclusion, to be confirmed (nothing is re-signed). Another transaction (proven at
+        the required depth) → park in NEEDS_ATTENTION with an alert: only an operator's `retry` moves
+        the withdrawal to the wallet's next nonce (returns None; the caller signs there), and a
+        `cancel` ends it CANCELLED (nothing of ours can be mined at that nonce any more).
+        """
+        move = False
+        while True:
+            res: NonceResolution = await self._step(
+                lambda move=move: workflow.execute_local_activity_method(  # type: ignore[misc]
+                    NonceActivities.resolve_nonce_conflict,
+                    NonceConflictInput(withdrawal_id=self._req.withdrawal_id, move=move),
+                    start_to_close_timeout=LOCAL_TIMEOUT,
+                    retry_policy=PROOF_RETRY,
+                ),
+                cancellable=not self._cancelling,
+            )
+            holder = res.holder
+            if holder.outcome is NonceHolderOutcome.OURS:
+                self._nonce_lost = False
+                return Inclusion(
+                    outcome=InclusionOutcome.INCLUDED,
+                    tx_hash=holder.tx_hash or "",
+                    purpose=holder.purpose or TxPurpose.WITHDRAWAL,
+                    block_number=holder.block_number,
+                    block_hash=holder.block_hash,
+                )
+            if res.new_nonce is not None:
+                self._nonce, self._nonce_lost = res.new_nonce, False
+                self._note(
+                    K.NONCE_REALIGNED,
+                    None,
+                    reason=f"{holder.detail}; moved from nonce {res.old_nonce} to {res.new_nonce}",
+                )
+                return None
+            self._nonce_lost = True
+            if self._cancelling:
+                await self._move(S.CANCELLED, self._cancel_error())
+                raise _Ended()
+            await self._park(
+                ErrorInfo(
+                    code=ErrorCode.NONCE_CONFLICT,
+                    message=f"{holder.detail}, not sent by the engine: retry moves the withdrawal to the "
+                    "wallet's next nonce, cancel ends it",
+                ),
+                cancellable=True,
+            )
+            move = True
+
+    def _cancel_error(self) -> ErrorInfo:
+        reason = (self._cancel.reason if self._cancel else None) or "cancelled by an operator"
+        return ErrorInfo(code=ErrorCode.CANCELLED, message=reason)
+
+    async def _local(self, fn: Callable[..., Awaitable[T]], arg: object) -> T:
+        return await workflow.execute_local_activity_method(
+            fn,
+            arg,
+            start_to_close_timeout=LOCAL_TIMEOUT,
+            retry_policy=FOREVER_RETRY,
+        )
+
     async def _step(
         self,
         call: Callable[[], Awaitable[T]],
         *,
-        passthrough: tuple[str, ...] = (),
+        passthrough: tuple[ErrorCode, ...] = (),
         cancellable: bool = True,
     ) -> T:
         """Run a step; when automatic handling is exhausted, park in NEEDS_ATTENTION until `retry`
@@ -502,54 +645,64 @@ class WithdrawalWorkflow:
             try:
                 return await call()
             except (ActivityError, ApplicationError) as err:
-                # Local activity failures surface as the ApplicationError itself, regular ones wrapped.
-                cause = err.cause if isinstance(err, ActivityError) else err
-                code = cause.type if isinstance(cause, ApplicationError) and cause.type else "ACTIVITY_FAILED"
-                message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-                if code in passthrough:
-                    raise _Passthrough(code, message) from err
-                resume = self._status
-                await self._set_status(S.NEEDS_ATTENTION, (code, message))
-                self._retry = False
-                await workflow.wait_condition(
-                    lambda: self._retry or (cancellable and self._cancel is not None and not self._broadcast)
-                )
-                if not self._retry:
-                    raise _CancelRequested() from err
-                self._retry = False
-                await self._set_status(resume, None)
+                error = _error_of(err)
+                if error.code in passthrough:
+                    raise _Passthrough(error.code, error.message) from err
+                await self._park(error, cancellable=cancellable)
 
-    async def _set_status(
-        self, status: str, error: tuple[str, str] | None = None, *, persist: bool = True
-    ) -> None:
-        self._status = status
-        self._error = error
-        self._history.append(status)
-        self._publish()
-        if not persist:
-            return
-        await self._local(
-            FundsActivities.record_status,
-            StatusChange(
-                withdrawal_id=self._req.withdrawal_id,
-                status=status,
-                error_code=error[0] if error else None,
-                error_message=error[1] if error else None,
-            ),
-            retry=FOREVER_RETRY,
+    async def _park(self, error: ErrorInfo, *, cancellable: bool) -> None:
+        """Wait in NEEDS_ATTENTION for an operator: `retry` returns (to the status it parked in),
+        `cancel` raises `_CancelRequested` (only before broadcast, and not while cancelling)."""
+        resume = self._status
+        if resume is not S.NEEDS_ATTENTION:
+            await self._move(S.NEEDS_ATTENTION, error)
+        self._retry = False
+        await workflow.wait_condition(
+            lambda: (
+                self._retry
+                or (cancellable and self._cancel is not None and not self._broadcast and not self._cancelling)
+            )
         )
+        if not self._retry:
+            raise _CancelRequested()
+        self._retry = False
+        if resume is not S.NEEDS_ATTENTION:
+            await self._move(resume)
 
-    def _note(self, action: str, inp: OperatorInput | None) -> None:
-        who = (inp.operator if inp else None) or "operator"
-        why = f": {inp.reason}" if inp and inp.reason else ""
-        self._history.append(f"{action} by {who}{why}")
+    async def _move(self, to: WithdrawalStatus, error: ErrorInfo | None = None) -> None:
+        """Change the withdrawal's status: the row first (the one guarded writer, with its effects),
+        then the workflow's state and search attribute. A stale move fails the workflow."""
+        seq = self._seq + 1
+        await workflow.execute_local_activity_method(
+            LifecycleActivities.record_transition,
+            TransitionInput(withdrawal_id=self._req.withdrawal_id, status=to, seq=seq, error=error),
+            start_to_close_timeout=LOCAL_TIMEOUT,
+            retry_policy=FOREVER_RETRY,
+        )
+        self._seq = seq
+        self._enter(to, error)
+
+    def _enter(self, status: WithdrawalStatus, error: ErrorInfo | None) -> None:
+        self._status, self._error = status, error
+        self._history.append(
+            HistoryEntry(
+                kind=K.STATUS, at=workflow.now(), status=status, reason=error.message if error else None
+            )
+        )
+        self._publish()
+
+    def _note(self, kind: HistoryKind, inp: OperatorInput | None, **fields: Any) -> None:
+        actor = (inp.operator if inp else None) or ("operator" if kind in _OPERATOR_KINDS else None)
+        self._history.append(HistoryEntry(kind=kind, at=workflow.now(), actor=actor, **fields))
 
     def _publish(self) -> None:
-        """Search attributes and the Web UI summary follow every status change."""
-        updates = [sa.WITHDRAWAL_STATUS.value_set(self._status)]
-        if self._tx_hash:
-            updates.append(sa.TX_HASH.value_set(self._tx_hash))
-        workflow.upsert_search_attributes(updates)
+        """Search attributes (only when they change) and the Web UI details."""
+        if self._published != (self._status, self._tx_hash):
+            updates = [sa.WITHDRAWAL_STATUS.value_set(self._status)]
+            if self._tx_hash:
+                updates.append(sa.TX_HASH.value_set(self._tx_hash))
+            workflow.upsert_search_attributes(updates)
+            self._published = (self._status, self._tx_hash)
         r = self._req
         lines = [
             f"**{self._status}** · {r.network} · {r.asset} · amount (base units) {r.amount}",
@@ -560,15 +713,10 @@ class WithdrawalWorkflow:
         if self._tx_hash:
             lines.append(f"tx `{self._tx_hash}`")
         if self._error:
-            lines.append(f"error `{self._error[0]}`: {self._error[1]}")
-        if self._status == S.NEEDS_ATTENTION:
+            lines.append(f"error `{self._error.code}`: {self._error.message}")
+        if self._status is S.NEEDS_ATTENTION:
             lines.append("Send signal `retry` to resume or `cancel` to stop (before broadcast).")
         workflow.set_current_details("\n\n".join(lines))
 
 
-class _Passthrough(Exception):
-    """A step failure the caller handles itself instead of parking in NEEDS_ATTENTION."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
+_OPERATOR_KINDS = frozenset({K.RETRY, K.CANCEL, K.APPROVE, K.REJECT, K.REFUSED})

@@ -7,14 +7,16 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, StrictStr
-from temporalio.service import RPCError
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AdminDep, OperatorDep, StateDep, ViewerDep
-from api.errors import Conflict, NotFound, Unauthorized
+from api.errors import Conflict, InvalidState, NotFound, Unauthorized
 from api.security import generate_api_key, hash_api_key, hash_password, issue_jwt, verify_password
 from api.withdrawals import withdrawal_view
 from models import repo
-from models.domain import OperatorInput
+from models.domain import ActionResult, ErrorCode, OperatorInput
 from models.tables import ApiClient, User
 from workflows.withdrawal import WithdrawalWorkflow
 
@@ -57,13 +59,14 @@ async def register(body: RegisterBody, state: StateDep, _: AdminDep) -> dict[str
     async with state.db.transaction() as s:
         if await repo.get_user(s, body.username) is not None:
             raise Conflict("username already exists", field="username")
-        s.add(
+        await repo.create_user(
+            s,
             User(
                 id=str(uuid.uuid4()),
                 username=body.username,
                 password_hash=hash_password(body.password),
                 role=body.role,
-            )
+            ),
         )
     return {"username": body.username, "role": body.role}
 
@@ -88,6 +91,7 @@ async def transaction_detail(withdrawal_id: str, state: StateDep, _: ViewerDep) 
         w = await repo.get_withdrawal(s, withdrawal_id)
         attempts = await repo.attempts_for(s, withdrawal_id) if w else []
         reservations = await repo.reservations_for(s, withdrawal_id) if w else []
+        events = await repo.status_events(s, withdrawal_id) if w else []
     if w is None:
         raise NotFound("withdrawal not found")
     return withdrawal_view(w, state.config) | {
@@ -110,12 +114,30 @@ async def transaction_detail(withdrawal_id: str, state: StateDep, _: ViewerDep) 
             for a in attempts
         ],
         "reservations": [{"asset": r.asset, "amount": str(r.amount), "state": r.state} for r in reservations],
+        "history": [
+            {
+                "status": e.status,
+                "error": {"code": e.error_code, "message": e.error_message or ""} if e.error_code else None,
+                "at": e.created_at.isoformat(timespec="milliseconds") + "Z",
+            }
+            for e in events
+        ],
     }
 
 
-async def _signal(
-    state: StateDep, withdrawal_id: str, name: str, body: ActionBody | None, who: str
+_ACTIONS: dict[str, Any] = {
+    "retry": WithdrawalWorkflow.retry_update,
+    "cancel": WithdrawalWorkflow.cancel_update,
+    "approve": WithdrawalWorkflow.approve_update,
+    "reject": WithdrawalWorkflow.reject_update,
+}
+
+
+async def _act(
+    state: StateDep, withdrawal_id: str, action: str, body: ActionBody | None, who: str
 ) -> dict[str, Any]:
+    """Send the operator action as a workflow update: 200 when the workflow accepted it, 409
+    INVALID_STATE with the workflow's reason when it refused (or when its workflow has ended)."""
     async with state.db.read() as s:
         w = await repo.get_withdrawal(s, withdrawal_id)
     if w is None:
@@ -123,43 +145,55 @@ async def _signal(
     client = await state.temporal.get()
     handle = client.get_workflow_handle_for(WithdrawalWorkflow.run, f"withdrawal-{withdrawal_id}")
     try:
-        await handle.signal(name, OperatorInput(reason=body.reason if body else None, operator=who))
+        result: ActionResult = await handle.execute_update(
+            _ACTIONS[action], OperatorInput(reason=body.reason if body else None, operator=who)
+        )
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause
+        if isinstance(cause, ApplicationError) and cause.type == ErrorCode.INVALID_STATE:
+            raise InvalidState(cause.message) from e
+        raise
     except RPCError as e:
-        raise Conflict(f"cannot {name}: the withdrawal's workflow is not running ({w.status})") from e
-    return {"id": withdrawal_id, "signal": name, "accepted": True, "status": w.status}
+        if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            raise InvalidState(f"cannot {action}: the withdrawal's workflow has ended ({w.status})") from e
+        raise
+    async with state.db.read() as s:
+        w = await repo.get_withdrawal(s, withdrawal_id)
+    assert w is not None
+    return {"accepted": result.accepted, "withdrawal": withdrawal_view(w, state.config)}
 
 
 @router.post("/admin/transactions/{withdrawal_id}/retry")
 async def retry(
     withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
 ) -> dict[str, Any]:
-    return await _signal(state, withdrawal_id, "retry", body, op.username)
+    return await _act(state, withdrawal_id, "retry", body, op.username)
 
 
 @router.post("/admin/transactions/{withdrawal_id}/cancel")
 async def cancel(
     withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
 ) -> dict[str, Any]:
-    return await _signal(state, withdrawal_id, "cancel", body, op.username)
+    return await _act(state, withdrawal_id, "cancel", body, op.username)
 
 
 @router.post("/admin/transactions/{withdrawal_id}/approve")
 async def approve(
     withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
 ) -> dict[str, Any]:
-    return await _signal(state, withdrawal_id, "approve", body, op.username)
+    return await _act(state, withdrawal_id, "approve", body, op.username)
 
 
 @router.post("/admin/transactions/{withdrawal_id}/reject")
 async def reject(
     withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
 ) -> dict[str, Any]:
-    return await _signal(state, withdrawal_id, "reject", body, op.username)
+    return await _act(state, withdrawal_id, "reject", body, op.username)
 
 
 @router.get("/admin/stats/status")
 async def stats_status(state: StateDep, _: ViewerDep) -> dict[str, Any]:
-    async with state.db.transaction() as s:
+    async with state.db.read() as s:
         rows = await repo.count_by_status_and_network(s)
     out: dict[str, dict[str, int]] = {}
     for network, status, count in rows:
@@ -178,17 +212,14 @@ async def create_api_key(body: ApiKeyBody, state: StateDep, _: AdminDep) -> dict
         rate_limit_per_minute=body.rate_limit_per_minute,
         scopes=" ".join(body.scopes),
     )
-    async with state.db.read() as s:
-        s.add(client)
+    async with state.db.transaction() as s:
+        await repo.create_api_client(s, client)
     return {"id": client.id, "name": client.name, "api_key": key, "scopes": body.scopes}
 
 
 @router.delete("/admin/api-keys/{client_id}")
 async def revoke_api_key(client_id: str, state: StateDep, _: AdminDep) -> dict[str, Any]:
     async with state.db.transaction() as s:
-        client = await s.get(ApiClient, client_id)
-        if client is None:
+        if not await repo.deactivate_api_client(s, client_id):
             raise NotFound("API key not found")
-        client.active = False
-        s.add(client)
     return {"id": client_id, "active": False}

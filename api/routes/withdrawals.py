@@ -9,9 +9,9 @@ from fastapi import APIRouter, Response
 
 from api import withdrawals as svc
 from api.deps import IdempotencyKeyDep, ReaderDep, StateDep, WriterDep
-from api.errors import NotFound, ServiceUnavailable
+from api.errors import NotFound
 from models import repo
-from models.domain import TERMINAL_STATUSES
+from models.lifecycle import TERMINAL
 
 router = APIRouter(tags=["withdrawals"])
 
@@ -53,11 +53,8 @@ async def withdrawal_status(withdrawal_id: str, client: ReaderDep, state: StateD
         uuid.UUID(withdrawal_id)
     except ValueError as e:
         raise NotFound("withdrawal not found") from e
-    try:
-        async with state.db.read() as s:
-            w = await repo.get_withdrawal(s, withdrawal_id, client_id=client.id)
-    except Exception as e:
-        raise ServiceUnavailable("database unavailable", headers={"Retry-After": "5"}) from e
+    async with state.db.read() as s:
+        w = await repo.get_withdrawal(s, withdrawal_id, client_id=client.id)
     if w is None:
         raise NotFound("withdrawal not found")
     return svc.withdrawal_view(w, state.config)
@@ -66,17 +63,14 @@ async def withdrawal_status(withdrawal_id: str, client: ReaderDep, state: StateD
 @router.get("/withdrawal/queue/status", responses=_ERRORS)
 async def queue_status(client: ReaderDep, state: StateDep) -> dict[str, Any]:
     """This client's withdrawals: in flight, and counts by status and by network."""
-    try:
-        async with state.db.read() as s:
-            rows = await repo.count_by_status_and_network(s, client_id=client.id)
-    except Exception as e:
-        raise ServiceUnavailable("database unavailable", headers={"Retry-After": "5"}) from e
+    async with state.db.read() as s:
+        rows = await repo.count_by_status_and_network(s, client_id=client.id)
     by_status: dict[str, int] = {}
     by_network: dict[str, dict[str, int]] = {}
     for network, status, count in rows:
         by_status[status] = by_status.get(status, 0) + count
         by_network.setdefault(network, {})[status] = count
-    in_flight = sum(c for st, c in by_status.items() if st not in TERMINAL_STATUSES)
+    in_flight = sum(c for st, c in by_status.items() if st not in TERMINAL)
     return {
         "in_flight": in_flight,
         "total": sum(by_status.values()),

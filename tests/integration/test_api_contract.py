@@ -57,6 +57,16 @@ def _err(r, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
         (_body(user_id="   "), "VALIDATION_ERROR", "user_id"),
         (_body(amount=None), "VALIDATION_ERROR", "amount"),
         (_body(client_reference="x" * 300), "VALIDATION_ERROR", "client_reference"),
+        (_body(to_address="0x" + "0" * 40), "INVALID_ADDRESS", "to_address"),
+        (_body(to_address="0x" + "0" * 39 + "1"), "INVALID_ADDRESS", "to_address"),  # ecrecover
+        (_body(to_address="0x" + "0" * 38 + "0a"), "INVALID_ADDRESS", "to_address"),  # point evaluation
+        (_body(to_address=DEAD.lower() + "\n"), "INVALID_ADDRESS", "to_address"),
+        (_body(to_address=" " + DEAD), "INVALID_ADDRESS", "to_address"),
+        (_body(amount="\u0661\u0660"), "INVALID_AMOUNT", "amount"),  # Arabic-Indic "10"
+        (_body(amount="10\n"), "INVALID_AMOUNT", "amount"),
+        (_body(amount="\uff11"), "INVALID_AMOUNT", "amount"),  # fullwidth 1
+        (_body(amount=" 1"), "INVALID_AMOUNT", "amount"),
+        (_body(amount="0x10"), "INVALID_AMOUNT", "amount"),
     ],
 )
 async def test_refusals_have_their_codes(harness: Harness, body: dict, code: str, field: str) -> None:
@@ -94,7 +104,7 @@ async def test_every_bad_key_gets_the_same_401(harness: Harness) -> None:
             update(ApiClient)
             .where(ApiClient.id == expired)  # type: ignore[call-overload,arg-type]
             .values(expires_at=datetime.utcnow() - timedelta(seconds=1))
-        )  # noqa: DTZ003
+        )
     bodies = []
     for key in (None, "", "we_unknown", revoked_key, expired_key, "x" * 500):
         headers = {"Idempotency-Key": "k1"} | ({"X-API-Key": key} if key is not None else {})
@@ -209,3 +219,80 @@ async def test_health_and_queue_status(harness: Harness) -> None:
     assert q.status_code == 200 and set(q.json()) >= {"in_flight", "by_status", "by_network"}
     assert (await harness.http.get("/api-docs")).status_code == 200
     assert (await harness.http.get("/openapi.json")).json()["paths"]["/withdrawal/request"]
+
+
+async def test_engine_and_token_addresses_cannot_receive(harness: Harness) -> None:
+    cfg = harness.config.networks["polygon"]
+    for to in (cfg.hot_wallets[0], cfg.hot_wallets[0].lower(), cfg.tokens["USDT"].address):
+        r = await harness.request(_body(network="polygon", asset="POL", to_address=to))
+        assert _err(r, 422, "INVALID_ADDRESS").get("field") == "to_address"
+
+
+async def test_oversized_bodies_are_refused_before_authentication(harness: Harness) -> None:
+    big = b'{"user_id": "u", "x": "' + b"a" * 20_000 + b'"}'
+    for headers in ({}, {"X-API-Key": "wrong"}, harness.headers()):
+        r = await harness.http.post(
+            "/withdrawal/request", content=big, headers={**headers, "Content-Type": "application/json"}
+        )
+        _err(r, 413, "PAYLOAD_TOO_LARGE")
+    r = await harness.http.post("/auth/login", content=big, headers={"Content-Type": "application/json"})
+    _err(r, 413, "PAYLOAD_TOO_LARGE")
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, 413, "PAYLOAD_TOO_LARGE"),  # once a segfault of the API
+        (b"[" * 5_000 + b"]" * 5_000, 422, "VALIDATION_ERROR"),
+        (b'{"a":' * 33 + b"1" + b"}" * 33, 422, "VALIDATION_ERROR"),
+        (b'{"user_id": "\xff\xfe"}', 422, "VALIDATION_ERROR"),
+    ],
+    ids=["deep-and-big", "deep-array", "deep-object", "not-utf8"],
+)
+async def test_deep_or_non_utf8_json_is_refused(harness: Harness, raw: bytes, status: int, code: str) -> None:
+    r = await harness.http.post(
+        "/withdrawal/request", content=raw, headers={**harness.headers(), "Content-Type": "application/json"}
+    )
+    _err(r, status, code)
+    assert (await harness.http.get("/health")).status_code == 200  # still serving
+
+
+async def test_a_workflow_started_around_the_api_is_revalidated(harness: Harness) -> None:
+    """A workflow started from the CLI or Web UI with a bad recipient or an amount over the limit is
+    REJECTED by admission: nothing reserved, nothing signed."""
+    from temporalio.client import WorkflowHandle
+
+    from models import repo
+    from models.domain import Outcome, WithdrawalRequest
+    from workflows.withdrawal import WithdrawalWorkflow
+
+    token = harness.config.networks["ethereum"].tokens["USDT"].address
+    cases = {
+        "INVALID_ADDRESS": {"to_address": token},
+        "LIMIT_EXCEEDED": {"amount": str(5000 * 10**18)},
+        "INVALID_AMOUNT": {"amount": "\u0661"},
+        "UNSUPPORTED_NETWORK": {"network": "bitcoin"},
+    }
+    for code, change in cases.items():
+        wid = str(uuid.uuid4())
+        fields = {"network": "ethereum", "asset": "ETH", "to_address": DEAD, "amount": str(10**16)} | change
+        req = WithdrawalRequest(
+            withdrawal_id=wid,
+            client_id=harness.client_id,
+            idempotency_key=wid,
+            fingerprint="cli",
+            user_id="u",
+            **fields,
+        )
+        handle: WorkflowHandle[object, Outcome] = await harness.client.start_workflow(
+            WithdrawalWorkflow.run, req, id=f"withdrawal-{wid}", task_queue=harness.settings.task_queue
+        )
+        outcome = await asyncio.wait_for(handle.result(), 60)
+        assert outcome.status == "REJECTED" and outcome.error is not None and outcome.error.code == code, (
+            outcome
+        )
+        async with harness.db.read() as s:
+            row = await repo.get_withdrawal(s, wid)
+            assert row is not None and row.status == "REJECTED" and row.error_code == code
+            assert await repo.attempts_for(s, wid) == [] and await repo.reservations_for(s, wid) == []
+            assert row.nonce is None

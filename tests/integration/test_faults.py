@@ -13,6 +13,8 @@ import pytest
 
 from devstack import processes
 from models import repo
+from models.domain import HistoryKind as K
+from models.domain import WithdrawalStatus as S
 from tests.invariants import assert_invariants
 from tests.stack import (
     NETWORKS,
@@ -113,8 +115,8 @@ async def test_fee_cap_waits_instead_of_overpaying(stack: Stack, db_url: str) ->
         tried = await attempts(h, wid)
         cap = 30 * GWEI
         assert all((a.max_fee_per_gas or 0) <= cap for a in tried)
-        history = (await h.client.get_workflow_handle(f"withdrawal-{wid}").query("status"))["history"]
-        assert any(e.startswith("fee bump skipped") for e in history), history
+        history = await h.history(wid)
+        assert any(e.kind is K.FEE_BUMP_SKIPPED for e in history), history
         await assert_invariants(h, [wid])
     finally:
         await close_harness(h)
@@ -178,8 +180,8 @@ async def test_cancel_once_in_a_block_is_refused_and_the_withdrawal_completes(ha
     await handle.signal("cancel")
     final = await harness.wait_status(wid, {"CONFIRMED", "CANCELLED"})
     assert final["status"] == "CONFIRMED" and balance(harness, network, to) == 5 * 10**16
-    history = (await handle.query("status"))["history"]
-    assert any("cancel refused" in e for e in history), history
+    history = await harness.history(wid)
+    assert any(e.kind is K.REFUSED and e.action is K.CANCEL for e in history), history
 
 
 @pytest.fixture
@@ -197,9 +199,10 @@ async def test_reorg_before_final_confirmation_goes_back_to_broadcast(deep_confi
     assert rpc(h, network, "evm_revert", snapshot) is True  # the block with our transaction is gone
     final = await h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"}, limit=90)
     assert final["status"] == "CONFIRMED" and final["confirmations"] >= 8
-    history = (await h.client.get_workflow_handle(f"withdrawal-{wid}").query("status"))["history"]
-    assert any(e.startswith("reorg") for e in history), history
-    assert history.index("CONFIRMING") < max(i for i, e in enumerate(history) if e == "BROADCAST")
+    history = await h.history(wid)
+    assert any(e.kind is K.REORG for e in history), history
+    statuses = [e.status for e in history if e.kind is K.STATUS]
+    assert statuses.index(S.CONFIRMING) < max(i for i, st in enumerate(statuses) if st is S.BROADCAST)
     assert balance(h, network, to) == 6 * 10**17
     receipt = rpc(h, network, "eth_getTransactionReceipt", final["tx_hash"])
     block = rpc(h, network, "eth_getBlockByNumber", receipt["blockNumber"], False)

@@ -11,7 +11,7 @@ from eth_account import Account
 
 from devstack import chain, processes
 from models import repo
-from models.domain import ReconcileInput, ReconcileReport
+from models.domain import HistoryKind, ReconcileInput, ReconcileReport
 from tests.invariants import assert_invariants
 from tests.stack import Harness, native_body, new_wallet
 from workflows.reconcile import NonceReconcilerWorkflow
@@ -54,18 +54,29 @@ async def allocations(h: Harness, network: str) -> list[Any]:
         return await repo.nonce_allocations(s, network, h.config.networks[network].hot_wallets[0])
 
 
-async def test_withdrawal_whose_nonce_was_used_outside_is_moved_to_the_next_nonce(harness: Harness) -> None:
+async def test_a_nonce_used_outside_is_proven_then_moved_only_by_an_operator(harness: Harness) -> None:
     network = "ethereum"
     first = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]
     await harness.wait_status(first, {"CONFIRMED"})
-    await asyncio.to_thread(send_behind_the_engines_back, harness, network)  # takes the engine's next nonce
+    external = await asyncio.to_thread(send_behind_the_engines_back, harness, network)  # the next nonce
     to = new_wallet()[0]
     wid = (await harness.request(native_body(network, to, "0.02"))).json()["id"]
-    final = await harness.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"})
+    parked = await harness.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"})
+    # Proven from the chain (the block holding nonce 1 and its sender), not assumed from a null receipt;
+    # the engine does not re-sign at another nonce on its own.
+    assert parked["status"] == "NEEDS_ATTENTION" and parked["error"]["code"] == "NONCE_CONFLICT", parked
+    assert external.lower().removeprefix("0x") in parked["error"]["message"]
+    assert int(rpc(harness, network, "eth_getBalance", to, "latest"), 16) == 0
+    assert [(a.nonce, a.purpose) for a in await allocations(harness, network)] == [
+        (0, "WITHDRAWAL"),
+        (1, "WITHDRAWAL"),
+    ]
+    await harness.client.get_workflow_handle(f"withdrawal-{wid}").signal("retry")
+    final = await harness.wait_status(wid, {"CONFIRMED", "FAILED"})
     assert final["status"] == "CONFIRMED", final
     assert int(rpc(harness, network, "eth_getBalance", to, "latest"), 16) == 2 * 10**16
-    history = (await harness.client.get_workflow_handle(f"withdrawal-{wid}").query("status"))["history"]
-    assert any("used outside the engine" in e for e in history), history
+    history = await harness.history(wid)
+    assert any(e.kind is HistoryKind.NONCE_REALIGNED for e in history), history
     purposes = [(a.nonce, a.purpose) for a in await allocations(harness, network)]
     assert purposes == [(0, "WITHDRAWAL"), (1, "EXTERNAL"), (2, "WITHDRAWAL")], purposes
     await assert_invariants(harness, [first, wid])
@@ -80,8 +91,8 @@ async def test_reconciler_records_external_nonces_so_new_withdrawals_skip_them(h
     wid = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]
     final = await harness.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"})
     assert final["status"] == "CONFIRMED"
-    history = (await harness.client.get_workflow_handle(f"withdrawal-{wid}").query("status"))["history"]
-    assert not any("outside the engine" in e for e in history)  # no conflict: it got nonce 2 directly
+    history = await harness.history(wid)
+    assert not any(e.kind is HistoryKind.NONCE_REALIGNED for e in history)  # it got nonce 2 directly
     await assert_invariants(harness, [wid])
 
 

@@ -12,6 +12,7 @@ import pytest
 from devstack import chain, processes
 from devstack.bootstrap import ensure_user
 from models import repo
+from models.domain import HistoryKind, WithdrawalStatus
 from tests.invariants import assert_invariants
 from tests.stack import Harness, Stack, close_harness, make_harness, native_body, new_wallet
 
@@ -52,7 +53,7 @@ async def test_needs_attention_then_retry_from_the_cli_with_no_input(harness: Ha
     assert r.status_code == 201, r.text
     wid = r.json()["id"]
     parked = await harness.wait_status(wid, {"NEEDS_ATTENTION"})
-    assert parked["error"]["code"] == "ExecutionReverted" and "blacklisted" in parked["error"]["message"]
+    assert parked["error"]["code"] == "EXECUTION_REVERTED" and "blacklisted" in parked["error"]["message"]
     assert parked["tx_hash"] is None
 
     # A malformed signal is dropped (logged) and the workflow keeps waiting.
@@ -64,9 +65,9 @@ async def test_needs_attention_then_retry_from_the_cli_with_no_input(harness: Ha
     final = await harness.wait_status(wid, {"CONFIRMED", "FAILED"})
     assert final["status"] == "CONFIRMED" and final["error"] is None
     assert chain.token_balance(url, token, to) == 5_000_000
-    handle = harness.client.get_workflow_handle(f"withdrawal-{wid}")
-    history = (await handle.query("status"))["history"]
-    assert "NEEDS_ATTENTION" in history and any(h.startswith("retry") for h in history)
+    history = await harness.history(wid)
+    assert any(e.kind is HistoryKind.STATUS and e.status is WithdrawalStatus.NEEDS_ATTENTION for e in history)
+    assert any(e.kind is HistoryKind.RETRY for e in history), history
     await assert_invariants(harness, [wid])
 
 
@@ -113,15 +114,24 @@ async def test_approval_approve_and_reject(harness: Harness) -> None:
         f"/admin/transactions/{a['id']}/approve", headers={"Authorization": f"Bearer {viewer}"}
     )
     assert denied.status_code == 403 and denied.json()["error"]["code"] == "FORBIDDEN"
-    assert (
-        await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=auth)
-    ).status_code == 200
+    # Actions the status does not allow are refused with the workflow's reason, and change nothing.
+    wrong = await harness.http.post(f"/admin/transactions/{a['id']}/retry", headers=auth)
+    assert wrong.status_code == 409 and wrong.json()["error"]["code"] == "INVALID_STATE", wrong.text
+    assert "NEEDS_ATTENTION" in wrong.json()["error"]["message"]
+    approved = await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=auth)
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["accepted"] is True and approved.json()["withdrawal"]["id"] == a["id"]
+    again = await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=auth)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "INVALID_STATE", again.text
     assert (
         await harness.http.post(f"/admin/transactions/{b['id']}/reject", json={}, headers=auth)
     ).status_code == 200
     assert (await harness.wait_status(a["id"], {"CONFIRMED"}))["status"] == "CONFIRMED"
     rejected = await harness.wait_status(b["id"], {"REJECTED"})
     assert rejected["error"]["code"] == "APPROVAL_REJECTED" and rejected["tx_hash"] is None
+    # Once the workflow has ended, an action is refused the same way.
+    late = await harness.http.post(f"/admin/transactions/{b['id']}/approve", headers=auth)
+    assert late.status_code == 409 and late.json()["error"]["code"] == "INVALID_STATE", late.text
     url = harness.stack.rpc_urls[network]
     assert int(processes.rpc(url, "eth_getBalance", [b_to, "latest"]), 16) == 0
     detail = (await harness.http.get(f"/admin/transactions/{b['id']}", headers=auth)).json()
@@ -177,4 +187,4 @@ async def test_no_private_key_in_history_database_or_api(harness: Harness) -> No
     async with harness.db.transaction() as s:
         dump = json.dumps([a.model_dump() for a in await repo.attempts_for(s, wid)], default=str)
     assert key_hex not in dump.lower()
-    assert repr(harness.engine.chain.signer._keys).count(key_hex) == 0
+    assert repr(harness.engine.signer._keys).count(key_hex) == 0

@@ -69,10 +69,10 @@ async def test_resending_is_answered_already_known_or_nonce_too_low_and_both_cou
         wid = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]
         w = await harness.wait_status(wid, {"BROADCAST"})
         again = BroadcastInput(withdrawal_id=wid, tx_hash=w["tx_hash"])
-        assert await harness.engine.chain.broadcast_transaction(again) == w["tx_hash"]  # "already known"
+        assert await harness.engine.broadcast.broadcast_transaction(again) == w["tx_hash"]  # "already known"
     await harness.wait_status(wid, {"CONFIRMED"})
     assert (
-        await harness.engine.chain.broadcast_transaction(again) == w["tx_hash"]
+        await harness.engine.broadcast.broadcast_transaction(again) == w["tx_hash"]
     )  # "nonce too low", ours mined
 
 
@@ -96,7 +96,7 @@ async def test_insufficient_funds_at_broadcast_waits_for_funds(stack: Stack, db_
         waiting = await h.wait_status(wid, {"WAITING_FOR_FUNDS", "NEEDS_ATTENTION", "CONFIRMED"})
         assert (
             waiting["status"] == "WAITING_FOR_FUNDS"
-            and waiting["error"]["code"] == "InsufficientHotWalletFunds"
+            and waiting["error"]["code"] == "INSUFFICIENT_HOT_WALLET_FUNDS"
         )
         chain.set_balance(stack.rpc_urls[network], wallet, 1000 * 10**18)
         assert (await h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION"}))["status"] == "CONFIRMED"
@@ -127,7 +127,7 @@ async def _broadcast_crafted(harness, network: str, wid: str, **tx_fields: objec
         "gas": 21_000,
         **tx_fields,
     }
-    raw, tx_hash = harness.engine.chain.signer.sign(w.hot_wallet, tx)
+    raw, tx_hash = harness.engine.signer.sign(w.hot_wallet, tx)
     async with harness.db.transaction() as s:
         s.add(
             TxAttempt(
@@ -144,15 +144,17 @@ async def _broadcast_crafted(harness, network: str, wid: str, **tx_fields: objec
             )
         )
     try:
-        await harness.engine.chain.broadcast_transaction(BroadcastInput(withdrawal_id=wid, tx_hash=tx_hash))
+        await harness.engine.broadcast.broadcast_transaction(
+            BroadcastInput(withdrawal_id=wid, tx_hash=tx_hash)
+        )
     except ApplicationError as e:
         return str(e.type)
     return "sent"
 
 
 async def test_broadcast_maps_node_refusals_to_their_handling(harness) -> None:  # type: ignore[no-untyped-def]
-    """replacement underpriced / fee below base fee → Underpriced (the workflow bumps fees);
-    intrinsic gas too low → BroadcastRejected (NEEDS_ATTENTION)."""
+    """replacement underpriced / fee below base fee → UNDERPRICED (the workflow bumps fees);
+    intrinsic gas too low → BROADCAST_REJECTED (NEEDS_ATTENTION)."""
     from devstack import processes
     from tests.stack import native_body
 
@@ -167,10 +169,10 @@ async def test_broadcast_maps_node_refusals_to_their_handling(harness) -> None: 
             "maxPriorityFeePerGas": int(pending["maxPriorityFeePerGas"], 16),
             "type": 2,
         }
-        assert await _broadcast_crafted(harness, network, wid, **same_fees) == "Underpriced"
+        assert await _broadcast_crafted(harness, network, wid, **same_fees) == "UNDERPRICED"
         assert (
             await _broadcast_crafted(harness, network, wid, maxFeePerGas=1, maxPriorityFeePerGas=1, type=2)
-            == "Underpriced"
+            == "UNDERPRICED"
         )
         assert (
             await _broadcast_crafted(
@@ -184,6 +186,6 @@ async def test_broadcast_maps_node_refusals_to_their_handling(harness) -> None: 
                     "maxPriorityFeePerGas": same_fees["maxPriorityFeePerGas"] * 2,
                 },
             )
-            == "BroadcastRejected"
+            == "BROADCAST_REJECTED"
         )
     assert (await harness.wait_status(wid, {"CONFIRMED"}))["tx_hash"] == w["tx_hash"]

@@ -11,15 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from activities.funds import FundsActivities
+from activities.rpc import Chains
 from devstack import processes
 from devstack.bootstrap import migrate
 from models import repo
 from models.amounts import MAX_AMOUNT_UNITS
 from models.db import Database
-from models.domain import WithdrawalStatus
+from models.domain import ReservationState, WithdrawalRequest, WithdrawalStatus
+from models.lifecycle import StaleTransition
 from models.tables import HotWallet, Withdrawal
-from settings import AssetLimits, NetworkConfig
+from settings import AssetLimits, EngineConfig, NetworkConfig
 from tests.databases import create_database, start_mariadb
+
+S = WithdrawalStatus
 
 WALLET = "0x00000000000000000000000000000000000000A1"
 
@@ -120,6 +125,26 @@ async def test_nonces_are_contiguous_and_unique_under_concurrency(db_pair: tuple
     assert hw.next_nonce == 47
 
 
+def _request(amount: int, user: str = "u") -> WithdrawalRequest:
+    wid = str(uuid.uuid4())
+    return WithdrawalRequest(
+        withdrawal_id=wid,
+        client_id="c",
+        idempotency_key=wid,
+        fingerprint="f",
+        user_id=user,
+        network="ethereum",
+        asset="ETH",
+        to_address=WALLET,
+        amount=str(amount),
+    )
+
+
+def _funds(db: Database, cfg: NetworkConfig) -> FundsActivities:
+    config = EngineConfig.model_validate({"networks": {"ethereum": cfg.model_dump()}})
+    return FundsActivities(db, Chains({}), config)
+
+
 async def test_reservations_never_exceed_balance_and_settle_once(db_pair: tuple[Database, Database]) -> None:
     a, b = db_pair
     cfg = _cfg()
@@ -129,29 +154,76 @@ async def test_reservations_never_exceed_balance_and_settle_once(db_pair: tuple[
     each = 10**18
     balance = {(WALLET, "ETH"): 5 * (each + fee) + 1}  # room for exactly five
 
-    async def admit(db: Database) -> repo.AdmissionDecision:
-        async with db.transaction() as s:
-            return await repo.admit(s, _withdrawal(each), cfg, balance, now=repo.utcnow())
+    async def admit(db: Database) -> str:
+        return (await _funds(db, cfg).record_admission(_request(each), cfg, balance)).status
 
     decisions = await asyncio.gather(*(admit(db) for db in (a, b) for _ in range(8)))
-    assert sum(d.status == WithdrawalStatus.PENDING for d in decisions) == 5
-    assert sum(d.status == WithdrawalStatus.WAITING_FOR_FUNDS for d in decisions) == 11
+    assert sum(d == WithdrawalStatus.PENDING for d in decisions) == 5
+    assert sum(d == WithdrawalStatus.WAITING_FOR_FUNDS for d in decisions) == 11
     async with a.read() as s:
-        held = await repo._held(s, "ethereum")
+        held = await repo.held_amounts(s, "ethereum")
     assert held[(WALLET, "ETH")] == 5 * (each + fee) <= balance[(WALLET, "ETH")]
 
-    w = _withdrawal(each)
+    # Two engines race to end one withdrawal in every terminal way: exactly one move wins, the
+    # reservation is settled once, the losers fail loudly (or are a harmless repeat of the winner).
+    w = await _funds(a, cfg).record_admission(_request(each), cfg, {(WALLET, "ETH"): 10 * (each + fee)})
     async with a.transaction() as s:
-        await repo.admit(s, w, cfg, {(WALLET, "ETH"): 10 * (each + fee)}, now=repo.utcnow())
-    counts = await asyncio.gather(
-        *(_settle(db, w.id, state) for db in (a, b) for state in ("CONSUMED", "RELEASED"))
+        for status in (S.PROCESSING, S.BROADCAST, S.CONFIRMING):
+            await repo.transition(s, w.id, status)
+    outcomes = await asyncio.gather(
+        *(_end(db, w.id, to) for db in (a, b) for to in (S.CONFIRMED, S.FAILED, S.CANCELLED)),
+        return_exceptions=True,
     )
-    assert sorted(counts) == [0, 0, 0, 1], "exactly one settlement wins"
+    winners = [o for o in outcomes if o is True]
+    assert len(winners) == 1, outcomes
+    assert all(o is False or isinstance(o, StaleTransition) for o in outcomes if o is not True), outcomes
+    async with a.read() as s:
+        final = await repo.get_withdrawal(s, w.id)
+        states = [r.state for r in await repo.reservations_for(s, w.id)]
+        events = [e.status for e in await repo.status_events(s, w.id)]
+    assert final is not None and final.status in (S.CONFIRMED, S.FAILED, S.CANCELLED)
+    expected = ReservationState.CONSUMED if final.status == S.CONFIRMED else ReservationState.RELEASED
+    assert states == [expected]
+    assert events == [S.PENDING, S.PROCESSING, S.BROADCAST, S.CONFIRMING, final.status]
 
 
-async def _settle(db: Database, wid: str, state: str) -> int:
+async def _end(db: Database, wid: str, to: WithdrawalStatus) -> bool:
     async with db.transaction() as s:
-        return await repo.settle_reservations(s, wid, state)
+        return await repo.transition(s, wid, to)
+
+
+async def test_a_stale_transition_fails_loudly_and_changes_nothing(
+    db_pair: tuple[Database, Database],
+) -> None:
+    db, _ = db_pair
+    cfg = _cfg()
+    async with db.transaction() as s:
+        await repo.ensure_hot_wallet(s, "ethereum", WALLET, 0)
+    w = await _funds(db, cfg).record_admission(_request(10**18), cfg, {(WALLET, "ETH"): 10**30})
+    path = (S.PROCESSING, S.BROADCAST, S.CONFIRMING, S.CONFIRMED)
+    async with db.transaction() as s:
+        for status in path:
+            assert await repo.transition(s, w.id, status) is True
+    async with db.read() as s:
+        before = await repo.get_withdrawal(s, w.id)
+        events_before = len(await repo.status_events(s, w.id))
+    assert before is not None
+    for stale in (S.BROADCAST, S.PENDING, S.NEEDS_ATTENTION, S.CANCELLED, S.FAILED):
+        with pytest.raises(StaleTransition) as err:
+            async with db.transaction() as s:
+                await repo.transition(s, w.id, stale)
+        assert err.value.current == S.CONFIRMED and err.value.to == stale
+    async with db.transaction() as s:  # a retried writer of the same move is a no-op
+        assert await repo.transition(s, w.id, S.CONFIRMED) is False
+    with pytest.raises(StaleTransition):
+        async with db.transaction() as s:
+            await repo.transition(s, str(uuid.uuid4()), S.PROCESSING)
+    async with db.read() as s:
+        after = await repo.get_withdrawal(s, w.id)
+        reservations = await repo.reservations_for(s, w.id)
+        assert len(await repo.status_events(s, w.id)) == events_before
+    assert after is not None and after.status == S.CONFIRMED and after.updated_at == before.updated_at
+    assert [r.state for r in reservations] == [ReservationState.CONSUMED]
 
 
 async def test_daily_limit_counts_only_live_withdrawals(db_pair: tuple[Database, Database]) -> None:
@@ -162,10 +234,12 @@ async def test_daily_limit_counts_only_live_withdrawals(db_pair: tuple[Database,
     user = f"user-{uuid.uuid4().hex[:6]}"
     async with a.transaction() as s:
         await repo.ensure_hot_wallet(s, "ethereum", WALLET, 0)
-    statuses = []
-    for _ in range(4):
-        async with a.transaction() as s:
-            statuses.append(
-                (await repo.admit(s, _withdrawal(10**18, user), cfg, big, now=repo.utcnow())).status
-            )
+    funds = _funds(a, cfg)
+    statuses = [(await funds.record_admission(_request(10**18, user), cfg, big)).status for _ in range(4)]
     assert statuses == [WithdrawalStatus.PENDING] * 3 + [WithdrawalStatus.REJECTED]
+    # A cancelled one no longer counts: the next fits again.
+    async with a.read() as s:
+        first = (await repo.list_withdrawals(s, status=S.PENDING, limit=500))[-1]
+    async with a.transaction() as s:
+        await repo.transition(s, first.id, S.CANCELLED)
+    assert (await funds.record_admission(_request(10**18, user), cfg, big)).status == WithdrawalStatus.PENDING

@@ -28,3 +28,19 @@ def test_checksummed_lower_and_upper_case_are_accepted() -> None:
 def test_invalid_addresses_are_refused(bad: str) -> None:
     with pytest.raises(AddressError):
         normalize_address(bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        CHECKSUMMED + "\n",
+        CHECKSUMMED.lower() + "\n",
+        " " + CHECKSUMMED,
+        "0x" + "0" * 39 + "1",
+        "0x" + "0" * 38 + "0a",
+    ],
+)
+def test_whole_string_and_precompiles(bad: str) -> None:
+    with pytest.raises(AddressError):
+        normalize_address(bad)
+    assert normalize_address("0x" + "0" * 38 + "0b") == "0x" + "0" * 38 + "0b"

@@ -19,7 +19,10 @@ def test_parse_amount(text: str, decimals: int, units: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["0", "0.0", "-1", "+1", "1e6", "1.", ".5", "", " 1", "1,5", "NaN", "Infinity", "0x10", "1.0000001"],
+    [
+        *("0", "0.0", "-1", "+1", "1e6", "1.", ".5", "", " 1", "1,5", "NaN", "Infinity", "0x10", "1.0000001"),
+        *("1\n", "1 ", "\u0661\u0660", "\uff11", "1.\u0665", "\u00b9", "\u0967"),  # Unicode digits, newline
+    ],
 )
 def test_parse_amount_refuses(text: str) -> None:
     with pytest.raises(AmountError):

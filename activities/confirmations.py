@@ -1,0 +1,228 @@
+"""Tracking inclusion and confirmations of a withdrawal's attempts (all at one nonce).
+
+New blocks come from the network's `BlockWatcher`; receipts are read when the watcher saw one of our
+hashes (or the confirmation height is reached), and directly as a fallback when the watcher is
+unhealthy or nothing came for a long time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+from temporalio import activity
+
+from activities.blocks import BlockWatcher
+from activities.broadcast import find_mined_attempt, resend
+from activities.rpc import ChainRpc, Chains, RpcUnavailable
+from models import repo
+from models.db import Database
+from models.domain import AwaitInput, Inclusion, InclusionOutcome, TxPurpose
+from models.tables import TxAttempt
+from settings import EngineConfig
+
+log = structlog.get_logger()
+
+
+class ConfirmationActivities:
+    def __init__(self, db: Database, chains: Chains, config: EngineConfig) -> None:
+        self.db, self.chains, self.config = db, chains, config
+        self._watchers: dict[str, BlockWatcher] = {}
+        self._mined_nonces: dict[tuple[str, str], tuple[float, int]] = {}
+        self._nonce_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def mined_nonce(self, network: str, wallet: str) -> int:
+        """The wallet's mined transaction count, read at most once per half block for all the
+        withdrawals of the wallet waiting in this process (RPC cost per wallet, not per withdrawal)."""
+        key = (network, wallet)
+        max_age = max(0.2, self.config.networks[network].block_time_seconds / 2)
+        lock = self._nonce_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            cached = self._mined_nonces.get(key)
+            if cached is not None and time.monotonic() - cached[0] < max_age:
+                return cached[1]
+            value = await self.chains[network].latest_nonce(wallet)
+            self._mined_nonces[key] = (time.monotonic(), value)
+            return value
+
+    def watcher(self, network: str) -> BlockWatcher:
+        w = self._watchers.get(network)
+        if w is None:
+            cfg = self.config.networks[network]
+            w = self._watchers[network] = BlockWatcher(
+                self.chains[network], cfg.block_time_seconds, track_finalized=cfg.finality == "finalized"
+            )
+        w.ensure_started()
+        return w
+
+    async def aclose(self) -> None:
+        for w in self._watchers.values():
+            await w.aclose()
+
+    @activity.defn
+    async def await_transaction(self, inp: AwaitInput) -> Inclusion:
+        """Watch the withdrawal's attempts on chain, heartbeating throughout.
+
+        `until_included_only`: return INCLUDED as soon as one is in a block; STUCK when ours is the next
+        nonce the chain must mine for the wallet and has not been mined for `stuck_after_seconds` since
+        it became next (a transaction queued behind a lower nonce is never stuck); NONCE_USED when the
+        wallet's mined nonce passed ours but no node shows one of our receipts (the workflow then proves
+        who holds it). Otherwise: return CONFIRMED with the required confirmations on the canonical
+        chain, or REORGED when the block that held it is proven gone (a null receipt alone proves
+        nothing). While ours is next and not mined, its recorded bytes are resent now and then (a
+        dropped transaction comes back). Writes data only (block, confirmations, fee, attempt
+        outcomes); the workflow moves the status.
+        """
+        async with self.db.read() as s:
+            w = await repo.get_withdrawal(s, inp.withdrawal_id)
+            attempts = await repo.attempts_for(s, inp.withdrawal_id)
+        if w is None:
+            raise LookupError(inp.withdrawal_id)
+        cfg = self.config.networks[w.network]
+        rpc = self.chains[w.network]
+        blocks = self.watcher(w.network)
+        hashes = [a.tx_hash for a in attempts]
+        wait = max(0.2, min(cfg.block_time_seconds * 2, 10.0))
+        resend_after = max(2.0, cfg.block_time_seconds * 3)
+        fallback_after = max(30.0, cfg.block_time_seconds * 20)
+        target = inp.included_block_number + inp.required_confirmations - 1
+        started = last_send = time.monotonic()
+        last_direct = 0.0 if inp.until_included_only else started
+        seen: str | None = None
+        next_since: float | None = None  # when ours was first seen as the wallet's next nonce to mine
+        used_since: float | None = None  # when the wallet's mined nonce was first seen past ours
+        while True:
+            activity.heartbeat()
+            now = time.monotonic()
+            if inp.until_included_only:
+                due = blocks.lookup(hashes) is not None
+            elif cfg.finality == "finalized":
+                due = blocks.finalized >= inp.included_block_number and blocks.head >= target
+            else:
+                due = blocks.head >= target
+            if due or not blocks.healthy or now - last_direct > fallback_after:
+                last_direct = now
+                try:
+                    result = await self._check(rpc, blocks, w.id, attempts, inp, seen)
+                except RpcUnavailable as e:
+                    log.warning("withdrawal.confirmations.rpc_down", withdrawal_id=w.id, error=str(e)[:200])
+                    result = None
+                if isinstance(result, Inclusion):
+                    return result
+                seen = result or seen
+            if seen is None and inp.until_included_only and w.hot_wallet and w.nonce is not None:
+                try:
+                    mined = await self.mined_nonce(w.network, w.hot_wallet)
+                except RpcUnavailable:
+                    mined = -1  # unknown: neither stuck nor used
+                if mined > w.nonce:
+                    used_since = used_since or now
+                    if now - used_since > 2 * cfg.block_time_seconds:
+                        log.warning(
+                            "withdrawal.nonce_used", withdrawal_id=w.id, nonce=w.nonce, mined_nonce=mined
+                        )
+                        return Inclusion(outcome=InclusionOutcome.NONCE_USED)
+                elif mined == w.nonce:
+                    used_since = None
+                    next_since = next_since or now
+                    if inp.stuck_after_seconds and now - next_since > inp.stuck_after_seconds:
+                        log.warning("withdrawal.stuck", withdrawal_id=w.id, nonce=w.nonce)
+                        return Inclusion(outcome=InclusionOutcome.STUCK)
+                    if now - last_send > resend_after:
+                        with contextlib.suppress(RpcUnavailable):
+                            await resend(rpc, w.id, attempts)
+                        last_send = time.monotonic()
+                else:
+                    next_since = used_since = None  # queued behind a lower nonce of the wallet
+            await blocks.wait_next_block(wait)
+
+    async def _check(
+        self,
+        rpc: ChainRpc,
+        blocks: BlockWatcher,
+        withdrawal_id: str,
+        attempts: list[TxAttempt],
+        inp: AwaitInput,
+        seen: str | None,
+    ) -> Inclusion | str | None:
+        """One direct look at the receipts: an Inclusion to return, the hash seen mined, or None."""
+        mined = await find_mined_attempt(rpc, attempts)
+        if mined is None:
+            if inp.until_included_only or await self._still_included(rpc, inp):
+                return None  # not mined yet, or the node does not know a receipt the chain holds
+            gone = seen or (attempts[-1].tx_hash if attempts else "")
+            return await self._reorged(withdrawal_id, gone, moved=False)
+        attempt, receipt = mined
+        moved = inp.included_block_hash and receipt.get("blockHash") != inp.included_block_hash
+        if moved and not inp.until_included_only:
+            if await self._still_included(rpc, inp):
+                return None  # the receipt names another block, the block that held it is unchanged
+            return await self._reorged(withdrawal_id, attempt.tx_hash, moved=True)
+        result = await self._inclusion(rpc, blocks, withdrawal_id, attempt, receipt, inp)
+        return result if result is not None else attempt.tx_hash
+
+    async def _still_included(self, rpc: ChainRpc, inp: AwaitInput) -> bool:
+        """Whether the block our transaction was included in is still the canonical block at that
+        height (a block's hash commits to its transactions). Only a changed or missing block proves
+        a reorg; when no node answers, the answer is "still included" (wait, do not resend)."""
+        try:
+            block = await rpc.block(inp.included_block_number)
+        except RpcUnavailable:
+            return True
+        return block is not None and block.get("hash") == inp.included_block_hash
+
+    async def _reorged(self, withdrawal_id: str, tx_hash: str, *, moved: bool) -> Inclusion:
+        async with self.db.transaction() as s:
+            await repo.record_reorg(s, withdrawal_id)
+        log.warning("withdrawal.reorg.detected", withdrawal_id=withdrawal_id, tx_hash=tx_hash, moved=moved)
+        return Inclusion(outcome=InclusionOutcome.REORGED, tx_hash=tx_hash)
+
+    async def _inclusion(
+        self,
+        rpc: ChainRpc,
+        blocks: BlockWatcher,
+        withdrawal_id: str,
+        attempt: TxAttempt,
+        receipt: dict[str, Any],
+        inp: AwaitInput,
+    ) -> Inclusion | None:
+        block_number = int(receipt["blockNumber"], 16)
+        head = blocks.head if blocks.healthy else await rpc.block_number()
+        head = max(head, block_number)
+        confirmations = max(0, head - block_number + 1)
+        if not inp.until_included_only:
+            if confirmations < inp.required_confirmations:
+                return None
+            if self.config.networks[attempt.network].finality == "finalized":
+                finalized = blocks.finalized if blocks.finalized >= 0 else -1
+                if finalized < block_number:
+                    fin = await rpc.block("finalized")
+                    finalized = int(fin["number"], 16) if fin else -1
+                if finalized < block_number:
+                    return None
+            block = await rpc.block(block_number)
+            if block is None or block.get("hash") != receipt.get("blockHash"):
+                return None  # the node is mid-reorg: look again
+        fee = int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice", "0x0"), 16)
+        async with self.db.transaction() as s:
+            await repo.record_inclusion(
+                s,
+                withdrawal_id,
+                tx_hash=attempt.tx_hash,
+                block_number=block_number,
+                confirmations=confirmations,
+                fee_wei=fee,
+            )
+        return Inclusion(
+            outcome=InclusionOutcome.INCLUDED if inp.until_included_only else InclusionOutcome.CONFIRMED,
+            tx_hash=attempt.tx_hash,
+            purpose=TxPurpose(attempt.purpose),
+            block_number=block_number,
+            block_hash=str(receipt.get("blockHash", "")),
+            confirmations=confirmations,
+            success=int(receipt.get("status", "0x1"), 16) == 1,
+            fee_wei=str(fee),
+        )

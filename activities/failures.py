@@ -1,0 +1,17 @@
+"""How activities fail: a named `ApplicationError` per `ErrorCode`, retryable only when the cause is
+transient (the workflow's retry policy then retries it); definite failures are non-retryable."""
+
+from __future__ import annotations
+
+from temporalio.exceptions import ApplicationError
+
+from models.errors import ErrorCode
+
+
+def fail(code: ErrorCode, message: str, *, retryable: bool = False) -> ApplicationError:
+    return ApplicationError(message, type=code.value, non_retryable=not retryable)
+
+
+def rpc_down(e: Exception) -> ApplicationError:
+    """No node answered: retryable (a resend is the same signed bytes, so retrying is safe)."""
+    return fail(ErrorCode.RPC_UNAVAILABLE, str(e)[:500], retryable=True)

@@ -1,0 +1,43 @@
+"""The workflow's status writes: one activity around `repo.transition`, the single writer."""
+
+from __future__ import annotations
+
+import structlog
+from temporalio import activity
+
+from activities.failures import fail
+from models import repo
+from models.db import Database
+from models.domain import ErrorCode, TransitionInput
+from models.lifecycle import StaleTransition
+
+log = structlog.get_logger()
+
+
+class LifecycleActivities:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @activity.defn
+    async def record_transition(self, inp: TransitionInput) -> None:
+        """Move the row to `inp.status` with its effects (reservation, nonce, status event) in one
+        transaction. A move the row's status does not allow fails, non-retryable, and changes nothing."""
+        try:
+            async with self.db.transaction() as s:
+                moved = await repo.transition(s, inp.withdrawal_id, inp.status, error=inp.error, seq=inp.seq)
+        except StaleTransition as e:
+            log.error(
+                "withdrawal.transition.stale",
+                withdrawal_id=inp.withdrawal_id,
+                to=inp.status,
+                current=e.current,
+            )
+            raise fail(ErrorCode.STALE_TRANSITION, str(e)) from e
+        log.info(
+            "withdrawal.status",
+            withdrawal_id=inp.withdrawal_id,
+            status=inp.status,
+            error=inp.error.code if inp.error else None,
+            seq=inp.seq,
+            repeat=not moved,
+        )

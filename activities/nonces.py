@@ -1,0 +1,257 @@
+"""Nonces: allocation per hot wallet, realignment, and the per-wallet reconciler.
+
+Allocation is serialized by the hot wallet's row lock (see `models.repo`), so nonces stay contiguous
+across any number of worker processes; a retried allocation returns the same nonce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+import structlog
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.broadcast import resend
+from activities.failures import fail, rpc_down
+from activities.proof import find_nonce_holder
+from activities.rpc import Chains, RpcError, RpcUnavailable
+from activities.signer import KeystoreSigner
+from activities.transactions import new_attempt, quote_fees, self_transfer
+from models import repo
+from models.db import Database
+from models.domain import (
+    ErrorCode,
+    ErrorInfo,
+    NonceAllocation,
+    NonceConflictInput,
+    NonceHolderOutcome,
+    NoncePurpose,
+    NonceResolution,
+    ReconcileInput,
+    ReconcileReport,
+    TxPurpose,
+    WithdrawalRef,
+    WithdrawalStatus,
+)
+from models.tables import utcnow
+from settings import EngineConfig
+
+log = structlog.get_logger()
+
+
+class NonceActivities:
+    def __init__(self, db: Database, chains: Chains, config: EngineConfig) -> None:
+        self.db, self.chains, self.config = db, chains, config
+
+    async def ensure_hot_wallets(self) -> None:
+        """Register every configured hot wallet; its first nonce is the chain's pending nonce."""
+        for network, cfg in self.config.networks.items():
+            for wallet in cfg.hot_wallets:
+                nonce = await self.chains[network].pending_nonce(wallet)
+                async with self.db.transaction() as s:
+                    await repo.ensure_hot_wallet(s, network, wallet, nonce)
+
+    @activity.defn
+    async def allocate_nonce(self, ref: WithdrawalRef) -> NonceAllocation:
+        async with self.db.transaction() as s:
+            alloc = await repo.allocate_nonce(s, ref.withdrawal_id)
+        log.info("withdrawal.nonce.allocated", withdrawal_id=ref.withdrawal_id, nonce=alloc.nonce)
+        return NonceAllocation(hot_wallet=alloc.hot_wallet, nonce=alloc.nonce)
+
+    @activity.defn
+    async def resolve_nonce_conflict(self, inp: NonceConflictInput) -> NonceResolution:
+        """The withdrawal's nonce is used on chain ("nonce too low", or the wallet's mined nonce passed
+        it) and no node shows one of our receipts. Prove the holder from blocks (`activities.proof`):
+        ours → the caller confirms it; another transaction at the required depth → with `inp.move` only
+        (an operator's decision) the withdrawal gets the wallet's next nonce, its attempts at the old
+        one marked FAILED. No proof: a retryable NONCE_UNPROVEN (the workflow waits, then parks)."""
+        async with self.db.read() as s:
+            w = await repo.get_withdrawal(s, inp.withdrawal_id)
+            attempts = await repo.attempts_for(s, inp.withdrawal_id)
+        if w is None or w.hot_wallet is None or w.nonce is None:
+            raise LookupError(inp.withdrawal_id)
+        cfg, rpc = self.config.networks[w.network], self.chains[w.network]
+        at_nonce = [a for a in attempts if a.nonce == w.nonce]
+        holder = await find_nonce_holder(
+            rpc, w.hot_wallet, w.nonce, at_nonce, required_depth=cfg.required_confirmations
+        )
+        if holder.outcome is NonceHolderOutcome.UNPROVEN:
+            log.warning("nonce.conflict.unproven", withdrawal_id=w.id, nonce=w.nonce, detail=holder.detail)
+            raise fail(ErrorCode.NONCE_UNPROVEN, holder.detail, retryable=True)
+        if holder.outcome is NonceHolderOutcome.OURS or not inp.move:
+            if holder.outcome is NonceHolderOutcome.EXTERNAL:
+                log.error("nonce.conflict.external", alert=True, withdrawal_id=w.id, detail=holder.detail)
+            return NonceResolution(holder=holder, old_nonce=w.nonce)
+        try:
+            latest = await rpc.latest_nonce(w.hot_wallet)
+        except RpcUnavailable as e:
+            raise rpc_down(e) from e
+        async with self.db.transaction() as s:
+            old, new = await repo.realign_nonce(s, w.id, latest)
+        log.error(
+            "nonce.realigned",
+            alert=True,
+            withdrawal_id=w.id,
+            hot_wallet=w.hot_wallet,
+            old_nonce=old,
+            new_nonce=new.nonce,
+            reason=holder.detail,
+        )
+        return NonceResolution(holder=holder, old_nonce=old, new_nonce=new.nonce)
+
+
+class WorkflowProbe(Protocol):
+    async def running(self, withdrawal_id: str) -> bool | None:
+        """True: its workflow runs; False: it provably does not; None: cannot tell now."""
+        ...
+
+
+class TemporalWorkflowProbe:
+    """Asks Temporal whether a withdrawal's workflow still runs. Only NOT_FOUND or a closed execution
+    mean "not running"; any other error is "cannot tell", and the reconciler leaves the nonce alone."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def running(self, withdrawal_id: str) -> bool | None:
+        try:
+            desc = await self.client.get_workflow_handle(f"withdrawal-{withdrawal_id}").describe()
+        except RPCError as e:
+            return False if e.status == RPCStatusCode.NOT_FOUND else None
+        return desc.status == WorkflowExecutionStatus.RUNNING
+
+
+class ReconcileActivities:
+    """Per-hot-wallet nonce reconciliation (run by `NonceReconcilerWorkflow` on a Temporal Schedule).
+
+    Compares the engine's allocations with the chain's latest and pending nonce and:
+    - records nonces used by transactions sent outside the engine and moves the counter past them;
+    - re-broadcasts allocated transactions that no node knows any more;
+    - fills a nonce whose withdrawal's workflow provably ended without sending anything (0-value
+      self-transfer), and ends that withdrawal CANCELLED with its reservation released;
+    - logs an alert (`nonce.reconcile.alert`) for each of these.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        chains: Chains,
+        signer: KeystoreSigner,
+        config: EngineConfig,
+        workflows: WorkflowProbe,
+    ) -> None:
+        self.db, self.chains, self.signer, self.config, self.workflows = db, chains, signer, config, workflows
+
+    @activity.defn
+    async def reconcile_wallet(self, inp: ReconcileInput) -> ReconcileReport:
+        rpc = self.chains[inp.network]
+        alerts: list[str] = []
+        try:
+            latest = await rpc.latest_nonce(inp.hot_wallet)
+            pending = await rpc.pending_nonce(inp.hot_wallet)
+        except RpcUnavailable as e:
+            raise rpc_down(e) from e
+        async with self.db.transaction() as s:
+            hw = await repo.lock_hot_wallet(s, inp.network, inp.hot_wallet)
+            external = await repo.record_external_nonces(s, hw, latest)
+            next_nonce = hw.next_nonce
+        if external:
+            alerts.append(
+                f"nonces {external[0]}..{external[-1]} used by transactions sent outside the engine"
+            )
+        async with self.db.read() as s:
+            allocs = [
+                a
+                for a in await repo.nonce_allocations(s, inp.network, inp.hot_wallet)
+                if a.nonce >= latest and a.active and a.purpose == NoncePurpose.WITHDRAWAL and a.withdrawal_id
+            ]
+            attempts = await repo.attempts_for_many(s, [a.withdrawal_id for a in allocs if a.withdrawal_id])
+        rebroadcast: list[str] = []
+        filled: list[int] = []
+        now = utcnow()
+        for alloc in allocs:
+            assert alloc.withdrawal_id is not None
+            mine = [a for a in attempts.get(alloc.withdrawal_id, []) if a.nonce == alloc.nonce]
+            if mine:
+                known = [a for a in mine if await rpc.call("eth_getTransactionByHash", [a.tx_hash])]
+                if not known:
+                    await resend(rpc, alloc.withdrawal_id, mine)
+                    rebroadcast.append(mine[-1].tx_hash)
+                    alerts.append(
+                        f"nonce {alloc.nonce}: transaction {mine[-1].tx_hash} unknown to the node, resent"
+                    )
+                continue
+            age = (now - alloc.created_at).total_seconds()
+            if age < inp.orphan_after_seconds:
+                continue
+            running = await self.workflows.running(alloc.withdrawal_id)
+            if running is None:
+                continue  # cannot tell: never touch a withdrawal that may be live
+            if running:
+                alerts.append(
+                    f"nonce {alloc.nonce} held by withdrawal {alloc.withdrawal_id} for {int(age)} s with "
+                    "nothing signed: later transactions of this wallet wait behind it (retry or cancel)"
+                )
+                continue
+            tx_hash = await self._fill(inp, alloc.withdrawal_id, alloc.nonce)
+            filled.append(alloc.nonce)
+            alerts.append(f"nonce {alloc.nonce} of withdrawal {alloc.withdrawal_id} filled by {tx_hash}")
+        for text in alerts:
+            log.error(
+                "nonce.reconcile.alert",
+                alert=True,
+                network=inp.network,
+                hot_wallet=inp.hot_wallet,
+                detail=text,
+            )
+        return ReconcileReport(
+            network=inp.network,
+            hot_wallet=inp.hot_wallet,
+            latest_nonce=latest,
+            pending_nonce=pending,
+            next_nonce=next_nonce,
+            rebroadcast=rebroadcast,
+            filled=filled,
+            external=external,
+            alerts=alerts,
+        )
+
+    async def _fill(self, inp: ReconcileInput, withdrawal_id: str, nonce: int) -> str:
+        """0-value self-transfer at `nonce`; the orphaned withdrawal ends CANCELLED, funds released."""
+        cfg, rpc = self.config.networks[inp.network], self.chains[inp.network]
+        fees = await quote_fees(cfg, rpc, capped=False)
+        tx = self_transfer(inp.hot_wallet, cfg)
+        tx.pop("from")
+        tx.update(nonce=nonce, chainId=cfg.chain_id)
+        tx.update(fees.tx_fields())
+        raw, tx_hash = self.signer.sign(inp.hot_wallet, tx)
+        attempt = new_attempt(
+            withdrawal_id=withdrawal_id,
+            purpose=TxPurpose.FILL,
+            seq=0,
+            network=inp.network,
+            hot_wallet=inp.hot_wallet,
+            nonce=nonce,
+            tx=tx,
+            fees=fees,
+            raw=raw,
+            tx_hash=tx_hash,
+        )
+        async with self.db.transaction() as s:
+            await repo.record_attempt(s, attempt)
+            await repo.mark_allocation(s, inp.network, inp.hot_wallet, nonce, purpose=NoncePurpose.FILL)
+            await repo.transition(
+                s,
+                withdrawal_id,
+                WithdrawalStatus.CANCELLED,
+                error=ErrorInfo(
+                    code=ErrorCode.CANCELLED,
+                    message=f"workflow ended before sending; nonce {nonce} filled by {tx_hash}",
+                ),
+            )
+        with contextlib.suppress(RpcError):
+            await rpc.send_raw(raw)
+        return tx_hash

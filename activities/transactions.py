@@ -1,0 +1,189 @@
+"""Building and signing transactions: gas limit, one fee quote, replacements that outbid every
+earlier attempt at the nonce. `sign_transaction` records the attempt before anything is broadcast."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from eth_abi import encode as abi_encode
+from temporalio import activity
+
+from activities import fees as feemath
+from activities.failures import fail, rpc_down
+from activities.rpc import ChainIdMismatch, ChainRpc, Chains, RpcError, RpcUnavailable
+from activities.rpc_errors import RpcErrorKind
+from activities.signer import KeystoreSigner, SignerUnavailable
+from models import repo
+from models.db import Database
+from models.domain import ErrorCode, SignedTx, SignInput, TxPurpose
+from models.tables import TxAttempt, Withdrawal
+from settings import EngineConfig, NetworkConfig
+
+log = structlog.get_logger()
+
+TRANSFER_SELECTOR = bytes.fromhex("a9059cbb")  # transfer(address,uint256)
+_UNCAPPED = 2**255
+
+
+def erc20_transfer_data(to: str, amount: int) -> str:
+    return "0x" + (TRANSFER_SELECTOR + abi_encode(["address", "uint256"], [to, amount])).hex()
+
+
+def fee_cap(cfg: NetworkConfig) -> int:
+    return int(cfg.max_fee_per_gas_cap_gwei * 10**9)
+
+
+async def quote_fees(cfg: NetworkConfig, rpc: ChainRpc, *, capped: bool = True) -> feemath.Fees:
+    """The fees to sign with now: the node's gas price (legacy) or 2 x base fee + priority (EIP-1559),
+    within the network's cap; `capped=False` for cancellations and nonce fills, which must not wait.
+    Raises `feemath.FeeAboveCap` when the market is above the cap."""
+    cap = fee_cap(cfg) if capped else _UNCAPPED
+    if cfg.fee_model == "legacy":
+        return feemath.legacy(await rpc.gas_price(), cfg.legacy_gas_price_multiplier, cap)
+    head = await rpc.block("latest")
+    base = int((head or {}).get("baseFeePerGas", "0x0"), 16)
+    priority = await rpc.max_priority_fee()
+    if priority is None:
+        priority = int(cfg.priority_fee_gwei * 10**9)
+    return feemath.eip1559(base, priority, cap)
+
+
+def self_transfer(hot_wallet: str, cfg: NetworkConfig) -> dict[str, Any]:
+    """A 0-value transfer to the wallet itself: what a cancellation or a nonce fill sends."""
+    return {"from": hot_wallet, "to": hot_wallet, "value": 0, "data": "0x", "gas": cfg.native_gas_limit}
+
+
+def new_attempt(
+    *,
+    withdrawal_id: str,
+    purpose: TxPurpose,
+    seq: int,
+    network: str,
+    hot_wallet: str,
+    nonce: int,
+    tx: dict[str, Any],
+    fees: feemath.Fees,
+    raw: str,
+    tx_hash: str,
+) -> TxAttempt:
+    return TxAttempt(
+        withdrawal_id=withdrawal_id,
+        purpose=purpose,
+        seq=seq,
+        network=network,
+        hot_wallet=hot_wallet,
+        nonce=nonce,
+        tx_hash=tx_hash,
+        raw_tx=raw,
+        tx_type=2 if fees.gas_price is None else 0,
+        gas_limit=tx["gas"],
+        max_fee_per_gas=fees.max_fee_per_gas,
+        max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+        gas_price=fees.gas_price,
+    )
+
+
+class TransactionActivities:
+    def __init__(self, db: Database, chains: Chains, signer: KeystoreSigner, config: EngineConfig) -> None:
+        self.db, self.chains, self.signer, self.config = db, chains, signer, config
+
+    async def _gas_limit(self, cfg: NetworkConfig, rpc: ChainRpc, tx: dict[str, Any], native: bool) -> int:
+        if native and (await rpc.get_code(tx["to"])) in ("0x", "0x0", ""):
+            return cfg.native_gas_limit
+        try:
+            estimate = await rpc.estimate_gas(
+                {k: v for k, v in tx.items() if k in ("from", "to", "value", "data")}
+            )
+        except RpcError as e:
+            if e.kind is RpcErrorKind.EXECUTION_REVERTED:
+                raise fail(ErrorCode.EXECUTION_REVERTED, f"the transfer would revert: {e.message}") from e
+            raise
+        limit = int(Decimal(estimate) * cfg.gas_limit_margin)
+        return min(limit, cfg.token_gas_limit_cap) if not native else limit
+
+    async def _unsigned(
+        self, w: Withdrawal, purpose: TxPurpose, cfg: NetworkConfig, rpc: ChainRpc
+    ) -> dict[str, Any]:
+        assert w.hot_wallet is not None
+        if purpose is TxPurpose.CANCEL:
+            return self_transfer(w.hot_wallet, cfg)
+        if w.asset == cfg.native_asset:
+            tx = {"from": w.hot_wallet, "to": w.to_address, "value": w.amount, "data": "0x"}
+            tx["gas"] = await self._gas_limit(cfg, rpc, tx, native=True)
+            return tx
+        token = cfg.tokens[w.asset].address
+        tx = {
+            "from": w.hot_wallet,
+            "to": token,
+            "value": 0,
+            "data": erc20_transfer_data(w.to_address, w.amount),
+        }
+        tx["gas"] = await self._gas_limit(cfg, rpc, tx, native=False)
+        return tx
+
+    @activity.defn
+    async def sign_transaction(self, inp: SignInput) -> SignedTx:
+        """Build, sign and record a transaction at the withdrawal's nonce. The attempt is committed
+        before anything is broadcast; a repeat returns the recorded attempt unchanged."""
+        async with self.db.read() as s:
+            w = await repo.get_withdrawal(s, inp.withdrawal_id)
+            attempts = await repo.attempts_for(s, inp.withdrawal_id)
+        if w is None:
+            raise LookupError(inp.withdrawal_id)
+        same = [a for a in attempts if a.purpose == inp.purpose and a.seq == inp.seq]
+        if same:
+            return SignedTx(tx_hash=same[0].tx_hash, nonce=same[0].nonce, purpose=TxPurpose(same[0].purpose))
+        if w.nonce is None or w.hot_wallet is None:
+            raise fail(ErrorCode.NONCE_CONFLICT, "no nonce allocated")
+        cfg = self.config.networks[w.network]
+        rpc = self.chains[w.network]
+        if not self.signer.has(w.hot_wallet):
+            raise fail(ErrorCode.SIGNER_UNAVAILABLE, f"no signing key for hot wallet {w.hot_wallet}")
+        at_nonce = [a for a in attempts if a.nonce == w.nonce]
+        try:
+            tx = await self._unsigned(w, inp.purpose, cfg, rpc)
+            try:
+                fees = await quote_fees(cfg, rpc, capped=inp.purpose is not TxPurpose.CANCEL)
+            except feemath.FeeAboveCap as e:
+                # Nothing sent yet at this nonce: waiting for fees to fall is safe, so retry.
+                raise fail(ErrorCode.FEE_ABOVE_CAP, str(e), retryable=not at_nonce) from e
+        except ChainIdMismatch as e:
+            raise fail(ErrorCode.CHAIN_ID_MISMATCH, str(e)) from e
+        except RpcUnavailable as e:
+            raise rpc_down(e) from e
+        if at_nonce:  # a replacement at the same nonce must outbid every earlier attempt
+            top = max(at_nonce, key=lambda a: a.max_fee_per_gas or a.gas_price or 0)
+            fees = feemath.replacement(
+                fees, feemath.Fees(top.max_fee_per_gas, top.max_priority_fee_per_gas, top.gas_price)
+            )
+            cap = fee_cap(cfg)
+            if inp.purpose is not TxPurpose.CANCEL and fees.per_gas_ceiling > cap:
+                raise fail(
+                    ErrorCode.FEE_ABOVE_CAP,
+                    f"a replacement needs {fees.per_gas_ceiling} wei/gas, above the cap of {cap}",
+                )
+        tx.pop("from")
+        tx.update(nonce=w.nonce, chainId=cfg.chain_id)
+        tx.update(fees.tx_fields())
+        try:
+            raw, tx_hash = self.signer.sign(w.hot_wallet, tx)
+        except SignerUnavailable as e:
+            raise fail(ErrorCode.SIGNER_UNAVAILABLE, str(e)) from e
+        attempt = new_attempt(
+            withdrawal_id=w.id,
+            purpose=inp.purpose,
+            seq=inp.seq,
+            network=w.network,
+            hot_wallet=w.hot_wallet,
+            nonce=w.nonce,
+            tx=tx,
+            fees=fees,
+            raw=raw,
+            tx_hash=tx_hash,
+        )
+        async with self.db.transaction() as s:
+            await repo.record_attempt(s, attempt)
+        log.info("withdrawal.signed", withdrawal_id=w.id, tx_hash=tx_hash, nonce=w.nonce, purpose=inp.purpose)
+        return SignedTx(tx_hash=tx_hash, nonce=w.nonce, purpose=inp.purpose)

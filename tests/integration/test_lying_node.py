@@ -1,0 +1,96 @@
+"""A node that answers null for mined transactions (a lagging or pruned node behind a load balancer)
+can delay a withdrawal, never make it pay twice: the engine proves from blocks who holds the nonce
+and that the including block is unchanged, instead of re-signing or declaring a reorg."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from devstack import processes
+from models import repo
+from models.domain import HistoryKind, WithdrawalStatus
+from tests.invariants import assert_invariants
+from tests.rpc_proxy import RpcProxy
+from tests.stack import Harness, Stack, close_harness, make_harness, native_body, new_wallet
+
+NETWORK = "ethereum"
+LIE_SECONDS = 15
+
+
+@pytest.fixture
+async def lying(stack: Stack, db_url: str) -> AsyncIterator[tuple[Harness, RpcProxy]]:
+    proxy = RpcProxy(stack.rpc_urls[NETWORK])
+    await proxy.start()
+    h = await make_harness(
+        stack,
+        db_url,
+        rpc_urls={NETWORK: [proxy.url]},
+        network_overrides={"stuck_after_blocks": 2, "required_confirmations": 6},
+    )
+    try:
+        yield h, proxy
+    finally:
+        await close_harness(h)
+        await proxy.stop()
+
+
+def _balance(h: Harness, address: str) -> int:
+    return int(processes.rpc(h.stack.rpc_urls[NETWORK], "eth_getBalance", [address, "latest"]), 16)
+
+
+async def _paid_once(h: Harness, wid: str, to: str, amount: int) -> list[Any]:
+    final = await h.wait_status(wid, {"CONFIRMED", "NEEDS_ATTENTION", "FAILED", "CANCELLED"}, limit=120)
+    assert final["status"] == "CONFIRMED", final
+    assert _balance(h, to) == amount, "paid more than once (or not at all)"
+    async with h.db.read() as s:
+        attempts = await repo.attempts_for(s, wid)
+        allocs = [
+            a for a in await repo.nonce_allocations(s, NETWORK, h.config.networks[NETWORK].hot_wallets[0])
+        ]
+    assert {a.nonce for a in attempts} == {final_nonce(allocs, wid)}, "signed at more than one nonce"
+    history = await h.history(wid)
+    assert not any(e.kind in (HistoryKind.NONCE_REALIGNED, HistoryKind.REORG) for e in history), history
+    await assert_invariants(h, [wid])
+    return history
+
+
+def final_nonce(allocs: list[Any], wid: str) -> int:
+    mine = [a.nonce for a in allocs if a.withdrawal_id == wid]
+    assert len(mine) == 1, mine
+    return int(mine[0])
+
+
+async def test_null_receipts_at_inclusion_do_not_pay_twice(lying: tuple[Harness, RpcProxy]) -> None:
+    h, proxy = lying
+    to = new_wallet()[0]
+    with h.stack.mining_paused(NETWORK):
+        wid = (await h.request(native_body(NETWORK, to, "0.25"))).json()["id"]
+        await h.wait_status(wid, {"BROADCAST"})
+        proxy.hide_transactions = True  # from now on no node admits knowing any transaction
+        await asyncio.sleep(2.5)  # stuck while nothing is mined: a replacement at the same nonce
+    await asyncio.sleep(LIE_SECONDS)  # mined now, but receipts and lookups answer null
+    assert proxy.hidden > 0
+    during = await h.status(wid)
+    assert during["status"] in {"BROADCAST", "CONFIRMING"}, during
+    assert _balance(h, to) == 25 * 10**16
+    proxy.hide_transactions = False
+    history = await _paid_once(h, wid, to, 25 * 10**16)
+    statuses = [e.status for e in history if e.kind is HistoryKind.STATUS]
+    assert WithdrawalStatus.CONFIRMING in statuses
+
+
+async def test_null_receipts_during_confirmation_are_not_a_reorg(lying: tuple[Harness, RpcProxy]) -> None:
+    h, proxy = lying
+    to = new_wallet()[0]
+    wid = (await h.request(native_body(NETWORK, to, "0.4"))).json()["id"]
+    await h.wait_status(wid, {"CONFIRMING"})
+    proxy.hide_transactions = True
+    await asyncio.sleep(LIE_SECONDS)
+    assert proxy.hidden > 0
+    assert (await h.status(wid))["status"] == "CONFIRMING"  # waits: a null receipt proves nothing
+    proxy.hide_transactions = False
+    await _paid_once(h, wid, to, 4 * 10**17)
