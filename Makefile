@@ -29,8 +29,11 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The tests that need no server (pure logic; workflows on the time-skipping test server).
 test-unit: install
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q tests/models/test_lifecycle.py tests/models/test_amounts.py \
+		tests/models/test_addresses.py tests/activities/test_fees.py tests/activities/test_rpc_errors.py \
+		tests/api/test_body_guard.py tests/test_settings.py tests/workflows
 
 lint: install
 	$(BIN)/ruff check .

@@ -28,6 +28,13 @@ DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
 DEV_WEBHOOK_SECRET = "dev-webhook-secret"  # noqa: S105
 
 
+MIN_SECRET_BYTES = 32
+# Chain ids of public mainnets (Ethereum, BSC, Polygon and other large EVM chains): refused outside prod.
+MAINNET_CHAIN_IDS = frozenset(
+    {1, 10, 25, 56, 100, 137, 250, 324, 1101, 5000, 8453, 42161, 42220, 43114, 59144, 534352}
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WE_", env_file=".env", extra="ignore")
 
@@ -62,8 +69,14 @@ class Settings(BaseSettings):
                 ("jwt_secret", DEV_JWT_SECRET),
                 ("webhook_secret", DEV_WEBHOOK_SECRET),
             ):
-                if getattr(self, name).get_secret_value() == dev_value:
+                value = getattr(self, name).get_secret_value()
+                if value == dev_value:
                     raise ValueError(f"WE_{name.upper()} is the development default; set a real secret")
+                if len(value.encode()) < MIN_SECRET_BYTES or len(set(value)) < 10:
+                    raise ValueError(
+                        f"WE_{name.upper()} must be at least {MIN_SECRET_BYTES} random bytes "
+                        "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                    )
             if not self.database_url:
                 raise ValueError("WE_DATABASE_URL must be set outside dev")
         return self
@@ -78,7 +91,12 @@ class Settings(BaseSettings):
 
     @cached_property
     def engine_config(self) -> EngineConfig:
-        return EngineConfig.load(self.config_file)
+        config = EngineConfig.load(self.config_file)
+        if self.env != "prod":  # dev keys and secrets must never touch a real chain
+            real = {n: c.chain_id for n, c in config.networks.items() if c.chain_id in MAINNET_CHAIN_IDS}
+            if real:
+                raise ValueError(f"WE_ENV={self.env} refuses mainnet chain ids: {real}")
+        return config
 
 
 class TokenConfig(BaseModel):
@@ -116,7 +134,11 @@ class NetworkConfig(BaseModel):
     priority_fee_gwei: Decimal = Decimal("1.5")
     legacy_gas_price_multiplier: Decimal = Decimal("1.2")
     native_gas_limit: int = 21_000
+    # A native transfer to a contract runs its code: its gas limit is capped here (more is refused).
+    native_contract_gas_limit_cap: int = 50_000
     token_gas_limit_cap: int = 200_000
+    # Cancellations and nonce fills are not held by the fee cap, but never pay more than this multiple.
+    cancel_fee_cap_multiple: int = Field(default=4, ge=1)
     gas_limit_margin: Decimal = Decimal("1.25")
     rpc_timeout_seconds: float = 10.0
     # "confirmations": CONFIRMED after `required_confirmations` blocks; "finalized": once the block is at
@@ -134,6 +156,15 @@ class NetworkConfig(BaseModel):
             if not is_address(a):
                 raise ValueError(f"not an address: {a}")
         return [to_checksum_address(a) for a in v]
+
+    @model_validator(mode="after")
+    def _every_asset_has_limits(self) -> NetworkConfig:
+        missing = [a for a in self.assets if a not in self.limits]
+        if missing:
+            raise ValueError(
+                f"assets without limits (per_transaction, daily_per_user, approval_threshold): {missing}"
+            )
+        return self
 
     @field_validator("chain_id")
     @classmethod
@@ -153,9 +184,15 @@ class NetworkConfig(BaseModel):
         return [self.native_asset, *self.tokens]
 
     def fee_allowance_wei(self, asset: str) -> int:
-        """Worst-case fee reserved from the native balance: gas limit cap times max fee cap."""
-        gas = self.native_gas_limit if asset == self.native_asset else self.token_gas_limit_cap
-        return gas * int(self.max_fee_per_gas_cap_gwei * 10**9)
+        """Worst-case fee reserved from the native balance: the largest gas limit a transfer of the
+        asset may be signed with times the max fee cap (signing never exceeds either)."""
+        cancel = self.native_gas_limit * self.cancel_fee_cap_multiple  # a cancel may pay up to the ceiling
+        transfer = (
+            max(self.native_gas_limit, self.native_contract_gas_limit_cap)
+            if asset == self.native_asset
+            else self.token_gas_limit_cap
+        )
+        return max(transfer, cancel) * int(self.max_fee_per_gas_cap_gwei * 10**9)
 
 
 class EngineConfig(BaseModel):

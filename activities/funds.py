@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
@@ -27,7 +28,17 @@ from settings import EngineConfig, NetworkConfig
 
 log = structlog.get_logger()
 
-Balances = Mapping[tuple[str, str], int]  # (hot wallet, asset) -> on-chain balance in base units
+
+@dataclass(frozen=True)
+class Balances:
+    """On-chain balances in base units, (hot wallet, asset) -> amount, as of `block` (None: latest)."""
+
+    amounts: Mapping[tuple[str, str], int]
+    block: int | None = None
+
+    def get(self, key: tuple[str, str], default: int = 0) -> int:
+        return self.amounts.get(key, default)
+
 
 DAILY_LIMIT = ErrorInfo(
     code=ErrorCode.LIMIT_EXCEEDED, message="daily withdrawal limit for this user exceeded"
@@ -64,17 +75,21 @@ class FundsActivities:
     def __init__(self, db: Database, chains: Chains, config: EngineConfig) -> None:
         self.db, self.chains, self.config = db, chains, config
 
-    async def _balances(self, cfg: NetworkConfig, network: str, asset: str) -> dict[tuple[str, str], int]:
+    async def _balances(self, cfg: NetworkConfig, network: str, asset: str) -> Balances:
+        """The hot wallets' balances at one block (the reservation arithmetic counts what settled after
+        it: `repo.held_amounts(as_of_block=...)`), so a withdrawal confirmed between this read and the
+        reservation is never counted as still in the wallet."""
         rpc = self.chains[network]
+        block = await rpc.block_number()
         pairs: list[tuple[str, str]] = []
         calls = []
         for wallet in cfg.hot_wallets:
             pairs.append((wallet, cfg.native_asset))
-            calls.append(rpc.balance(wallet))
+            calls.append(rpc.balance(wallet, block=block))
             if asset != cfg.native_asset:
                 pairs.append((wallet, asset))
-                calls.append(rpc.token_balance(cfg.tokens[asset].address, wallet))
-        return dict(zip(pairs, await asyncio.gather(*calls), strict=True))
+                calls.append(rpc.token_balance(cfg.tokens[asset].address, wallet, block=block))
+        return Balances(dict(zip(pairs, await asyncio.gather(*calls), strict=True)), block)
 
     def _admission(self, w: Withdrawal, cfg: NetworkConfig | None) -> Admission:
         status = WithdrawalStatus(w.status)
@@ -107,7 +122,7 @@ class FundsActivities:
             cfg,
             need,
             balances,
-            await repo.held_amounts(s, w.network),
+            await repo.held_amounts(s, w.network, as_of_block=balances.block),
             await repo.in_flight_counts(s, w.network),
         )
         if wallet is not None:
@@ -207,7 +222,12 @@ class FundsActivities:
         limits = cfg.limits.get(w.asset)
         if limits is not None:
             used = await repo.daily_total(
-                s, network=w.network, asset=w.asset, user_id=w.user_id, since=utcnow() - timedelta(days=1)
+                s,
+                client_id=w.client_id,
+                network=w.network,
+                asset=w.asset,
+                user_id=w.user_id,
+                since=utcnow() - timedelta(days=1),
             )
             # `used` includes this withdrawal: its row is already inserted.
             if used > to_units(limits.daily_per_user, w.decimals):

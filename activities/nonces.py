@@ -16,6 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.broadcast import resend
 from activities.failures import fail, rpc_down
+from activities.fees import FeeAboveCap
 from activities.proof import find_nonce_holder
 from activities.rpc import Chains, RpcError, RpcUnavailable
 from activities.signer import KeystoreSigner
@@ -222,7 +223,10 @@ class ReconcileActivities:
     async def _fill(self, inp: ReconcileInput, withdrawal_id: str, nonce: int) -> str:
         """0-value self-transfer at `nonce`; the orphaned withdrawal ends CANCELLED, funds released."""
         cfg, rpc = self.config.networks[inp.network], self.chains[inp.network]
-        fees = await quote_fees(cfg, rpc, capped=False)
+        try:
+            fees = await quote_fees(cfg, rpc, capped=False)
+        except FeeAboveCap as e:
+            raise fail(ErrorCode.FEE_ABOVE_CAP, f"nonce fill waits: {e}", retryable=True) from e
         tx = self_transfer(inp.hot_wallet, cfg)
         tx.pop("from")
         tx.update(nonce=nonce, chainId=cfg.chain_id)

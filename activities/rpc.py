@@ -146,12 +146,14 @@ class ChainRpc:
         self._head = (now, head)
         return head
 
-    async def balance(self, address: str) -> int:
-        return int(await self.call("eth_getBalance", [address, "latest"]), 16)
+    async def balance(self, address: str, *, block: int | str | None = None) -> int:
+        tag = hex(block) if isinstance(block, int) else (block or "latest")
+        return int(await self.call("eth_getBalance", [address, tag]), 16)
 
-    async def token_balance(self, token: str, address: str) -> int:
+    async def token_balance(self, token: str, address: str, *, block: int | str | None = None) -> int:
         data = "0x70a08231" + address[2:].lower().rjust(64, "0")
-        return int(await self.call("eth_call", [{"to": token, "data": data}, "latest"]), 16)
+        tag = hex(block) if isinstance(block, int) else (block or "latest")
+        return int(await self.call("eth_call", [{"to": token, "data": data}, tag]), 16)
 
     async def pending_nonce(self, address: str) -> int:
         return int(await self.call("eth_getTransactionCount", [address, "pending"]), 16)

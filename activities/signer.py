@@ -6,6 +6,7 @@ Only the raw signed transaction and its hash leave `sign`; the key object refuse
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,15 @@ class KeystoreSigner:
         keys: dict[str, _Key] = {}
         for path in sorted(Path(directory).glob("*.json")) if Path(directory).exists() else []:
             data = json.loads(path.read_text())
-            address = to_checksum_address("0x" + data["address"].removeprefix("0x"))
-            keys[address] = _Key(bytes(Account.decrypt(data, password)))
+            secret = bytes(Account.decrypt(data, password))
+            # The address is the decrypted key's, never the file's unauthenticated `address` field.
+            address = to_checksum_address(Account.from_key(secret).address)
+            if (
+                data.get("address")
+                and to_checksum_address("0x" + str(data["address"]).removeprefix("0x")) != address
+            ):
+                raise SignerUnavailable(f"keystore {path.name} names another address than its key")
+            keys[address] = _Key(secret)
         return cls(keys)
 
     @property
@@ -71,6 +79,8 @@ def write_keystore(directory: Path, private_key: str, password: str, *, iteratio
             data = Account.encrypt(HexStr(private_key), password, kdf="scrypt")
         else:
             data = Account.encrypt(HexStr(private_key), password, kdf="pbkdf2", iterations=iterations)
-        path.write_text(json.dumps(data))
-        path.chmod(0o600)
+        # Created 0600 from the start: the file is never readable by others, not even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data))
     return address

@@ -24,7 +24,6 @@ from settings import EngineConfig, NetworkConfig
 log = structlog.get_logger()
 
 TRANSFER_SELECTOR = bytes.fromhex("a9059cbb")  # transfer(address,uint256)
-_UNCAPPED = 2**255
 
 
 def erc20_transfer_data(to: str, amount: int) -> str:
@@ -37,9 +36,10 @@ def fee_cap(cfg: NetworkConfig) -> int:
 
 async def quote_fees(cfg: NetworkConfig, rpc: ChainRpc, *, capped: bool = True) -> feemath.Fees:
     """The fees to sign with now: the node's gas price (legacy) or 2 x base fee + priority (EIP-1559),
-    within the network's cap; `capped=False` for cancellations and nonce fills, which must not wait.
-    Raises `feemath.FeeAboveCap` when the market is above the cap."""
-    cap = fee_cap(cfg) if capped else _UNCAPPED
+    within the network's cap. Cancellations and nonce fills (`capped=False`) must not wait for fees to
+    fall: they may pay up to `cancel_fee_cap_multiple` times the cap, never more (an absolute ceiling).
+    Raises `feemath.FeeAboveCap` when the market is above the cap in force."""
+    cap = fee_cap(cfg) if capped else fee_cap(cfg) * cfg.cancel_fee_cap_multiple
     if cfg.fee_model == "legacy":
         return feemath.legacy(await rpc.gas_price(), cfg.legacy_gas_price_multiplier, cap)
     head = await rpc.block("latest")
@@ -101,7 +101,10 @@ class TransactionActivities:
                 raise fail(ErrorCode.EXECUTION_REVERTED, f"the transfer would revert: {e.message}") from e
             raise
         limit = int(Decimal(estimate) * cfg.gas_limit_margin)
-        return min(limit, cfg.token_gas_limit_cap) if not native else limit
+        cap = cfg.native_contract_gas_limit_cap if native else cfg.token_gas_limit_cap
+        if estimate > cap:
+            raise fail(ErrorCode.GAS_ABOVE_CAP, f"the transfer needs {estimate} gas, above the cap of {cap}")
+        return min(limit, cap)
 
     async def _unsigned(
         self, w: Withdrawal, purpose: TxPurpose, cfg: NetworkConfig, rpc: ChainRpc
@@ -122,6 +125,27 @@ class TransactionActivities:
         }
         tx["gas"] = await self._gas_limit(cfg, rpc, tx, native=False)
         return tx
+
+    async def _check_balance(self, w: Withdrawal, cfg: NetworkConfig, rpc: ChainRpc, max_fee: int) -> None:
+        """Right before signing: the hot wallet's balance, after its pending transactions, covers the
+        amount and the most this transaction can pay in fees (else WAITING_FOR_FUNDS, nothing signed)."""
+        assert w.hot_wallet is not None
+        native = w.asset == cfg.native_asset
+        try:
+            coins = await rpc.balance(w.hot_wallet, block="pending")
+            tokens = (
+                None
+                if native
+                else await rpc.token_balance(cfg.tokens[w.asset].address, w.hot_wallet, block="pending")
+            )
+        except RpcUnavailable as e:
+            raise rpc_down(e) from e
+        short = coins < max_fee + (w.amount if native else 0) or (tokens is not None and tokens < w.amount)
+        if short:
+            raise fail(
+                ErrorCode.INSUFFICIENT_HOT_WALLET_FUNDS,
+                f"hot wallet {w.hot_wallet} cannot cover the amount and a fee of up to {max_fee} wei",
+            )
 
     @activity.defn
     async def sign_transaction(self, inp: SignInput) -> SignedTx:
@@ -149,6 +173,13 @@ class TransactionActivities:
             except feemath.FeeAboveCap as e:
                 # Nothing sent yet at this nonce: waiting for fees to fall is safe, so retry.
                 raise fail(ErrorCode.FEE_ABOVE_CAP, str(e), retryable=not at_nonce) from e
+            if inp.purpose is TxPurpose.CANCEL and fees.per_gas_ceiling > fee_cap(cfg):
+                log.error(
+                    "withdrawal.cancel.fee_above_cap",
+                    alert=True,
+                    withdrawal_id=w.id,
+                    fee=fees.per_gas_ceiling,
+                )
         except ChainIdMismatch as e:
             raise fail(ErrorCode.CHAIN_ID_MISMATCH, str(e)) from e
         except RpcUnavailable as e:
@@ -158,12 +189,21 @@ class TransactionActivities:
             fees = feemath.replacement(
                 fees, feemath.Fees(top.max_fee_per_gas, top.max_priority_fee_per_gas, top.gas_price)
             )
-            cap = fee_cap(cfg)
-            if inp.purpose is not TxPurpose.CANCEL and fees.per_gas_ceiling > cap:
+            cap = fee_cap(cfg) * (cfg.cancel_fee_cap_multiple if inp.purpose is TxPurpose.CANCEL else 1)
+            if inp.purpose is TxPurpose.CANCEL and fees.per_gas_ceiling > fee_cap(cfg):
+                log.error(
+                    "withdrawal.cancel.fee_above_cap",
+                    alert=True,
+                    withdrawal_id=w.id,
+                    fee=fees.per_gas_ceiling,
+                )
+            if fees.per_gas_ceiling > cap:
                 raise fail(
                     ErrorCode.FEE_ABOVE_CAP,
                     f"a replacement needs {fees.per_gas_ceiling} wei/gas, above the cap of {cap}",
                 )
+        if inp.purpose is TxPurpose.WITHDRAWAL and not at_nonce:  # a replacement's original is pending
+            await self._check_balance(w, cfg, rpc, tx["gas"] * fees.per_gas_ceiling)
         tx.pop("from")
         tx.update(nonce=w.nonce, chainId=cfg.chain_id)
         tx.update(fees.tx_fields())
@@ -184,6 +224,12 @@ class TransactionActivities:
             tx_hash=tx_hash,
         )
         async with self.db.transaction() as s:
+            alloc = await repo.active_allocation(s, w.id)
+            if alloc is None or alloc.nonce != w.nonce or alloc.hot_wallet != w.hot_wallet:
+                # e.g. the reconciler filled it: this withdrawal must never send at that nonce
+                raise fail(
+                    ErrorCode.NONCE_CONFLICT, f"nonce {w.nonce} is no longer allocated to this withdrawal"
+                )
             await repo.record_attempt(s, attempt)
         log.info("withdrawal.signed", withdrawal_id=w.id, tx_hash=tx_hash, nonce=w.nonce, purpose=inp.purpose)
         return SignedTx(tx_hash=tx_hash, nonce=w.nonce, purpose=inp.purpose)

@@ -96,7 +96,35 @@ def _iso(ts: datetime) -> str:
     return ts.isoformat(timespec="milliseconds") + "Z"
 
 
-def withdrawal_view(w: Withdrawal, config: EngineConfig) -> dict[str, Any]:
+# What a client reads as a withdrawal's `error.message`: fixed texts per code, never a node's answer,
+# an internal address or an RPC URL (operators see the recorded detail in the admin API). The
+# refusals' own messages are the validator's fixed texts; a cancellation says the operator's reason.
+_CLIENT_MESSAGES: dict[str, str] = {
+    ErrorCode.APPROVAL_REJECTED: "rejected by an operator",
+    ErrorCode.APPROVAL_TIMED_OUT: "not approved in time",
+    ErrorCode.INSUFFICIENT_HOT_WALLET_FUNDS: "waiting for the hot wallet to be funded",
+    ErrorCode.EXECUTION_REVERTED: "the transfer would fail or failed on chain",
+    ErrorCode.NONCE_CONFLICT: "held for an operator: the transaction slot was used outside the engine",
+    ErrorCode.NONCE_UNPROVEN: "held for an operator: the network's answers could not be verified",
+    ErrorCode.FEE_ABOVE_CAP: "waiting for network fees to fall below the configured cap",
+    ErrorCode.GAS_ABOVE_CAP: "the transfer needs more gas than allowed",
+    ErrorCode.RPC_UNAVAILABLE: "the network is not reachable; retrying",
+}
+_CLIENT_DEFAULT = "held for an operator"
+_OWN_MESSAGES = frozenset(
+    {ErrorCode.CANCELLED, ErrorCode.LIMIT_EXCEEDED, ErrorCode.INVALID_ADDRESS, ErrorCode.INVALID_AMOUNT}
+    | {ErrorCode.UNSUPPORTED_NETWORK, ErrorCode.UNSUPPORTED_ASSET}
+)
+
+
+def client_error_message(code: str, recorded: str | None) -> str:
+    if code in _OWN_MESSAGES:
+        return recorded or code
+    return _CLIENT_MESSAGES.get(code, _CLIENT_DEFAULT)
+
+
+def withdrawal_view(w: Withdrawal, config: EngineConfig, *, operator: bool = False) -> dict[str, Any]:
+    """The REST shape of a withdrawal; `operator` views carry the recorded error detail."""
     net = config.network(w.network)
     native_decimals = net.native_decimals if net else 18
     return WithdrawalOut(
@@ -112,7 +140,14 @@ def withdrawal_view(w: Withdrawal, config: EngineConfig) -> dict[str, Any]:
         confirmations=w.confirmations,
         required_confirmations=w.required_confirmations,
         fee=format_amount(w.fee_wei, native_decimals) if w.fee_wei is not None else None,
-        error={"code": w.error_code, "message": w.error_message or ""} if w.error_code else None,
+        error={
+            "code": w.error_code,
+            "message": (w.error_message or "")
+            if operator
+            else client_error_message(w.error_code, w.error_message),
+        }
+        if w.error_code
+        else None,
         created_at=_iso(w.created_at),
         updated_at=_iso(w.updated_at),
     ).model_dump()

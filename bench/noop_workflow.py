@@ -1,21 +1,24 @@
 """The ceiling: a workflow shaped like a happy-path native withdrawal whose activities do nothing.
 
-`WithdrawalWorkflow` (workflows/withdrawal.py) at HEAD (827fa9c, patches "allocate-nonce-as-activity"
-and "fold-status-writes") runs, on the happy path of a native withdrawal (no approval, funds
-available), in this order:
+`WithdrawalWorkflow` (workflows/withdrawal.py) runs, on the happy path of a native withdrawal (no
+approval, funds available), in this order:
 
     admit (local)                          the API's update-with-start waits for this one
-    allocate_nonce (regular, 60 s)         ends the first workflow task, so the POST is answered here;
-                                           also writes PROCESSING (`_set_status(..., persist=False)`)
+    allocate_nonce (regular, 60 s)         ends the first workflow task, so the POST is answered here
+    record_transition PROCESSING (local)   every status move is its own write (`_move`)
     sign_transaction (local)
-    broadcast_transaction (local)          also writes BROADCAST (`BroadcastInput.record_status`)
-    await_transaction, until included (regular, 1 h, heartbeat 20 s)   also writes CONFIRMING
-    await_transaction, until confirmed (regular, 1 h, heartbeat 20 s)  also writes CONFIRMED (`settle`)
+    broadcast_transaction (local)
+    record_transition BROADCAST (local)
+    await_transaction, until included (regular, 1 h, heartbeat 20 s)
+    record_transition CONFIRMING (local)
+    await_transaction, until confirmed (regular, 1 h, heartbeat 20 s)
+    record_transition CONFIRMED (local)
 
-that is 3 local and 3 regular activities, no timer (`WithdrawalWorkflow.run`, `_process`,
-`_broadcast_step`, `_confirm`, `_await_cancellable`, `_await`). Older shapes stay selectable with
+that is 7 local and 3 regular activities, no timer. Older shapes stay selectable with
 `--ceiling-mix`:
 
+- `d92e909` (the last shape with status writes folded into the activities): admit, allocate_nonce
+  (regular), sign, broadcast, the two awaits (3 local, 3 regular);
 - `7046ff5` (85b5d78 .. cb8bdd6, patch "answer-submit-before-nonce"): admit, a 1 ms timer, then
   allocate_nonce, sign, broadcast and record_status BROADCAST as local activities, the two awaits,
   record_status CONFIRMED (6 local, 2 regular, 1 timer);
@@ -44,11 +47,24 @@ REGULAR_KINDS = (REGULAR, REGULAR_SHORT)
 
 WITHDRAWAL_HAPPY_PATH: tuple[tuple[str, str], ...] = (
     ("admit", LOCAL),
-    ("allocate_nonce", REGULAR_SHORT),  # PROCESSING is written by the activity itself
+    ("allocate_nonce", REGULAR_SHORT),
+    ("record_transition PROCESSING", LOCAL),
     ("sign_transaction", LOCAL),
-    ("broadcast_transaction", LOCAL),  # BROADCAST is written by the activity itself
-    ("await_transaction included", REGULAR),  # CONFIRMING is written by the activity itself
-    ("await_transaction confirmed", REGULAR),  # CONFIRMED is written by the activity itself
+    ("broadcast_transaction", LOCAL),
+    ("record_transition BROADCAST", LOCAL),
+    ("await_transaction included", REGULAR),
+    ("record_transition CONFIRMING", LOCAL),
+    ("await_transaction confirmed", REGULAR),
+    ("record_transition CONFIRMED", LOCAL),
+)
+# d92e909: status writes folded into allocate_nonce, broadcast and the two awaits.
+WITHDRAWAL_HAPPY_PATH_D92E909: tuple[tuple[str, str], ...] = (
+    ("admit", LOCAL),
+    ("allocate_nonce", REGULAR_SHORT),
+    ("sign_transaction", LOCAL),
+    ("broadcast_transaction", LOCAL),
+    ("await_transaction included", REGULAR),
+    ("await_transaction confirmed", REGULAR),
 )
 # 85b5d78 .. cb8bdd6 (measured in docs/benchmarks.md as "HEAD 7046ff5"): a 1 ms timer after admit.
 WITHDRAWAL_HAPPY_PATH_7046FF5: tuple[tuple[str, str], ...] = (
@@ -66,6 +82,7 @@ WITHDRAWAL_HAPPY_PATH_7046FF5: tuple[tuple[str, str], ...] = (
 WITHDRAWAL_HAPPY_PATH_5734199 = tuple(s for s in WITHDRAWAL_HAPPY_PATH_7046FF5 if s[1] != TIMER)
 CEILING_MIXES = {
     "head": WITHDRAWAL_HAPPY_PATH,
+    "d92e909": WITHDRAWAL_HAPPY_PATH_D92E909,
     "7046ff5": WITHDRAWAL_HAPPY_PATH_7046FF5,
     "5734199": WITHDRAWAL_HAPPY_PATH_5734199,
 }

@@ -68,6 +68,29 @@ class BenchError(Exception):
     """A setup problem reported as one clear line (exit status 2)."""
 
 
+def report_attempts(db_path: Path, withdrawal_ids: list[str]) -> None:
+    """Signed transactions per withdrawal, from the default run's SQLite store (read only): every
+    attempt beyond a withdrawal's first is a replacement (fee bump, cancel or nonce move)."""
+    import sqlite3
+
+    if not db_path.exists() or not withdrawal_ids:
+        note(f"no attempts figure: {db_path} not found")
+        return
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        marks = ",".join("?" * len(withdrawal_ids))
+        (attempts,) = conn.execute(
+            f"SELECT COUNT(*) FROM tx_attempts WHERE withdrawal_id IN ({marks})",  # noqa: S608
+            withdrawal_ids,
+        ).fetchone()
+    finally:
+        conn.close()
+    replacements = max(0, int(attempts) - len(withdrawal_ids))
+    figure("signed_attempts", attempts)
+    figure("replacements", replacements)
+    figure("replacements_per_withdrawal", round(replacements / len(withdrawal_ids), 4))
+
+
 def figure(name: str, value: object) -> None:
     if isinstance(value, float):
         value = f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
@@ -859,6 +882,7 @@ async def main(args: argparse.Namespace) -> int:
         engine = EngineRun(args, creds)
         phase1_started = time.time()
         all_confirmed = await engine.run(proxy, pids, rpc_port if args.rpc_sniff else None)
+        report_attempts(args.credentials.resolve().parent / "engine.db", engine.withdrawal_ids)
         if args.breakdown:
             log_path = args.worker_log or args.credentials.resolve().parent / "logs" / "worker.log"
             await report_breakdown(

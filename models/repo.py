@@ -217,10 +217,16 @@ async def transition(
                 return False  # this very move was made before
         raise StaleTransition(withdrawal_id, WithdrawalStatus(row[0]), to)
     reservation = lifecycle.RESERVATION_EFFECT[to]
-    if reservation is ReservationEffect.CONSUME:
-        await _settle_reservations(s, withdrawal_id, ReservationState.CONSUMED)
-    elif reservation is ReservationEffect.RELEASE:
-        await _settle_reservations(s, withdrawal_id, ReservationState.RELEASED)
+    if reservation is not ReservationEffect.HOLD:
+        mined_in: int | None = await _first(
+            s, select(Withdrawal.block_number).where(Withdrawal.id == withdrawal_id)
+        )
+        state = (
+            ReservationState.CONSUMED
+            if reservation is ReservationEffect.CONSUME
+            else ReservationState.RELEASED
+        )
+        await _settle_reservations(s, withdrawal_id, state, mined_in)
     nonce = lifecycle.NONCE_EFFECT[to]
     if nonce is not NonceEffect.KEEP:
         close: dict[str, Any] = {"active": False}
@@ -304,10 +310,17 @@ async def lock_wallets(s: AsyncSession, network: str) -> list[HotWallet]:
     return await _all(s, q)
 
 
-async def held_amounts(s: AsyncSession, network: str) -> dict[tuple[str, str], int]:
-    """(hot wallet, asset) -> the sum of HELD reservations."""
+async def held_amounts(
+    s: AsyncSession, network: str, *, as_of_block: int | None = None
+) -> dict[tuple[str, str], int]:
+    """(hot wallet, asset) -> what is spoken for, against balances read at `as_of_block`: the HELD
+    reservations, plus those settled by a transaction mined after that block (the balance read there
+    still contains funds that have left since). Without a block: HELD only."""
+    spoken_for = col(FundReservation.state) == ReservationState.HELD
+    if as_of_block is not None:
+        spoken_for = or_(spoken_for, col(FundReservation.settled_block) > as_of_block)
     q = select(FundReservation.hot_wallet, FundReservation.asset, FundReservation.amount).where(
-        FundReservation.network == network, FundReservation.state == ReservationState.HELD
+        FundReservation.network == network, spoken_for
     )
     held: dict[tuple[str, str], int] = {}
     for wallet, asset, amount in await _all(s, q):
@@ -325,8 +338,13 @@ async def in_flight_counts(s: AsyncSession, network: str) -> dict[str, int]:
     return {w: int(c) for w, c in await _all(s, q)}
 
 
-async def daily_total(s: AsyncSession, *, network: str, asset: str, user_id: str, since: datetime) -> int:
+async def daily_total(
+    s: AsyncSession, *, client_id: str, network: str, asset: str, user_id: str, since: datetime
+) -> int:
+    """What one client's user withdrew (or is withdrawing) of an asset since `since`: a user id is
+    the client's own, so the same id at two clients is two people."""
     q = select(Withdrawal.amount).where(
+        Withdrawal.client_id == client_id,
         Withdrawal.network == network,
         Withdrawal.asset == asset,
         Withdrawal.user_id == user_id,
@@ -359,8 +377,11 @@ async def reserve(
     await s.flush()
 
 
-async def _settle_reservations(s: AsyncSession, withdrawal_id: str, state: ReservationState) -> int:
-    """HELD -> CONSUMED or RELEASED. Only HELD rows move, so a repeat changes nothing."""
+async def _settle_reservations(
+    s: AsyncSession, withdrawal_id: str, state: ReservationState, mined_in: int | None
+) -> int:
+    """HELD -> CONSUMED or RELEASED (with the block that mined its transaction, if any). Only HELD
+    rows move, so a repeat changes nothing."""
     return await _update(
         s,
         update(FundReservation)
@@ -368,7 +389,7 @@ async def _settle_reservations(s: AsyncSession, withdrawal_id: str, state: Reser
             col(FundReservation.withdrawal_id) == withdrawal_id,
             col(FundReservation.state) == ReservationState.HELD,
         )
-        .values(state=state, settled_at=utcnow()),
+        .values(state=state, settled_at=utcnow(), settled_block=mined_in),
     )
 
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Index, Numeric, String, Text, UniqueConstraint
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlmodel import Field, SQLModel
@@ -41,8 +42,13 @@ class U256(TypeDecorator[int]):
         return None if value is None else int(value)
 
 
+# Microseconds on MySQL/MariaDB too (a plain DATETIME there keeps whole seconds); see migration 0003,
+# which also gives every table the byte-for-byte collation utf8mb4_bin.
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
 def _ts(**kw: Any) -> Any:
-    return Field(default_factory=utcnow, sa_column=Column(DateTime(), nullable=False, **kw))
+    return Field(default_factory=utcnow, sa_column=Column(Timestamp, nullable=False, **kw))
 
 
 class ApiClient(SQLModel, table=True):
@@ -52,7 +58,7 @@ class ApiClient(SQLModel, table=True):
     key_hash: str = Field(max_length=64, unique=True, index=True)
     key_prefix: str = Field(max_length=16)
     active: bool = True
-    expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(), nullable=True))
+    expires_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
     rate_limit_per_minute: int | None = None
     # Space-separated permissions: withdrawals:write withdrawals:read
     scopes: str = Field(default="withdrawals:write withdrawals:read", max_length=255)
@@ -186,4 +192,7 @@ class FundReservation(SQLModel, table=True):
     amount: int = Field(sa_column=Column(U256(), nullable=False))
     state: str = Field(default="HELD", max_length=16)  # HELD | CONSUMED | RELEASED
     created_at: datetime = _ts()
-    settled_at: datetime | None = Field(default=None, sa_column=Column(DateTime(), nullable=True))
+    settled_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
+    # The block that mined the withdrawal's transaction when it settled (None: nothing was mined). A
+    # balance read at an earlier block still holds these funds (see `repo.held_amounts`).
+    settled_block: int | None = None

@@ -27,7 +27,7 @@ from api.app import create_app
 from api.deps import AppState, TemporalConnector
 from api.ratelimit import RateLimiter
 from devstack import chain, processes
-from devstack.bootstrap import ensure_api_client, migrate
+from devstack.bootstrap import ensure_api_client, ensure_user, migrate
 from models.db import Database
 from models.domain import HistoryEntry
 from settings import EngineConfig, Settings
@@ -218,6 +218,23 @@ class Harness:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"withdrawal {withdrawal_id} stuck in {w['status']}: {w}")
             await asyncio.sleep(0.2)
+
+    async def operator_headers(self, role: str = "OPERATOR") -> dict[str, str]:
+        """A bearer token of a fresh user with `role` (ensure_user + POST /auth/login)."""
+        name, password = f"{role.lower()}-{uuid.uuid4().hex[:8]}", "operator-password-123"
+        await ensure_user(self.db, name, password, role)
+        r = await self.http.post("/auth/login", json={"username": name, "password": password})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    async def operator_view(self, withdrawal_id: str) -> dict[str, Any]:
+        """GET /admin/transactions/{id}: the withdrawal with the recorded error detail, attempts, history."""
+        r = await self.http.get(
+            f"/admin/transactions/{withdrawal_id}", headers=await self.operator_headers("VIEWER")
+        )
+        assert r.status_code == 200, r.text
+        data: dict[str, Any] = r.json()
+        return data
 
     async def history(self, withdrawal_id: str) -> list[HistoryEntry]:
         """The workflow's typed history (the `status` query)."""

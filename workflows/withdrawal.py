@@ -244,11 +244,15 @@ class WithdrawalWorkflow:
                 return "a cancellation is already requested"
             if st.terminal:
                 return f"the withdrawal is {st}"
+            if self._approval is ApprovalDecision.REJECTED:
+                return "the withdrawal is already rejected"
             if self._broadcast and st is not S.BROADCAST:
                 return f"the transaction is {st}: too late to cancel"
             return None
         if st is not S.AWAITING_APPROVAL or self._approval is not None:
             return f"{action.lower()} is possible only in AWAITING_APPROVAL; the withdrawal is {st}"
+        if self._cancel is not None:  # decisions that arrive together: the first one counts
+            return "a cancellation is already requested"
         return None
 
     def _validate(self, action: HistoryKind) -> None:
@@ -325,17 +329,36 @@ class WithdrawalWorkflow:
         self._nonce = alloc.nonce
         await self._move(S.PROCESSING)
         self._check_cancel()
-        signed: SignedTx = await self._step(
-            lambda: self._local(
-                TransactionActivities.sign_transaction, SignInput(withdrawal_id=ref.withdrawal_id)
-            )
-        )
+        signed = await self._sign_first(adm)
         self._tx_hash = signed.tx_hash
         self._next_seq[TxPurpose.WITHDRAWAL] = 1
         self._publish()
         self._check_cancel()
         await self._broadcast_step(signed.tx_hash, TxPurpose.WITHDRAWAL)
         await self._confirm(adm)
+
+    async def _sign_first(self, adm: Admission) -> SignedTx:
+        """The first attempt. The hot wallet's balance is checked right before signing: when it cannot
+        cover amount + fee, the withdrawal waits in WAITING_FOR_FUNDS (nothing signed) and tries again."""
+        inp = SignInput(withdrawal_id=self._req.withdrawal_id)
+        while True:
+            try:
+                signed: SignedTx = await self._step(
+                    lambda: self._local(TransactionActivities.sign_transaction, inp),
+                    passthrough=(ErrorCode.INSUFFICIENT_HOT_WALLET_FUNDS,),
+                )
+            except _Passthrough as p:
+                if self._status is not S.WAITING_FOR_FUNDS:
+                    await self._move(S.WAITING_FOR_FUNDS, ErrorInfo(code=p.code, message=p.message))
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(
+                        lambda: self._cancel is not None, timeout=timedelta(seconds=adm.funds_retry_seconds)
+                    )
+                self._check_cancel()
+                continue
+            if self._status is S.WAITING_FOR_FUNDS:
+                await self._move(S.PROCESSING)
+            return signed
 
     async def _approved(self, adm: Admission) -> bool:
         """Wait for approve/reject (or cancel) up to the approval timeout; a timeout rejects."""
@@ -471,19 +494,18 @@ class WithdrawalWorkflow:
         """Sign the next attempt of `purpose`. None when the bump would pass the fee cap: the
         withdrawal then waits (its details say so) rather than overpay; a cancel is never capped."""
         seq = self._next_seq.get(purpose, 0)
+        inp = SignInput(withdrawal_id=self._req.withdrawal_id, purpose=purpose, seq=seq)
         try:
-            signed: SignedTx = await self._local(
-                TransactionActivities.sign_transaction,
-                SignInput(withdrawal_id=self._req.withdrawal_id, purpose=purpose, seq=seq),
+            # Any other failure (no funds at a new nonce, gas above the cap) parks for an operator.
+            signed: SignedTx = await self._step(
+                lambda: self._local(TransactionActivities.sign_transaction, inp),
+                passthrough=(ErrorCode.FEE_ABOVE_CAP,),
             )
-        except (ActivityError, ApplicationError) as err:
-            error = _error_of(err)
-            if error.code is ErrorCode.FEE_ABOVE_CAP:
-                workflow.logger.warning("fee bump skipped: %s", error.message)
-                self._note(K.FEE_BUMP_SKIPPED, None, reason=error.message)
-                self._publish()
-                return None
-            raise
+        except _Passthrough as p:
+            workflow.logger.warning("fee bump skipped: %s", p.message)
+            self._note(K.FEE_BUMP_SKIPPED, None, reason=p.message)
+            self._publish()
+            return None
         self._next_seq[purpose] = seq + 1
         self._note(K.REPLACEMENT, None, tx_hash=signed.tx_hash, reason=f"{purpose.lower()} #{seq}")
         return signed.tx_hash

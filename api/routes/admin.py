@@ -82,7 +82,9 @@ async def list_transactions(
 ) -> dict[str, Any]:
     async with state.db.read() as s:
         rows = await repo.list_withdrawals(s, status=status, network=network, limit=limit, offset=offset)
-    return {"items": [withdrawal_view(w, state.config) | {"client_id": w.client_id} for w in rows]}
+    return {
+        "items": [withdrawal_view(w, state.config, operator=True) | {"client_id": w.client_id} for w in rows]
+    }
 
 
 @router.get("/admin/transactions/{withdrawal_id}")
@@ -94,7 +96,7 @@ async def transaction_detail(withdrawal_id: str, state: StateDep, _: ViewerDep) 
         events = await repo.status_events(s, withdrawal_id) if w else []
     if w is None:
         raise NotFound("withdrawal not found")
-    return withdrawal_view(w, state.config) | {
+    return withdrawal_view(w, state.config, operator=True) | {
         "client_id": w.client_id,
         "hot_wallet": w.hot_wallet,
         "nonce": w.nonce,
@@ -160,7 +162,7 @@ async def _act(
     async with state.db.read() as s:
         w = await repo.get_withdrawal(s, withdrawal_id)
     assert w is not None
-    return {"accepted": result.accepted, "withdrawal": withdrawal_view(w, state.config)}
+    return {"accepted": result.accepted, "withdrawal": withdrawal_view(w, state.config, operator=True)}
 
 
 @router.post("/admin/transactions/{withdrawal_id}/retry")

@@ -46,7 +46,7 @@ def test_money_moves_only_out_of_a_block() -> None:
     # CONFIRMED only after CONFIRMING (a transaction in a block); never straight from BROADCAST.
     assert lifecycle.predecessors(S.CONFIRMED) == {S.CONFIRMING}
     assert lifecycle.predecessors(S.FAILED) == {S.CONFIRMING}
-    assert not lifecycle.allowed(S.BROADCAST, S.CANCELLED)  # a sent tx is cancelled only once mined over
+    assert not lifecycle.allowed(S.BROADCAST, S.CONFIRMED)  # only a transaction in a block confirms
     assert lifecycle.allowed(S.CONFIRMING, S.BROADCAST)  # a reorg
 
 

@@ -10,8 +10,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
-from activities.funds import FundsActivities
+from activities.funds import Balances, FundsActivities
 from activities.rpc import Chains
 from devstack import processes
 from devstack.bootstrap import migrate
@@ -125,11 +126,11 @@ async def test_nonces_are_contiguous_and_unique_under_concurrency(db_pair: tuple
     assert hw.next_nonce == 47
 
 
-def _request(amount: int, user: str = "u") -> WithdrawalRequest:
+def _request(amount: int, user: str = "u", client: str = "c") -> WithdrawalRequest:
     wid = str(uuid.uuid4())
     return WithdrawalRequest(
         withdrawal_id=wid,
-        client_id="c",
+        client_id=client,
         idempotency_key=wid,
         fingerprint="f",
         user_id=user,
@@ -155,7 +156,7 @@ async def test_reservations_never_exceed_balance_and_settle_once(db_pair: tuple[
     balance = {(WALLET, "ETH"): 5 * (each + fee) + 1}  # room for exactly five
 
     async def admit(db: Database) -> str:
-        return (await _funds(db, cfg).record_admission(_request(each), cfg, balance)).status
+        return (await _funds(db, cfg).record_admission(_request(each), cfg, Balances(balance))).status
 
     decisions = await asyncio.gather(*(admit(db) for db in (a, b) for _ in range(8)))
     assert sum(d == WithdrawalStatus.PENDING for d in decisions) == 5
@@ -166,7 +167,9 @@ async def test_reservations_never_exceed_balance_and_settle_once(db_pair: tuple[
 
     # Two engines race to end one withdrawal in every terminal way: exactly one move wins, the
     # reservation is settled once, the losers fail loudly (or are a harmless repeat of the winner).
-    w = await _funds(a, cfg).record_admission(_request(each), cfg, {(WALLET, "ETH"): 10 * (each + fee)})
+    w = await _funds(a, cfg).record_admission(
+        _request(each), cfg, Balances({(WALLET, "ETH"): 10 * (each + fee)})
+    )
     async with a.transaction() as s:
         for status in (S.PROCESSING, S.BROADCAST, S.CONFIRMING):
             await repo.transition(s, w.id, status)
@@ -199,7 +202,7 @@ async def test_a_stale_transition_fails_loudly_and_changes_nothing(
     cfg = _cfg()
     async with db.transaction() as s:
         await repo.ensure_hot_wallet(s, "ethereum", WALLET, 0)
-    w = await _funds(db, cfg).record_admission(_request(10**18), cfg, {(WALLET, "ETH"): 10**30})
+    w = await _funds(db, cfg).record_admission(_request(10**18), cfg, Balances({(WALLET, "ETH"): 10**30}))
     path = (S.PROCESSING, S.BROADCAST, S.CONFIRMING, S.CONFIRMED)
     async with db.transaction() as s:
         for status in path:
@@ -230,16 +233,63 @@ async def test_daily_limit_counts_only_live_withdrawals(db_pair: tuple[Database,
     a, _ = db_pair
     cfg = _cfg()
     cfg.limits["ETH"].daily_per_user = Decimal(3)
-    big = {(WALLET, "ETH"): 10**30}
+    big = Balances({(WALLET, "ETH"): 10**30})
     user = f"user-{uuid.uuid4().hex[:6]}"
     async with a.transaction() as s:
         await repo.ensure_hot_wallet(s, "ethereum", WALLET, 0)
     funds = _funds(a, cfg)
     statuses = [(await funds.record_admission(_request(10**18, user), cfg, big)).status for _ in range(4)]
     assert statuses == [WithdrawalStatus.PENDING] * 3 + [WithdrawalStatus.REJECTED]
+    # The same user id at another client is another person with a limit of its own.
+    other = await funds.record_admission(_request(10**18, user, client="c2"), cfg, big)
+    assert other.status == WithdrawalStatus.PENDING
     # A cancelled one no longer counts: the next fits again.
     async with a.read() as s:
         first = (await repo.list_withdrawals(s, status=S.PENDING, limit=500))[-1]
     async with a.transaction() as s:
         await repo.transition(s, first.id, S.CANCELLED)
     assert (await funds.record_admission(_request(10**18, user), cfg, big)).status == WithdrawalStatus.PENDING
+
+
+async def test_keys_compare_byte_for_byte_and_timestamps_keep_microseconds(
+    db_pair: tuple[Database, Database],
+) -> None:
+    db, _ = db_pair
+    upper, lower = _withdrawal(1), _withdrawal(1)
+    upper.idempotency_key, lower.idempotency_key = "ABC-1", "abc-1"  # same client: two different keys
+    upper.created_at = upper.created_at.replace(microsecond=123456)
+    async with db.transaction() as s:
+        s.add_all([upper, lower])
+    async with db.read() as s:
+        got = await repo.get_withdrawal(s, upper.id)
+        found = (
+            await s.exec(select(Withdrawal).where(Withdrawal.idempotency_key == "abc-1"))  # type: ignore[call-overload]
+        ).all()
+    assert got is not None and got.created_at.microsecond == 123456
+    assert [w.id for w in found] == [lower.id]
+
+
+async def test_funds_that_left_after_the_balance_block_still_count_as_held(
+    db_pair: tuple[Database, Database],
+) -> None:
+    """A balance read at block B still holds what a withdrawal mined after B paid: admission must not
+    offer those funds again (the race of reading balances outside the reservation lock)."""
+    db, _ = db_pair
+    cfg = _cfg()
+    async with db.transaction() as s:
+        await repo.ensure_hot_wallet(s, "ethereum", WALLET, 0)
+    w = await _funds(db, cfg).record_admission(_request(10**18), cfg, Balances({(WALLET, "ETH"): 10**30}, 90))
+    reserved = repo.held_amounts
+    async with db.transaction() as s:
+        for status in (S.PROCESSING, S.BROADCAST):
+            await repo.transition(s, w.id, status)
+        await repo.record_inclusion(
+            s, w.id, tx_hash="0x" + "ab" * 32, block_number=100, confirmations=3, fee_wei=1
+        )
+        for status in (S.CONFIRMING, S.CONFIRMED):
+            await repo.transition(s, w.id, status)
+    async with db.read() as s:
+        amount = (await repo.reservations_for(s, w.id))[0].amount
+        assert (await reserved(s, "ethereum", as_of_block=99)).get((WALLET, "ETH")) == amount
+        assert (await reserved(s, "ethereum", as_of_block=100)).get((WALLET, "ETH")) is None
+        assert (await reserved(s, "ethereum")).get((WALLET, "ETH")) is None

@@ -14,7 +14,7 @@ from models.domain import Outcome, WithdrawalRequest
 from tests.histories import SCENARIOS
 from workflows.withdrawal import WithdrawalWorkflow
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+HISTORIES = sorted((Path(__file__).parents[1] / "histories").glob("*.json"))
 
 
 def test_every_scenario_has_a_committed_history_of_the_one_current_shape() -> None:
@@ -22,7 +22,7 @@ def test_every_scenario_has_a_committed_history_of_the_one_current_shape() -> No
 
 
 def test_no_workflow_patches_until_the_first_release() -> None:
-    source = (Path(__file__).parents[1] / "workflows" / "withdrawal.py").read_text()
+    source = (Path(__file__).parents[2] / "workflows" / "withdrawal.py").read_text()
     assert "workflow.patched" not in source and "deprecate_patch" not in source
 
 

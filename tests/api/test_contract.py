@@ -260,10 +260,9 @@ async def test_deep_or_non_utf8_json_is_refused(harness: Harness, raw: bytes, st
 async def test_a_workflow_started_around_the_api_is_revalidated(harness: Harness) -> None:
     """A workflow started from the CLI or Web UI with a bad recipient or an amount over the limit is
     REJECTED by admission: nothing reserved, nothing signed."""
-    from temporalio.client import WorkflowHandle
 
     from models import repo
-    from models.domain import Outcome, WithdrawalRequest
+    from models.domain import WithdrawalRequest
     from workflows.withdrawal import WithdrawalWorkflow
 
     token = harness.config.networks["ethereum"].tokens["USDT"].address
@@ -284,7 +283,7 @@ async def test_a_workflow_started_around_the_api_is_revalidated(harness: Harness
             user_id="u",
             **fields,
         )
-        handle: WorkflowHandle[object, Outcome] = await harness.client.start_workflow(
+        handle = await harness.client.start_workflow(
             WithdrawalWorkflow.run, req, id=f"withdrawal-{wid}", task_queue=harness.settings.task_queue
         )
         outcome = await asyncio.wait_for(handle.result(), 60)
