@@ -11,7 +11,7 @@ from eth_account import Account
 
 from devstack import chain, processes
 from models import repo
-from models.domain import HistoryKind, ReconcileInput, ReconcileReport
+from models.domain import HistoryKind, NoncePurpose, ReconcileInput, ReconcileReport
 from tests.invariants import assert_invariants
 from tests.stack import Harness, native_body, new_wallet
 from workflows.reconcile import NonceReconcilerWorkflow
@@ -134,3 +134,49 @@ async def test_reconciler_rebroadcasts_a_transaction_no_node_knows(harness: Harn
         assert rpc(harness, network, "eth_getTransactionByHash", w["tx_hash"]) is not None
     assert (await harness.wait_status(wid, {"CONFIRMED"}))["status"] == "CONFIRMED"
     await assert_invariants(harness, [wid])
+
+
+async def test_signing_refuses_a_nonce_that_is_no_longer_the_withdrawals(harness: Harness) -> None:
+    """The nonce of a parked withdrawal was filled meanwhile (e.g. by the reconciler): a retry must not
+    sign a second transaction at it; the withdrawal parks again, nothing is signed."""
+    network = "bsc"
+    url, usdt = harness.stack.rpc_urls[network], harness.stack.tokens[network]["USDT"]
+    wallet = harness.config.networks[network].hot_wallets[0]
+    to = new_wallet()[0]
+    await asyncio.to_thread(chain.blacklist, url, usdt, to)
+    body = {"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "4"}
+    wid = (await harness.request(body)).json()["id"]
+    parked = await harness.wait_status(wid, {"NEEDS_ATTENTION"})
+    assert parked["error"]["code"] == "EXECUTION_REVERTED"
+    nonce = (await harness.operator_view(wid))["nonce"]
+    async with harness.db.transaction() as s:
+        await repo.mark_allocation(s, network, wallet, nonce, purpose=NoncePurpose.FILL)
+    await asyncio.to_thread(chain.blacklist, url, usdt, to, False)
+    await harness.client.get_workflow_handle(f"withdrawal-{wid}").signal("retry")
+    for _ in range(100):
+        detail = await harness.operator_view(wid)
+        if detail["status"] == "NEEDS_ATTENTION" and detail["error"]["code"] == "NONCE_CONFLICT":
+            break
+        await asyncio.sleep(0.2)
+    assert detail["error"]["code"] == "NONCE_CONFLICT" and "no longer allocated" in detail["error"]["message"]
+    assert detail["attempts"] == [] and chain.token_balance(url, usdt, to) == 0
+
+
+async def test_only_not_found_or_a_closed_workflow_means_not_running(harness: Harness) -> None:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from activities.nonces import TemporalWorkflowProbe
+
+    probe = TemporalWorkflowProbe(harness.client)
+    assert await probe.running(str(uuid.uuid4())) is False  # NOT_FOUND
+    with harness.stack.mining_paused("ethereum"):
+        wid = (await harness.request(native_body("ethereum", new_wallet()[0], "0.01"))).json()["id"]
+        assert await probe.running(wid) is True
+    await harness.wait_status(wid, {"CONFIRMED"})
+    assert await probe.running(wid) is False  # closed
+
+    class Unreachable:
+        def get_workflow_handle(self, _: str) -> Any:
+            raise RPCError("unavailable", RPCStatusCode.UNAVAILABLE, b"")
+
+    assert await TemporalWorkflowProbe(Unreachable()).running(wid) is None  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from devstack import processes
@@ -94,3 +95,39 @@ async def test_null_receipts_during_confirmation_are_not_a_reorg(lying: tuple[Ha
     assert (await h.status(wid))["status"] == "CONFIRMING"  # waits: a null receipt proves nothing
     proxy.hide_transactions = False
     await _paid_once(h, wid, to, 4 * 10**17)
+
+
+async def test_the_nonce_holder_is_proven_from_blocks_or_unproven(stack: Stack) -> None:
+    """`find_nonce_holder` against a real node: the sender and nonce in a block decide, at depth."""
+    from eth_account import Account
+
+    from activities.proof import find_nonce_holder
+    from activities.rpc import ChainRpc
+    from devstack import chain
+    from models.domain import NonceHolderOutcome
+    from models.tables import TxAttempt
+    from tests.stack import NETWORKS, new_wallet
+
+    url = stack.rpc_urls["polygon"]
+    wallet, key = new_wallet()
+    await asyncio.to_thread(chain.set_balance, url, wallet, 10**18)
+    w3 = chain.web3_for(url)
+    tx = {"to": new_wallet()[0], "value": 1, "gas": 21_000, "gasPrice": w3.eth.gas_price * 2, "nonce": 0}
+    signed = Account.sign_transaction(tx | {"chainId": NETWORKS["polygon"][0]}, key)
+    sent = w3.eth.send_raw_transaction(signed.raw_transaction)
+    await asyncio.to_thread(w3.eth.wait_for_transaction_receipt, sent, 30, 0.1)
+    tx_hash = "0x" + sent.hex().removeprefix("0x")
+    async with httpx.AsyncClient() as http:
+        rpc = ChainRpc("polygon", [url], chain_id=NETWORKS["polygon"][0], http=http)
+        unused = await find_nonce_holder(rpc, wallet, 1, [], required_depth=1)
+        assert unused.outcome is NonceHolderOutcome.UNPROVEN  # the chain has not used nonce 1
+        shallow = await find_nonce_holder(rpc, wallet, 0, [], required_depth=10_000)
+        assert shallow.outcome is NonceHolderOutcome.UNPROVEN and tx_hash in shallow.detail
+        external = await find_nonce_holder(rpc, wallet, 0, [], required_depth=1)
+        assert external.outcome is NonceHolderOutcome.EXTERNAL and external.tx_hash == tx_hash
+        ours = TxAttempt(
+            withdrawal_id="w", purpose="WITHDRAWAL", network="polygon", hot_wallet=wallet, nonce=0,
+            tx_hash=tx_hash, raw_tx="0x", tx_type=0, gas_limit=21_000,
+        )  # fmt: skip
+        mine = await find_nonce_holder(rpc, wallet, 0, [ours], required_depth=10_000)  # ours: any depth
+        assert mine.outcome is NonceHolderOutcome.OURS and mine.block_number > 0 and mine.block_hash
