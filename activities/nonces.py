@@ -26,6 +26,7 @@ from models.db import Database
 from models.domain import (
     ErrorCode,
     ErrorInfo,
+    Nonce,
     NonceAllocation,
     NonceConflictInput,
     NonceHolderOutcome,
@@ -60,7 +61,7 @@ class NonceActivities:
         async with self.db.transaction() as s:
             alloc = await repo.allocate_nonce(s, ref.withdrawal_id)
         log.info("withdrawal.nonce.allocated", withdrawal_id=ref.withdrawal_id, nonce=alloc.nonce)
-        return NonceAllocation(hot_wallet=alloc.hot_wallet, nonce=alloc.nonce)
+        return NonceAllocation(hot_wallet=alloc.hot_wallet, nonce=Nonce(alloc.nonce))
 
     @activity.defn
     async def resolve_nonce_conflict(self, inp: NonceConflictInput) -> NonceResolution:
@@ -85,7 +86,7 @@ class NonceActivities:
         if holder.outcome is NonceHolderOutcome.OURS or not inp.move:
             if holder.outcome is NonceHolderOutcome.EXTERNAL:
                 log.error("nonce.conflict.external", alert=True, withdrawal_id=w.id, detail=holder.detail)
-            return NonceResolution(holder=holder, old_nonce=w.nonce)
+            return NonceResolution(holder=holder, old_nonce=Nonce(w.nonce))
         try:
             latest = await rpc.latest_nonce(w.hot_wallet)
         except RpcUnavailable as e:
@@ -101,7 +102,7 @@ class NonceActivities:
             new_nonce=new.nonce,
             reason=holder.detail,
         )
-        return NonceResolution(holder=holder, old_nonce=old, new_nonce=new.nonce)
+        return NonceResolution(holder=holder, old_nonce=Nonce(old), new_nonce=Nonce(new.nonce))
 
 
 class WorkflowProbe(Protocol):

@@ -17,7 +17,7 @@ from activities.rpc_errors import RpcErrorKind
 from activities.signer import KeystoreSigner, SignerUnavailable
 from models import repo
 from models.db import Database
-from models.domain import ErrorCode, SignedTx, SignInput, TxPurpose
+from models.domain import ErrorCode, Nonce, SignedTx, SignInput, TxHash, TxPurpose
 from models.tables import TxAttempt, Withdrawal
 from settings import EngineConfig, NetworkConfig
 
@@ -158,7 +158,10 @@ class TransactionActivities:
             raise LookupError(inp.withdrawal_id)
         same = [a for a in attempts if a.purpose == inp.purpose and a.seq == inp.seq]
         if same:
-            return SignedTx(tx_hash=same[0].tx_hash, nonce=same[0].nonce, purpose=TxPurpose(same[0].purpose))
+            done = same[0]
+            return SignedTx(
+                tx_hash=TxHash(done.tx_hash), nonce=Nonce(done.nonce), purpose=TxPurpose(done.purpose)
+            )
         if w.nonce is None or w.hot_wallet is None:
             raise fail(ErrorCode.NONCE_CONFLICT, "no nonce allocated")
         cfg = self.config.networks[w.network]
@@ -232,4 +235,4 @@ class TransactionActivities:
                 )
             await repo.record_attempt(s, attempt)
         log.info("withdrawal.signed", withdrawal_id=w.id, tx_hash=tx_hash, nonce=w.nonce, purpose=inp.purpose)
-        return SignedTx(tx_hash=tx_hash, nonce=w.nonce, purpose=inp.purpose)
+        return SignedTx(tx_hash=TxHash(tx_hash), nonce=Nonce(w.nonce), purpose=inp.purpose)

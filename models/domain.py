@@ -169,8 +169,8 @@ class WithdrawalState:
     """The `status` query: what the workflow knows now."""
 
     status: WithdrawalStatus
-    nonce: int | None
-    tx_hash: str | None
+    nonce: Nonce | None
+    tx_hash: TxHash | None
     error: ErrorInfo | None
     history: list[HistoryEntry]
 
@@ -193,7 +193,7 @@ class TransitionInput:
 @dataclass(frozen=True, kw_only=True)
 class NonceAllocation:
     hot_wallet: str
-    nonce: int
+    nonce: Nonce
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,8 +207,8 @@ class SignInput:
 
 @dataclass(frozen=True, kw_only=True)
 class SignedTx:
-    tx_hash: str
-    nonce: int
+    tx_hash: TxHash
+    nonce: Nonce
     purpose: TxPurpose
 
 
@@ -273,8 +273,8 @@ class NonceConflictInput:
 @dataclass(frozen=True, kw_only=True)
 class NonceResolution:
     holder: NonceHolder
-    old_nonce: int
-    new_nonce: int | None = None  # set when the withdrawal was moved to a new nonce
+    old_nonce: Nonce
+    new_nonce: Nonce | None = None  # set when the withdrawal was moved to a new nonce
 
 
 @dataclass(frozen=True, kw_only=True)

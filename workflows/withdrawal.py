@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         HistoryKind,
         Inclusion,
         InclusionOutcome,
+        Nonce,
         NonceAllocation,
         NonceConflictInput,
         NonceHolderOutcome,
@@ -52,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         SubmitInput,
         SubmitResult,
         TransitionInput,
+        TxHash,
         TxPurpose,
         WithdrawalRef,
         WithdrawalRequest,
@@ -126,8 +128,8 @@ class WithdrawalWorkflow:
         self._broadcast = False  # a transaction of this withdrawal has reached a node
         self._cancel_sent = False
         self._next_seq: dict[TxPurpose, int] = {}
-        self._nonce: int | None = None
-        self._tx_hash: str | None = None
+        self._nonce: Nonce | None = None
+        self._tx_hash: TxHash | None = None
         self._history: list[HistoryEntry] = []
         self._published: tuple[S, str | None] | None = None
         self._seq = 0  # the number of the last status move (the row's `status_seq`)
@@ -414,7 +416,7 @@ class WithdrawalWorkflow:
                         await self._broadcast_step(replaced, live)
                     continue
                 included = proven
-            self._tx_hash = included.tx_hash
+            self._tx_hash = TxHash(included.tx_hash)
             await self._move(S.CONFIRMING)
             final = await self._step(lambda inc=included: self._await_final(required, inc), cancellable=False)  # type: ignore[misc]
             if final.outcome is InclusionOutcome.REORGED:
@@ -426,7 +428,7 @@ class WithdrawalWorkflow:
                 await self._broadcast_step(included.tx_hash, included.purpose)
                 continue
             break
-        self._tx_hash = final.tx_hash
+        self._tx_hash = TxHash(final.tx_hash)
         if final.purpose is not TxPurpose.WITHDRAWAL:
             # A 0-value self-transfer holds the nonce: the withdrawal never paid and never will.
             await self._move(S.CANCELLED, self._cancel_error())

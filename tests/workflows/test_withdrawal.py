@@ -60,6 +60,7 @@ from models.domain import (
     HistoryKind,
     Inclusion,
     InclusionOutcome,
+    Nonce,
     NonceAllocation,
     NonceConflictInput,
     NonceHolder,
@@ -72,6 +73,7 @@ from models.domain import (
     SubmitInput,
     SubmitResult,
     TransitionInput,
+    TxHash,
     TxPurpose,
     WithdrawalRef,
     WithdrawalRequest,
@@ -87,7 +89,7 @@ P = TxPurpose
 
 HOT = "0x00000000000000000000000000000000000000aa"
 TO = "0x000000000000000000000000000000000000dEaD"
-NONCE = 7
+NONCE = Nonce(7)
 WAIT = 10.0  # real seconds any single wait may take before the test fails
 APPROVAL_TIMEOUT = 3600
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -275,7 +277,7 @@ class Stand:
         await self._call("sign_transaction", inp)
         tx_hash = f"0x{inp.purpose.lower()}{inp.seq}"
         self.attempts[tx_hash] = inp.purpose
-        return SignedTx(tx_hash=tx_hash, nonce=NONCE, purpose=inp.purpose)
+        return SignedTx(tx_hash=TxHash(tx_hash), nonce=NONCE, purpose=inp.purpose)
 
     @activity.defn(name="broadcast_transaction")
     async def broadcast_transaction(self, inp: BroadcastInput) -> str:
