@@ -127,7 +127,6 @@ class FundsActivities:
         )
         if wallet is not None:
             await repo.reserve(s, w.id, w.network, wallet, need)
-            w.hot_wallet = wallet
         return wallet
 
     @activity.defn
@@ -178,9 +177,7 @@ class FundsActivities:
             await repo.insert_withdrawal(s, w)
             error = ErrorInfo(code=refused.code, message=refused.message)
             await repo.transition(s, w.id, WithdrawalStatus.REJECTED, error=error, seq=1)
-            w.status, w.status_seq = WithdrawalStatus.REJECTED, 1
-            w.error_code, w.error_message = error.code, error.message
-        return w
+        return await self._row(req.withdrawal_id)
 
     async def record_admission(
         self, req: WithdrawalRequest, cfg: NetworkConfig, balances: Balances
@@ -212,8 +209,15 @@ class FundsActivities:
             if decided is not WithdrawalStatus.PENDING:
                 error = DAILY_LIMIT if decided is WithdrawalStatus.REJECTED else None
                 await repo.transition(s, w.id, decided, error=error, seq=1)
-                w.status, w.status_seq = decided, 1
-                w.error_code, w.error_message = (error.code, error.message) if error else (None, None)
+        return await self._row(req.withdrawal_id)
+
+    async def _row(self, withdrawal_id: str) -> Withdrawal:
+        """The row as committed (the objects written above are never changed in memory: the database
+        is the record, and the lifecycle's writer is `repo.transition` alone)."""
+        async with self.db.read() as s:
+            w = await repo.get_withdrawal(s, withdrawal_id)
+        if w is None:
+            raise LookupError(withdrawal_id)
         return w
 
     async def _decide(

@@ -159,7 +159,7 @@ class ReconcileActivities:
         async with self.db.transaction() as s:
             hw = await repo.lock_hot_wallet(s, inp.network, inp.hot_wallet)
             external = await repo.record_external_nonces(s, hw, latest)
-            next_nonce = hw.next_nonce
+            next_nonce = max(hw.next_nonce, latest)
         if external:
             alerts.append(
                 f"nonces {external[0]}..{external[-1]} used by transactions sent outside the engine"

@@ -414,12 +414,13 @@ async def lock_hot_wallet(s: AsyncSession, network: str, address: str) -> HotWal
 
 
 async def _take_nonce(s: AsyncSession, hw: HotWallet, withdrawal_id: str) -> NonceAllocation:
-    """The wallet's next nonce for the withdrawal. `hw` must be locked and current."""
+    """The wallet's next nonce for the withdrawal. `hw` must be locked; its counter is read here."""
+    next_nonce: int = (await s.exec(select(HotWallet.next_nonce).where(HotWallet.id == hw.id))).one()
     alloc = NonceAllocation(
-        network=hw.network, hot_wallet=hw.address, nonce=hw.next_nonce, withdrawal_id=withdrawal_id
+        network=hw.network, hot_wallet=hw.address, nonce=next_nonce, withdrawal_id=withdrawal_id
     )
     s.add(alloc)
-    await _update(s, update(HotWallet).where(col(HotWallet.id) == hw.id).values(next_nonce=hw.next_nonce + 1))
+    await _update(s, update(HotWallet).where(col(HotWallet.id) == hw.id).values(next_nonce=next_nonce + 1))
     await _update(
         s,
         update(Withdrawal)
@@ -455,7 +456,7 @@ async def active_allocation(s: AsyncSession, withdrawal_id: str) -> NonceAllocat
 
 async def record_external_nonces(s: AsyncSession, hw: HotWallet, chain_latest: int) -> list[int]:
     """Nonces below the chain's that the engine never allocated were used outside it: record them as
-    EXTERNAL and move the wallet's counter past them. `hw` must be locked and current."""
+    EXTERNAL and move the wallet's counter past them. `hw` must be locked and just read."""
     skipped = list(range(hw.next_nonce, chain_latest))
     for n in skipped:
         s.add(
@@ -469,7 +470,6 @@ async def record_external_nonces(s: AsyncSession, hw: HotWallet, chain_latest: i
         )
     if skipped:
         await _update(s, update(HotWallet).where(col(HotWallet.id) == hw.id).values(next_nonce=chain_latest))
-        hw.next_nonce = chain_latest  # the caller's copy stays current (the row is locked)
         await s.flush()
     return skipped
 
