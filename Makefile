@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(VENV) $(BIN)/uv
 
-.PHONY: install run test test-unit lint bench histories tokens clean
+.PHONY: install run test test-unit lint bench chaos histories tokens clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/throughput.py
+
+# The long seeded chaos run (docs/reliability.md); a 50-fault run is part of `make test`.
+chaos: install
+	$(BIN)/python -m tests.e2e.chaos --faults $(or $(FAULTS),1000) --seed $(or $(SEED),7)
 
 histories: install
 	$(BIN)/python -m tests.histories.make_histories

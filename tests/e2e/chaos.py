@@ -5,12 +5,13 @@ random points, then checks from the chain and the database alone.
 
 `tests/e2e/test_chaos.py` runs a short one (~50 faults) in `make test`. Faults, chosen by a
 `random.Random(seed)`: the RPC proxy in front of every network answers 502, delays, or lies (null for
-every receipt and transaction lookup); mining pauses; a pending transaction is dropped from the node's
-mempool; the worker is stopped and started again; the Temporal dev server is killed (SIGKILL) and
-restarted. Afterwards every withdrawal must be terminal or parked with a reason; the recipient of
-each has exactly its amount when CONFIRMED and nothing otherwise (one payment at most); the DESIGN
-invariants hold (`tests.invariants`: one mined transaction per withdrawal, contiguous nonces none
-abandoned, reservations settled once).
+every receipt and transaction lookup); mining pauses; a pending transaction is dropped from the
+node's mempool; the last one or two blocks are reorganised away (`anvil_reorg`); the worker is
+stopped and started again; the Temporal dev server is killed (SIGKILL) and restarted. Afterwards
+every withdrawal must be terminal or parked with a reason; the recipient of each has exactly its
+amount when CONFIRMED and nothing otherwise (one payment at most); the DESIGN invariants hold
+(`tests.invariants`: one mined transaction per withdrawal, contiguous nonces none abandoned,
+reservations settled once).
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ async def _fault(kind: str, rng: random.Random, h: Harness, proxies: dict[str, R
         hashes = [tx["hash"] for by_nonce in pool.get("pending", {}).values() for tx in by_nonce.values()]
         if hashes:
             processes.rpc(url, "anvil_dropTransaction", [rng.choice(hashes)])
+    elif kind == "reorg":  # the last one or two blocks replaced (fewer than the confirmations needed)
+        processes.rpc(url, "anvil_reorg", [rng.choice((1, 2)), []])
     elif kind == "worker_restart":
         await h.stop_worker()
         await asyncio.sleep(hold)
