@@ -20,7 +20,7 @@ from activities.fees import FeeAboveCap
 from activities.proof import find_nonce_holder
 from activities.rpc import Chains, RpcError, RpcUnavailable
 from activities.signer import KeystoreSigner
-from activities.transactions import new_attempt, quote_fees, self_transfer
+from activities.transactions import quote_fees, self_transfer
 from models import repo
 from models.db import Database
 from models.domain import (
@@ -34,7 +34,6 @@ from models.domain import (
     NonceResolution,
     ReconcileInput,
     ReconcileReport,
-    TxPurpose,
     WithdrawalRef,
     WithdrawalStatus,
 )
@@ -165,13 +164,22 @@ class ReconcileActivities:
                 f"nonces {external[0]}..{external[-1]} used by transactions sent outside the engine"
             )
         async with self.db.read() as s:
+            unmined = [
+                a for a in await repo.nonce_allocations(s, inp.network, inp.hot_wallet) if a.nonce >= latest
+            ]
             allocs = [
-                a
-                for a in await repo.nonce_allocations(s, inp.network, inp.hot_wallet)
-                if a.nonce >= latest and a.active and a.purpose == NoncePurpose.WITHDRAWAL and a.withdrawal_id
+                a for a in unmined if a.active and a.purpose == NoncePurpose.WITHDRAWAL and a.withdrawal_id
             ]
             attempts = await repo.attempts_for_many(s, [a.withdrawal_id for a in allocs if a.withdrawal_id])
         rebroadcast: list[str] = []
+        for fill in (
+            a for a in unmined if a.purpose == NoncePurpose.FILL and a.fill_raw_tx and a.fill_tx_hash
+        ):
+            if not await rpc.call("eth_getTransactionByHash", [fill.fill_tx_hash]):  # a fill no node knows
+                with contextlib.suppress(RpcError):
+                    await rpc.send_raw(str(fill.fill_raw_tx))
+                rebroadcast.append(str(fill.fill_tx_hash))
+                alerts.append(f"nonce {fill.nonce}: fill {fill.fill_tx_hash} unknown to the node, resent")
         filled: list[int] = []
         now = utcnow()
         for alloc in allocs:
@@ -233,21 +241,16 @@ class ReconcileActivities:
         tx.update(nonce=nonce, chainId=cfg.chain_id)
         tx.update(fees.tx_fields())
         raw, tx_hash = self.signer.sign(inp.hot_wallet, tx)
-        attempt = new_attempt(
-            withdrawal_id=withdrawal_id,
-            purpose=TxPurpose.FILL,
-            seq=0,
-            network=inp.network,
-            hot_wallet=inp.hot_wallet,
-            nonce=nonce,
-            tx=tx,
-            fees=fees,
-            raw=raw,
-            tx_hash=tx_hash,
-        )
         async with self.db.transaction() as s:
-            await repo.record_attempt(s, attempt)
-            await repo.mark_allocation(s, inp.network, inp.hot_wallet, nonce, purpose=NoncePurpose.FILL)
+            await repo.record_fill(
+                s,
+                inp.network,
+                inp.hot_wallet,
+                nonce,
+                withdrawal_id=withdrawal_id,
+                tx_hash=tx_hash,
+                raw_tx=raw,
+            )
             await repo.transition(
                 s,
                 withdrawal_id,

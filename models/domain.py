@@ -25,7 +25,6 @@ TxHash = NewType("TxHash", str)
 class TxPurpose(StrEnum):
     WITHDRAWAL = "WITHDRAWAL"
     CANCEL = "CANCEL"  # 0-value self-transfer at the withdrawal's nonce
-    FILL = "FILL"  # 0-value self-transfer by the reconciler for a nonce no live withdrawal will use
 
 
 class TxOutcome(StrEnum):

@@ -523,6 +523,36 @@ async def mark_allocation(
     )
 
 
+async def record_fill(
+    s: AsyncSession,
+    network: str,
+    hot_wallet: str,
+    nonce: int,
+    *,
+    withdrawal_id: str,
+    tx_hash: str,
+    raw_tx: str,
+) -> None:
+    """The reconciler's 0-value self-transfer took `nonce`: recorded on the nonce (purpose FILL, no
+    longer the withdrawal's), and as the transaction mined at the withdrawal's nonce (its `tx_hash`)."""
+    await _update(
+        s,
+        update(NonceAllocation)
+        .where(
+            col(NonceAllocation.network) == network,
+            col(NonceAllocation.hot_wallet) == hot_wallet,
+            col(NonceAllocation.nonce) == nonce,
+        )
+        .values(purpose=NoncePurpose.FILL, active=False, fill_tx_hash=tx_hash, fill_raw_tx=raw_tx),
+    )
+    await _update(
+        s,
+        update(Withdrawal)
+        .where(col(Withdrawal.id) == withdrawal_id)
+        .values(tx_hash=tx_hash, updated_at=utcnow()),
+    )
+
+
 async def nonce_allocations(s: AsyncSession, network: str, hot_wallet: str) -> list[NonceAllocation]:
     q = (
         select(NonceAllocation)

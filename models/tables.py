@@ -175,6 +175,10 @@ class NonceAllocation(SQLModel, table=True):
     withdrawal_id: str | None = Field(default=None, max_length=36, index=True)
     purpose: str = Field(default="WITHDRAWAL", max_length=16)
     active: bool = True
+    # FILL: the reconciler's 0-value self-transfer that took the nonce (a fill of the nonce, not an
+    # attempt of the withdrawal it was allocated to), kept to resend and to audit.
+    fill_tx_hash: str | None = Field(default=None, max_length=66)
+    fill_raw_tx: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
     created_at: datetime = _ts()
 
 

@@ -32,6 +32,7 @@ class RpcProxy:
         # Answer null to receipt and transaction lookups, as a node that does not know them would.
         self.hide_transactions = False
         self.hidden = 0  # how many lookups were answered null
+        self.stale_blocks = 0  # answer eth_blockNumber this many blocks behind (a lagging node)
         self._http = httpx.AsyncClient(timeout=30)
         app = Starlette(routes=[Route("/", self._handle, methods=["POST"])])
         self._server = uvicorn.Server(
@@ -55,6 +56,11 @@ class RpcProxy:
         resp = await self._http.post(
             self.upstream, content=body, headers={"Content-Type": "application/json"}
         )
+        if self.stale_blocks and b"eth_blockNumber" in body and resp.status_code == 200:
+            data = resp.json()
+            if isinstance(data.get("result"), str):
+                data["result"] = hex(max(0, int(data["result"], 16) - self.stale_blocks))
+                return Response(json.dumps(data), 200, media_type="application/json")
         return Response(resp.content, resp.status_code, media_type="application/json")
 
     def hold_sends(self) -> None:

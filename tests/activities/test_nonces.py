@@ -120,6 +120,12 @@ async def test_nonce_of_a_terminated_workflow_is_filled_and_later_withdrawals_pr
     assert cancelled["status"] == "CANCELLED" and "filled" in cancelled["error"]["message"]
     async with harness.db.read() as s:
         assert {r.state for r in await repo.reservations_for(s, orphan)} == {"RELEASED"}
+        # A fill of the nonce, not an attempt of the withdrawal; its tx_hash is what holds its nonce.
+        assert await repo.attempts_for(s, orphan) == []
+        (fill,) = [a for a in await allocations(harness, network) if a.nonce == 0]
+    assert fill.purpose == "FILL" and not fill.active and fill.fill_tx_hash == cancelled["tx_hash"]
+    tx = rpc(harness, network, "eth_getTransactionByHash", cancelled["tx_hash"])
+    assert int(tx["value"], 16) == 0 and tx["to"].lower() == tx["from"].lower() and int(tx["nonce"], 16) == 0
     await assert_invariants(harness, [later])
 
 

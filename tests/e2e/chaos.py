@@ -4,12 +4,14 @@ random points, then checks from the chain and the database alone.
     .venv/bin/python -m tests.e2e.chaos --faults 1000 --seed 7     # the long run (docs/reliability.md)
 
 `tests/e2e/test_chaos.py` runs a short one (~50 faults) in `make test`. Faults, chosen by a
-`random.Random(seed)`: the RPC proxy in front of every network answers 502, delays, or lies (null for
-every receipt and transaction lookup); mining pauses; a pending transaction is dropped from the
-node's mempool; the last one or two blocks are reorganised away (`anvil_reorg`); the worker is
-stopped and started again; the Temporal dev server is killed (SIGKILL) and restarted. Afterwards
-every withdrawal must be terminal or parked with a reason; the recipient of each has exactly its
-amount when CONFIRMED and nothing otherwise (one payment at most); the DESIGN invariants hold
+`random.Random(seed)`: the RPC proxy in front of every network answers 502, delays, lies (null for
+every receipt and transaction lookup) or answers a head a few blocks behind; mining pauses; a pending
+transaction is dropped from the node's mempool; the last one or two blocks are reorganised away
+(`anvil_reorg`); the worker is stopped and started again; the API process and the Temporal dev server
+are killed (SIGKILL) and restarted. Requests go to the API process over HTTP and are retried with the
+same key while it is down (a refused connection) or while Temporal is (503). Afterwards every
+withdrawal must be terminal or parked with a reason; the recipient of each has exactly its amount
+when CONFIRMED and nothing otherwise (one payment at most); the DESIGN invariants hold
 (`tests.invariants`: one mined transaction per withdrawal, contiguous nonces none abandoned,
 reservations settled once).
 """
@@ -19,14 +21,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from devstack import processes
+from settings import ROOT
 from tests.invariants import assert_invariants
 from tests.rpc_proxy import RpcProxy
 from tests.stack import (
@@ -45,9 +53,11 @@ FAULTS = (
     "rpc_502",
     "rpc_delay",
     "rpc_lie",
+    "rpc_stale_head",
     "pause_mining",
     "drop_pending",
     "worker_restart",
+    "api_kill",
     "temporal_kill",
 )
 SETTLED = {"CONFIRMED", "REJECTED", "CANCELLED", "FAILED", "NEEDS_ATTENTION"}
@@ -81,12 +91,63 @@ class ChaosReport:
 
 async def _heal(proxies: dict[str, RpcProxy], stack: Stack) -> None:
     for proxy in proxies.values():
-        proxy.fail_status, proxy.delay, proxy.hide_transactions = None, 0.0, False
+        proxy.fail_status, proxy.delay, proxy.hide_transactions, proxy.stale_blocks = None, 0.0, False, 0
     for url in stack.rpc_urls.values():
         processes.rpc(url, "evm_setIntervalMining", [1])
 
 
-async def _fault(kind: str, rng: random.Random, h: Harness, proxies: dict[str, RpcProxy]) -> None:
+class ApiProcess:
+    """The API as its own process (uvicorn), so a fault can SIGKILL it; restarted on the same port."""
+
+    def __init__(self, h: Harness, log: Path) -> None:
+        self.port = processes.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.env = {
+            **os.environ,
+            "WE_ENV": "test",
+            "WE_DATABASE_URL": h.settings.db_url,
+            "WE_TEMPORAL_ADDRESS": h.stack.temporal_address,
+            "WE_TASK_QUEUE": h.settings.task_queue,
+            "WE_CONFIG_FILE": str(h.config_file()),
+            "WE_RATE_LIMIT_PER_MINUTE": "1000000",
+            "WE_DATA_DIR": str(log.parent),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "api.app:create_app",
+                    "--factory",
+                    "--port",
+                    str(self.port),
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                cwd=ROOT,
+            )
+        processes.wait_for_port(self.port, self.proc, timeout=60)
+
+    def kill_and_restart(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            processes.stop(self.proc)
+
+
+async def _fault(
+    kind: str, rng: random.Random, h: Harness, proxies: dict[str, RpcProxy], api: ApiProcess
+) -> None:
     network = rng.choice(list(NETWORKS))
     proxy, url = proxies[network], h.stack.rpc_urls[network]
     hold = rng.uniform(0.3, 1.5)
@@ -102,6 +163,10 @@ async def _fault(kind: str, rng: random.Random, h: Harness, proxies: dict[str, R
         proxy.hide_transactions = True
         await asyncio.sleep(hold * 3)
         proxy.hide_transactions = False
+    elif kind == "rpc_stale_head":
+        proxy.stale_blocks = rng.randint(1, 4)
+        await asyncio.sleep(hold * 2)
+        proxy.stale_blocks = 0
     elif kind == "pause_mining":
         processes.rpc(url, "evm_setIntervalMining", [0])
         await asyncio.sleep(hold * 2)
@@ -119,6 +184,8 @@ async def _fault(kind: str, rng: random.Random, h: Harness, proxies: dict[str, R
         await h.start_worker()
     elif kind == "temporal_kill":
         await asyncio.to_thread(h.stack.restart_temporal)
+    elif kind == "api_kill":
+        await asyncio.to_thread(api.kill_and_restart)
 
 
 async def run_chaos(stack: Stack, db_url: str, *, faults: int, seed: int, withdrawals: int) -> ChaosReport:
@@ -135,6 +202,9 @@ async def run_chaos(stack: Stack, db_url: str, *, faults: int, seed: int, withdr
         network_overrides={"stuck_after_blocks": 4, "rpc_timeout_seconds": 3.0},
     )
     sent: dict[str, tuple[str, str, int]] = {}  # withdrawal id -> (network, recipient, wei)
+    api = ApiProcess(h, stack.tmp / f"api-chaos-{seed}.log")
+    await asyncio.to_thread(api.start)
+    client = httpx.AsyncClient(base_url=api.url, timeout=30)
     try:
 
         async def submit(i: int) -> None:
@@ -143,8 +213,10 @@ async def run_chaos(stack: Stack, db_url: str, *, faults: int, seed: int, withdr
             body = native_body(network, to, f"{wei / 10**18:.3f}")
             for _ in range(60):  # a valid request is retried until answered (503 only while down)
                 try:
-                    r = await h.request(body, key=f"chaos-{seed}-{i}")
-                except Exception:  # the in-process API's Temporal client reconnecting
+                    r = await client.post(
+                        "/withdrawal/request", json=body, headers=h.headers(f"chaos-{seed}-{i}")
+                    )
+                except httpx.HTTPError:  # the API process is down (killed) or restarting
                     r = None
                 if r is not None and r.status_code in (200, 201):
                     sent[r.json()["id"]] = (network, to, wei)
@@ -162,7 +234,7 @@ async def run_chaos(stack: Stack, db_url: str, *, faults: int, seed: int, withdr
                 pending_submits.append(asyncio.create_task(submit(later.pop(0))))
             kind = rng.choice(FAULTS)
             report.faults[kind] += 1
-            await _fault(kind, rng, h, proxies)
+            await _fault(kind, rng, h, proxies, api)
             await asyncio.sleep(rng.uniform(0.0, 0.4))
         pending_submits += [asyncio.create_task(submit(i)) for i in later]
         await asyncio.gather(*pending_submits)
@@ -186,6 +258,8 @@ async def run_chaos(stack: Stack, db_url: str, *, faults: int, seed: int, withdr
         await assert_invariants(h, list(sent))
     finally:
         await _heal(proxies, stack)
+        await client.aclose()
+        await asyncio.to_thread(api.stop)
         await close_harness(h)
         for proxy in proxies.values():
             await proxy.stop()
