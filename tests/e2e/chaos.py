@@ -56,6 +56,7 @@ FAULTS = (
     "rpc_stale_head",
     "pause_mining",
     "drop_pending",
+    "reorg",
     "worker_restart",
     "api_kill",
     "temporal_kill",
