@@ -7,8 +7,8 @@ random points, then checks from the chain and the database alone.
 `random.Random(seed)`: the RPC proxy in front of every network answers 502, delays, lies (null for
 every receipt and transaction lookup) or answers a head a few blocks behind; mining pauses; a pending
 transaction is dropped from the node's mempool; the last one or two blocks are reorganised away
-(`anvil_reorg`); the worker is stopped and started again; the API process and the Temporal dev server
-are killed (SIGKILL) and restarted. Requests go to the API process over HTTP and are retried with the
+(`anvil_reorg`); the worker process, the API process and the Temporal dev server are killed (SIGKILL)
+and restarted. Requests go to the API process over HTTP and are retried with the
 same key while it is down (a refused connection) or while Temporal is (503). Afterwards every
 withdrawal must be terminal or parked with a reason; the recipient of each has exactly its amount
 when CONFIRMED and nothing otherwise (one payment at most); the DESIGN invariants hold
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from activities.signer import write_keystore
 from devstack import processes
 from settings import ROOT
 from tests.invariants import assert_invariants
@@ -57,10 +58,11 @@ FAULTS = (
     "pause_mining",
     "drop_pending",
     "reorg",
-    "worker_restart",
+    "worker_kill",
     "api_kill",
     "temporal_kill",
 )
+KEYSTORE_PASSWORD = "chaos-keystore-password"
 SETTLED = {"CONFIRMED", "REJECTED", "CANCELLED", "FAILED", "NEEDS_ATTENTION"}
 
 
@@ -97,10 +99,12 @@ async def _heal(proxies: dict[str, RpcProxy], stack: Stack) -> None:
         processes.rpc(url, "evm_setIntervalMining", [1])
 
 
-class ApiProcess:
-    """The API as its own process (uvicorn), so a fault can SIGKILL it; restarted on the same port."""
+class EngineProcess:
+    """The API (uvicorn) or the worker as a process of its own, so that a fault can SIGKILL it; a
+    process that died (killed, or failed to start while a fault was on) is started again."""
 
-    def __init__(self, h: Harness, log: Path) -> None:
+    def __init__(self, h: Harness, log: Path, *, worker: bool = False) -> None:
+        self.worker = worker
         self.port = processes.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -112,28 +116,37 @@ class ApiProcess:
             "WE_TASK_QUEUE": h.settings.task_queue,
             "WE_CONFIG_FILE": str(h.config_file()),
             "WE_RATE_LIMIT_PER_MINUTE": "1000000",
+            "WE_RECONCILE_INTERVAL_SECONDS": "0",
             "WE_DATA_DIR": str(log.parent),
         }
+        if worker:
+            keystore = log.parent / f"keystore-{h.settings.task_queue}"
+            for key in h.keys.values():
+                write_keystore(keystore, key, KEYSTORE_PASSWORD, iterations=2048)
+            self.env |= {"WE_KEYSTORE_DIR": str(keystore), "WE_KEYSTORE_PASSWORD": KEYSTORE_PASSWORD}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if self.worker:
+            cmd = [sys.executable, str(ROOT / "worker.py")]
+        else:
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.app:create_app",
+                "--factory",
+                "--port",
+                str(self.port),
+            ]
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "api.app:create_app",
-                    "--factory",
-                    "--port",
-                    str(self.port),
-                ],
-                env=self.env,
-                stdout=out,
-                stderr=out,
-                cwd=ROOT,
-            )
-        processes.wait_for_port(self.port, self.proc, timeout=60)
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out, cwd=ROOT)
+        if not self.worker:
+            processes.wait_for_port(self.port, self.proc, timeout=60)
+
+    def ensure_alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
 
     def kill_and_restart(self) -> None:
         if self.proc is not None:
@@ -147,7 +160,12 @@ class ApiProcess:
 
 
 async def _fault(
-    kind: str, rng: random.Random, h: Harness, proxies: dict[str, RpcProxy], api: ApiProcess
+    kind: str,
+    rng: random.Random,
+    h: Harness,
+    proxies: dict[str, RpcProxy],
+    api: EngineProcess,
+    worker: EngineProcess,
 ) -> None:
     network = rng.choice(list(NETWORKS))
     proxy, url = proxies[network], h.stack.rpc_urls[network]
@@ -179,10 +197,8 @@ async def _fault(
             processes.rpc(url, "anvil_dropTransaction", [rng.choice(hashes)])
     elif kind == "reorg":  # the last one or two blocks replaced (fewer than the confirmations needed)
         processes.rpc(url, "anvil_reorg", [rng.choice((1, 2)), []])
-    elif kind == "worker_restart":
-        await h.stop_worker()
-        await asyncio.sleep(hold)
-        await h.start_worker()
+    elif kind == "worker_kill":
+        await asyncio.to_thread(worker.kill_and_restart)
     elif kind == "temporal_kill":
         await asyncio.to_thread(h.stack.restart_temporal)
     elif kind == "api_kill":
@@ -201,10 +217,13 @@ async def run_chaos(stack: Stack, db_url: str, *, faults: int, seed: int, withdr
         db_url,
         rpc_urls={n: [p.url] for n, p in proxies.items()},
         network_overrides={"stuck_after_blocks": 4, "rpc_timeout_seconds": 3.0},
+        start_worker=False,
     )
     sent: dict[str, tuple[str, str, int]] = {}  # withdrawal id -> (network, recipient, wei)
-    api = ApiProcess(h, stack.tmp / f"api-chaos-{seed}.log")
+    api = EngineProcess(h, stack.tmp / f"api-chaos-{seed}.log")
+    worker = EngineProcess(h, stack.tmp / f"worker-chaos-{seed}.log", worker=True)
     await asyncio.to_thread(api.start)
+    await asyncio.to_thread(worker.start)
     client = httpx.AsyncClient(base_url=api.url, timeout=30)
     try:
 
@@ -235,13 +254,14 @@ async def run_chaos(stack: Stack, db_url: str, *, faults: int, seed: int, withdr
                 pending_submits.append(asyncio.create_task(submit(later.pop(0))))
             kind = rng.choice(FAULTS)
             report.faults[kind] += 1
-            await _fault(kind, rng, h, proxies, api)
+            await _fault(kind, rng, h, proxies, api, worker)
+            await asyncio.to_thread(worker.ensure_alive)
+            await asyncio.to_thread(api.ensure_alive)
             await asyncio.sleep(rng.uniform(0.0, 0.4))
         pending_submits += [asyncio.create_task(submit(i)) for i in later]
         await asyncio.gather(*pending_submits)
         await _heal(proxies, stack)
-        if h.worker is None:
-            await h.start_worker()
+        await asyncio.to_thread(worker.ensure_alive)
         finals = await asyncio.gather(*(h.wait_status(wid, SETTLED, limit=300) for wid in sent))
         report.withdrawals = len(finals)
         for final in finals:
@@ -261,6 +281,7 @@ async def run_chaos(stack: Stack, db_url: str, *, faults: int, seed: int, withdr
         await _heal(proxies, stack)
         await client.aclose()
         await asyncio.to_thread(api.stop)
+        await asyncio.to_thread(worker.stop)
         await close_harness(h)
         for proxy in proxies.values():
             await proxy.stop()
