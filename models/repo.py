@@ -149,6 +149,16 @@ async def insert_withdrawal(s: AsyncSession, w: Withdrawal) -> None:
     await s.flush()
 
 
+async def _status_of(s: AsyncSession, withdrawal_id: str, to: WithdrawalStatus) -> tuple[str, int]:
+    """The row's (status, status_seq); a missing row is a stale move to `to`."""
+    row = (
+        await s.exec(select(Withdrawal.status, Withdrawal.status_seq).where(Withdrawal.id == withdrawal_id))
+    ).first()
+    if row is None:
+        raise StaleTransition(withdrawal_id, None, to)
+    return str(row[0]), int(row[1])
+
+
 async def transition(
     s: AsyncSession,
     withdrawal_id: str,
@@ -171,13 +181,7 @@ async def transition(
     status or number does not allow raises `StaleTransition` and changes nothing.
     """
     if seq is None:
-        row = (
-            await s.exec(
-                select(Withdrawal.status, Withdrawal.status_seq).where(Withdrawal.id == withdrawal_id)
-            )
-        ).first()
-        if row is None:
-            raise StaleTransition(withdrawal_id, None, to)
+        row = await _status_of(s, withdrawal_id, to)
         if row[0] == to:
             return False
         seq = int(row[1]) + 1
@@ -199,13 +203,7 @@ async def transition(
         .values(**values),
     )
     if not moved:
-        row = (
-            await s.exec(
-                select(Withdrawal.status, Withdrawal.status_seq).where(Withdrawal.id == withdrawal_id)
-            )
-        ).first()
-        if row is None:
-            raise StaleTransition(withdrawal_id, None, to)
+        row = await _status_of(s, withdrawal_id, to)
         if int(row[1]) >= seq:
             done = await _first(
                 s,
