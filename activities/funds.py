@@ -21,7 +21,15 @@ from activities.rpc import Chains
 from models import repo
 from models.amounts import MAX_AMOUNT_UNITS, to_units
 from models.db import Database
-from models.domain import Admission, ErrorCode, ErrorInfo, WithdrawalRef, WithdrawalRequest, WithdrawalStatus
+from models.domain import (
+    Admission,
+    ErrorCode,
+    ErrorInfo,
+    Wei,
+    WithdrawalRef,
+    WithdrawalRequest,
+    WithdrawalStatus,
+)
 from models.requests import RequestRefused, revalidate
 from models.tables import Withdrawal, utcnow
 from settings import EngineConfig, NetworkConfig
@@ -45,12 +53,13 @@ DAILY_LIMIT = ErrorInfo(
 )
 
 
-def reservation_amounts(cfg: NetworkConfig, asset: str, amount: int) -> dict[str, int]:
-    """What a withdrawal holds: the amount in its asset, plus a worst-case fee in native coin."""
+def reservation_amounts(cfg: NetworkConfig, asset: str, amount: int) -> dict[str, Wei]:
+    """What a withdrawal holds, in base units: the amount in its asset, plus a worst-case fee in
+    native coin."""
     fee = cfg.fee_allowance_wei(asset)
     if asset == cfg.native_asset:
-        return {asset: amount + fee}
-    return {asset: amount, cfg.native_asset: fee}
+        return {asset: Wei(amount + fee)}
+    return {asset: Wei(amount), cfg.native_asset: Wei(fee)}
 
 
 def choose_wallet(

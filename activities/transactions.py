@@ -17,7 +17,7 @@ from activities.rpc_errors import RpcErrorKind
 from activities.signer import KeystoreSigner, SignerUnavailable
 from models import repo
 from models.db import Database
-from models.domain import ErrorCode, Nonce, SignedTx, SignInput, TxHash, TxPurpose
+from models.domain import ErrorCode, Nonce, SignedTx, SignInput, TxHash, TxPurpose, Wei
 from models.tables import TxAttempt, Withdrawal
 from settings import EngineConfig, NetworkConfig
 
@@ -30,8 +30,9 @@ def erc20_transfer_data(to: str, amount: int) -> str:
     return "0x" + (TRANSFER_SELECTOR + abi_encode(["address", "uint256"], [to, amount])).hex()
 
 
-def fee_cap(cfg: NetworkConfig) -> int:
-    return int(cfg.max_fee_per_gas_cap_gwei * 10**9)
+def fee_cap(cfg: NetworkConfig) -> Wei:
+    """The network's cap on the fee per gas, in wei."""
+    return Wei(int(cfg.max_fee_per_gas_cap_gwei * 10**9))
 
 
 async def quote_fees(cfg: NetworkConfig, rpc: ChainRpc, *, capped: bool = True) -> feemath.Fees:

@@ -13,7 +13,7 @@ activities that own it; this module only reads and writes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from models.domain import (
     NoncePurpose,
     ReservationState,
     TxOutcome,
+    Wei,
     WithdrawalStatus,
 )
 from models.lifecycle import NonceEffect, ReservationEffect, StaleTransition
@@ -353,7 +354,7 @@ async def daily_total(
 
 
 async def reserve(
-    s: AsyncSession, withdrawal_id: str, network: str, hot_wallet: str, amounts: dict[str, int]
+    s: AsyncSession, withdrawal_id: str, network: str, hot_wallet: str, amounts: Mapping[str, Wei]
 ) -> None:
     """Hold `amounts` (asset -> base units) on `hot_wallet` for the withdrawal and assign the wallet."""
     for asset, amount in amounts.items():
