@@ -177,13 +177,6 @@ class TransactionActivities:
             except feemath.FeeAboveCap as e:
                 # Nothing sent yet at this nonce: waiting for fees to fall is safe, so retry.
                 raise fail(ErrorCode.FEE_ABOVE_CAP, str(e), retryable=not at_nonce) from e
-            if inp.purpose is TxPurpose.CANCEL and fees.per_gas_ceiling > fee_cap(cfg):
-                log.error(
-                    "withdrawal.cancel.fee_above_cap",
-                    alert=True,
-                    withdrawal_id=w.id,
-                    fee=fees.per_gas_ceiling,
-                )
         except ChainIdMismatch as e:
             raise fail(ErrorCode.CHAIN_ID_MISMATCH, str(e)) from e
         except RpcUnavailable as e:
@@ -194,18 +187,15 @@ class TransactionActivities:
                 fees, feemath.Fees(top.max_fee_per_gas, top.max_priority_fee_per_gas, top.gas_price)
             )
             cap = fee_cap(cfg) * (cfg.cancel_fee_cap_multiple if inp.purpose is TxPurpose.CANCEL else 1)
-            if inp.purpose is TxPurpose.CANCEL and fees.per_gas_ceiling > fee_cap(cfg):
-                log.error(
-                    "withdrawal.cancel.fee_above_cap",
-                    alert=True,
-                    withdrawal_id=w.id,
-                    fee=fees.per_gas_ceiling,
-                )
             if fees.per_gas_ceiling > cap:
                 raise fail(
                     ErrorCode.FEE_ABOVE_CAP,
                     f"a replacement needs {fees.per_gas_ceiling} wei/gas, above the cap of {cap}",
                 )
+        if inp.purpose is TxPurpose.CANCEL and fees.per_gas_ceiling > fee_cap(cfg):  # the fees it signs
+            log.error(
+                "withdrawal.cancel.fee_above_cap", alert=True, withdrawal_id=w.id, fee=fees.per_gas_ceiling
+            )
         if inp.purpose is TxPurpose.WITHDRAWAL and not at_nonce:  # a replacement's original is pending
             await self._check_balance(w, cfg, rpc, tx["gas"] * fees.per_gas_ceiling)
         tx.pop("from")
