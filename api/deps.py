@@ -101,7 +101,7 @@ def require_scope(scope: str):
     return _check
 
 
-WriterDep = Annotated[ApiClient, Depends(require_scope("withdrawals:write"))]
+WriterDep = Annotated[ApiClient, Depends(require_scope("withdrawals:create"))]
 ReaderDep = Annotated[ApiClient, Depends(require_scope("withdrawals:read"))]
 
 

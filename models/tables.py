@@ -60,9 +60,17 @@ class ApiClient(SQLModel, table=True):
     active: bool = True
     expires_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
     rate_limit_per_minute: int | None = None
-    # Space-separated permissions: withdrawals:write withdrawals:read
-    scopes: str = Field(default="withdrawals:write withdrawals:read", max_length=255)
+    # Space-separated permissions: withdrawals:create withdrawals:read webhooks:manage
+    scopes: str = Field(default="withdrawals:create withdrawals:read webhooks:manage", max_length=255)
+    created_by: str | None = Field(default=None, max_length=120)
+    ip_allowlist: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))  # JSON CIDRs
+    # Rotation: the previous secret keeps working until `previous_key_expires_at`.
+    previous_key_hash: str | None = Field(default=None, max_length=64, index=True)
+    previous_key_expires_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
+    last_used_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
     created_at: datetime = _ts()
+    updated_at: datetime = _ts()
 
 
 class User(SQLModel, table=True):
@@ -70,8 +78,10 @@ class User(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=36)
     username: str = Field(max_length=120, unique=True, index=True)
     password_hash: str = Field(max_length=255)
-    role: str = Field(max_length=20)  # ADMIN | OPERATOR | VIEWER
+    role: str = Field(max_length=20)  # ADMIN | APPROVER | OPERATOR | VIEWER
+    active: bool = True
     created_at: datetime = _ts()
+    updated_at: datetime = _ts()
 
 
 class Withdrawal(SQLModel, table=True):
@@ -200,3 +210,114 @@ class FundReservation(SQLModel, table=True):
     # The block that mined the withdrawal's transaction when it settled (None: nothing was mined). A
     # balance read at an earlier block still holds these funds (see `repo.held_amounts`).
     settled_block: int | None = None
+
+
+class AuditEntry(SQLModel, table=True):
+    """Every operator and admin action, written in the same transaction as the action itself."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_actor_at", "actor", "at"), Index("ix_audit_target", "target"))
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)
+    actor: str = Field(max_length=120)  # a username, "api-key:<id>", or "system"
+    role: str | None = Field(default=None, max_length=20)
+    action: str = Field(max_length=64, index=True)  # e.g. login.failed, withdrawal.retry, queues.pause
+    target: str | None = Field(default=None, max_length=255)
+    before: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))  # JSON
+    after: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))  # JSON
+    source_ip: str | None = Field(default=None, max_length=64)
+    outcome: str = Field(default="ok", max_length=16)  # ok | refused | failed
+
+
+class Pause(SQLModel, table=True):
+    """A kill switch: everything (network and hot_wallet null), one network, or one hot wallet.
+    Active while `resumed_at` is null; kept afterwards as a record."""
+
+    __tablename__ = "pauses"
+    __table_args__ = (Index("ix_pause_active", "resumed_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    network: str | None = Field(default=None, max_length=32)
+    hot_wallet: str | None = Field(default=None, max_length=42)
+    reason: str = Field(sa_column=Column(Text(), nullable=False))
+    paused_by: str = Field(max_length=120)
+    paused_at: datetime = _ts()
+    resumed_by: str | None = Field(default=None, max_length=120)
+    resumed_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
+
+
+class Alert(SQLModel, table=True):
+    """One row per cause (`dedup_key`): FIRING until the cause clears, then RESOLVED."""
+
+    __tablename__ = "alerts"
+    id: int | None = Field(default=None, primary_key=True)
+    dedup_key: str = Field(max_length=255, unique=True)
+    kind: str = Field(max_length=64)
+    severity: str = Field(default="warning", max_length=16)  # info | warning | critical
+    summary: str = Field(sa_column=Column(Text(), nullable=False))
+    detail: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))  # JSON
+    state: str = Field(default="FIRING", max_length=16, index=True)  # FIRING | RESOLVED
+    fired_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    resolved_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
+
+
+class ApiKeyUsage(SQLModel, table=True):
+    """Requests per API key, day, route and status, flushed in batches (not one write per request)."""
+
+    __tablename__ = "api_key_usage"
+    __table_args__ = (UniqueConstraint("client_id", "day", "route", "status", name="uq_api_key_usage"),)
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: str = Field(max_length=36)
+    day: str = Field(max_length=10)  # YYYY-MM-DD (UTC)
+    route: str = Field(max_length=120)
+    status: int
+    count: int = 0
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    __tablename__ = "webhook_endpoints"
+    id: str = Field(primary_key=True, max_length=36)
+    client_id: str = Field(max_length=36, index=True)
+    url: str = Field(sa_column=Column(Text(), nullable=False))
+    events: str = Field(default="*", sa_column=Column(Text(), nullable=False))  # space-separated, * = all
+    secret: str = Field(max_length=128)  # whsec_<base64>: needed to sign, never logged
+    active: bool = True
+    created_at: datetime = _ts()
+    deleted_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one endpoint: written with the status change (the outbox), sent in order per
+    (endpoint, withdrawal). `event_id` is stable across retries and redeliveries."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_delivery_event"),
+        Index("ix_webhook_delivery_queue", "endpoint_id", "withdrawal_id", "state", "seq"),
+    )
+    id: str = Field(primary_key=True, max_length=36)
+    event_id: str = Field(max_length=64, index=True)
+    endpoint_id: str = Field(max_length=36)
+    client_id: str = Field(max_length=36)
+    withdrawal_id: str = Field(max_length=36, index=True)
+    seq: int  # order within the withdrawal (the status event's number; a reorg event follows its move)
+    event_type: str = Field(max_length=64)
+    payload: str = Field(sa_column=Column(Text(), nullable=False))  # the exact JSON body that is signed
+    state: str = Field(default="PENDING", max_length=16)  # PENDING | DELIVERED | FAILED
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_latency_ms: int | None = None
+    last_error: str | None = Field(default=None, max_length=500)  # a short excerpt, never a full body
+    created_at: datetime = _ts()
+    delivered_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
+
+
+class WebhookAttempt(SQLModel, table=True):
+    __tablename__ = "webhook_attempts"
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: str = Field(max_length=36, index=True)
+    attempt: int
+    at: datetime = _ts()
+    status_code: int | None = None
+    latency_ms: int | None = None
+    error: str | None = Field(default=None, max_length=500)

@@ -40,7 +40,7 @@ class ActionBody(BaseModel):
 class ApiKeyBody(BaseModel):
     name: StrictStr = Field(min_length=1, max_length=120)
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    scopes: list[Literal["withdrawals:write", "withdrawals:read"]] = ["withdrawals:write", "withdrawals:read"]
+    scopes: list[Literal["withdrawals:create", "withdrawals:read"]] = ["withdrawals:create", "withdrawals:read"]
 
 
 @router.post("/auth/login")
