@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 600
     log_level: str = "INFO"
     otel_exporter: str | None = None  # "console": OpenTelemetry spans of workflows/activities to stdout
+    # Clients: `X-Forwarded-For` is believed only from these peers (IPs or CIDRs); CORS is off unless set.
+    trusted_proxies: list[str] = []
+    cors_origins: list[str] = []
+    # Operators: login attempts per IP and per username per minute; approval tokens' lifetime.
+    login_attempts_per_minute: int = 10
+    approval_token_ttl_seconds: int = 300
+    # Kill switch: how often a paused withdrawal looks again (a resume takes effect within this).
+    pause_poll_seconds: float = 5.0
+    # Alerts: Slack incoming webhook and PagerDuty Events v2 (either may be unset: that sink is off).
+    slack_webhook_url: SecretStr | None = None
+    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
+    pagerduty_routing_key: SecretStr | None = None
+    alert_pending_after_seconds: int = 1800  # a withdrawal not final after this long is alerted
+    monitor_interval_seconds: int = 30  # health checks that raise and resolve alerts; 0 disables
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:
@@ -117,6 +131,8 @@ class AssetLimits(BaseModel):
     per_transaction: Decimal
     daily_per_user: Decimal
     approval_threshold: Decimal
+    # Above this an approval needs two distinct approvers (four eyes); None: one approver suffices.
+    four_eyes_threshold: Decimal | None = None
 
 
 class NetworkConfig(BaseModel):
@@ -130,6 +146,8 @@ class NetworkConfig(BaseModel):
     hot_wallets: list[str] = Field(min_length=1)
     tokens: dict[str, TokenConfig] = {}
     limits: dict[str, AssetLimits] = {}
+    # Per asset, in its units: a hot wallet below this is reported low (health) and alerted.
+    min_hot_wallet_balance: dict[str, Decimal] = {}
     max_fee_per_gas_cap_gwei: Decimal = Decimal(500)
     priority_fee_gwei: Decimal = Decimal("1.5")
     legacy_gas_price_multiplier: Decimal = Decimal("1.2")

@@ -153,6 +153,25 @@ class OperatorInput:
 
     reason: str | None = None
     operator: str | None = None
+    # approve/reject: proof of who decided, a short-lived token the API signs for this withdrawal,
+    # operator and role (`api.approvals`); an approval without a valid one is recorded and refused.
+    token: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyApprovalInput:
+    withdrawal_id: str
+    action: str  # "approve" | "reject"
+    token: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApproverIdentity:
+    """Who decided, as proven by the API-signed token."""
+
+    operator: str
+    role: str
+    token_id: str
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     # --- a withdrawal's error (why it was refused, ended or parked) ------------------------------
     APPROVAL_REJECTED = "APPROVAL_REJECTED"
     APPROVAL_TIMED_OUT = "APPROVAL_TIMED_OUT"
+    APPROVAL_UNPROVEN = "APPROVAL_UNPROVEN"  # an approve/reject without a valid API-signed token
+    PAUSED = "PAUSED"  # a kill switch covers the withdrawal's network or hot wallet: nothing is signed
     CANCELLED = "CANCELLED"
     INSUFFICIENT_HOT_WALLET_FUNDS = "INSUFFICIENT_HOT_WALLET_FUNDS"
     EXECUTION_REVERTED = "EXECUTION_REVERTED"

@@ -13,11 +13,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AdminDep, OperatorDep, StateDep, ViewerDep
 from api.errors import Conflict, InvalidState, NotFound, Unauthorized
-from api.security import generate_api_key, hash_api_key, hash_password, issue_jwt, verify_password
+from api.security import hash_password, issue_jwt, verify_password
 from api.withdrawals import withdrawal_view
 from models import repo
 from models.domain import ActionResult, ErrorCode, OperatorInput
-from models.tables import ApiClient, User
+from models.tables import User
 from workflows.withdrawal import WithdrawalWorkflow
 
 router = APIRouter(tags=["admin"])
@@ -35,12 +35,6 @@ class RegisterBody(LoginBody):
 
 class ActionBody(BaseModel):
     reason: StrictStr | None = Field(default=None, max_length=500)
-
-
-class ApiKeyBody(BaseModel):
-    name: StrictStr = Field(min_length=1, max_length=120)
-    rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    scopes: list[Literal["withdrawals:create", "withdrawals:read"]] = ["withdrawals:create", "withdrawals:read"]
 
 
 @router.post("/auth/login")
@@ -201,27 +195,3 @@ async def stats_status(state: StateDep, _: ViewerDep) -> dict[str, Any]:
     for network, status, count in rows:
         out.setdefault(status, {})[network] = count
     return {"by_status": out}
-
-
-@router.post("/admin/api-keys", status_code=201)
-async def create_api_key(body: ApiKeyBody, state: StateDep, _: AdminDep) -> dict[str, Any]:
-    key = generate_api_key()
-    client = ApiClient(
-        id=str(uuid.uuid4()),
-        name=body.name,
-        key_hash=hash_api_key(key),
-        key_prefix=key[:10],
-        rate_limit_per_minute=body.rate_limit_per_minute,
-        scopes=" ".join(body.scopes),
-    )
-    async with state.db.transaction() as s:
-        await repo.create_api_client(s, client)
-    return {"id": client.id, "name": client.name, "api_key": key, "scopes": body.scopes}
-
-
-@router.delete("/admin/api-keys/{client_id}")
-async def revoke_api_key(client_id: str, state: StateDep, _: AdminDep) -> dict[str, Any]:
-    async with state.db.transaction() as s:
-        if not await repo.deactivate_api_client(s, client_id):
-            raise NotFound("API key not found")
-    return {"id": client_id, "active": False}
