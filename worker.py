@@ -22,6 +22,7 @@ from temporalio.client import (
 )
 from temporalio.worker import Worker
 
+from activities.approvals import ApprovalActivities
 from activities.broadcast import BroadcastActivities
 from activities.confirmations import ConfirmationActivities
 from activities.funds import FundsActivities
@@ -51,7 +52,8 @@ class Engine:
         self.db = Database(settings.db_url)
         self.chains = Chains(config.networks)
         self.lifecycle = LifecycleActivities(self.db)
-        self.funds = FundsActivities(self.db, self.chains, config)
+        self.approvals = ApprovalActivities(settings.jwt_secret.get_secret_value())
+        self.funds = FundsActivities(self.db, self.chains, config, settings.pause_poll_seconds)
         self.nonces = NonceActivities(self.db, self.chains, config)
         self.transactions = TransactionActivities(self.db, self.chains, signer, config)
         self.broadcast = BroadcastActivities(self.db, self.chains)
@@ -64,6 +66,7 @@ class Engine:
     def activities(self) -> list[object]:
         return [
             self.lifecycle.record_transition,
+            self.approvals.verify,
             self.funds.admit,
             self.funds.reserve,
             self.nonces.allocate_nonce,

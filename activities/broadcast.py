@@ -9,6 +9,7 @@ import structlog
 from temporalio import activity
 
 from activities.failures import fail, rpc_down
+from activities.pauses import held_by_pause
 from activities.rpc import ChainRpc, Chains, RpcError, RpcUnavailable
 from activities.rpc_errors import RpcErrorKind
 from models import repo
@@ -73,8 +74,11 @@ class BroadcastActivities:
         async with self.db.read() as s:
             attempt = await repo.attempt_by_hash(s, inp.tx_hash)
             attempts = await repo.attempts_for(s, inp.withdrawal_id)
+            held = await held_by_pause(s, attempt.network, attempt.hot_wallet) if attempt else None
         if attempt is None:
             raise LookupError(inp.tx_hash)
+        if held is not None:  # the kill switch: nothing is broadcast while paused
+            raise held
         rpc = self.chains[attempt.network]
         try:
             await rpc.send_raw(attempt.raw_tx)

@@ -19,7 +19,7 @@ from temporalio import activity
 
 from activities.rpc import Chains
 from models import repo
-from models.amounts import MAX_AMOUNT_UNITS, to_units
+from models.amounts import MAX_AMOUNT_UNITS, format_amount, to_units
 from models.db import Database
 from models.domain import (
     Admission,
@@ -81,8 +81,11 @@ def choose_wallet(
 
 
 class FundsActivities:
-    def __init__(self, db: Database, chains: Chains, config: EngineConfig) -> None:
+    def __init__(
+        self, db: Database, chains: Chains, config: EngineConfig, pause_poll_seconds: float = 5.0
+    ) -> None:
         self.db, self.chains, self.config = db, chains, config
+        self.pause_poll_seconds = pause_poll_seconds
 
     async def _balances(self, cfg: NetworkConfig, network: str, asset: str) -> Balances:
         """The hot wallets' balances at one block (the reservation arithmetic counts what settled after
@@ -109,6 +112,11 @@ class FundsActivities:
             return Admission(accepted=False, status=status, status_seq=w.status_seq, error=error)
         limits = cfg.limits.get(w.asset)
         threshold = to_units(limits.approval_threshold, w.decimals) if limits else None
+        four_eyes = (
+            to_units(limits.four_eyes_threshold, w.decimals)
+            if limits and limits.four_eyes_threshold is not None
+            else None
+        )
         return Admission(
             accepted=status is not WithdrawalStatus.REJECTED,
             status=status,
@@ -116,6 +124,9 @@ class FundsActivities:
             error=error,
             hot_wallet=w.hot_wallet,
             requires_approval=threshold is not None and w.amount > threshold,
+            approvals_required=2 if four_eyes is not None and w.amount > four_eyes else 1,
+            amount_display=f"{format_amount(w.amount, w.decimals)} {w.asset}",
+            pause_poll_seconds=self.pause_poll_seconds,
             required_confirmations=cfg.required_confirmations,
             approval_timeout_seconds=self.config.approval_timeout_seconds,
             funds_retry_seconds=self.config.funds_retry_seconds,

@@ -17,6 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.broadcast import resend
 from activities.failures import fail, rpc_down
 from activities.fees import FeeAboveCap
+from activities.pauses import held_by_pause
 from activities.proof import find_nonce_holder
 from activities.rpc import Chains, RpcError, RpcUnavailable
 from activities.signer import KeystoreSigner
@@ -58,6 +59,10 @@ class NonceActivities:
     @activity.defn
     async def allocate_nonce(self, ref: WithdrawalRef) -> NonceAllocation:
         async with self.db.transaction() as s:
+            w = await repo.get_withdrawal(s, ref.withdrawal_id)
+            held = await held_by_pause(s, w.network, w.hot_wallet) if w else None
+            if held is not None:  # the kill switch: the withdrawal stays PENDING, no nonce taken
+                raise held
             alloc = await repo.allocate_nonce(s, ref.withdrawal_id)
         log.info("withdrawal.nonce.allocated", withdrawal_id=ref.withdrawal_id, nonce=alloc.nonce)
         return NonceAllocation(hot_wallet=alloc.hot_wallet, nonce=Nonce(alloc.nonce))
@@ -205,6 +210,11 @@ class ReconcileActivities:
                     f"nonce {alloc.nonce} held by withdrawal {alloc.withdrawal_id} for {int(age)} s with "
                     "nothing signed: later transactions of this wallet wait behind it (retry or cancel)"
                 )
+                continue
+            async with self.db.read() as s:  # the kill switch holds fills too: nothing new is signed
+                held = await held_by_pause(s, inp.network, inp.hot_wallet)
+            if held is not None:
+                alerts.append(f"nonce {alloc.nonce} needs a fill, held: {held.message}")
                 continue
             tx_hash = await self._fill(inp, alloc.withdrawal_id, alloc.nonce)
             filled.append(alloc.nonce)

@@ -12,6 +12,7 @@ from temporalio import activity
 
 from activities import fees as feemath
 from activities.failures import fail, rpc_down
+from activities.pauses import held_by_pause
 from activities.rpc import ChainIdMismatch, ChainRpc, Chains, RpcError, RpcUnavailable
 from activities.rpc_errors import RpcErrorKind
 from activities.signer import KeystoreSigner, SignerUnavailable
@@ -165,6 +166,10 @@ class TransactionActivities:
             )
         if w.nonce is None or w.hot_wallet is None:
             raise fail(ErrorCode.NONCE_CONFLICT, "no nonce allocated")
+        async with self.db.read() as s:  # the kill switch: nothing new is signed while paused
+            held = await held_by_pause(s, w.network, w.hot_wallet)
+        if held is not None:
+            raise held
         cfg = self.config.networks[w.network]
         rpc = self.chains[w.network]
         if not self.signer.has(w.hot_wallet):

@@ -82,6 +82,8 @@ class HistoryKind(StrEnum):
     REORG = "REORG"
     NONCE_REALIGNED = "NONCE_REALIGNED"
     CANCEL_LOST = "CANCEL_LOST"  # the withdrawal was mined before its cancellation
+    HELD = "HELD"  # a kill switch holds the next step (reason: which pause)
+    RELEASED = "RELEASED"  # the pause was lifted and the step went ahead
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +137,9 @@ class Admission:
     error: ErrorInfo | None = None
     hot_wallet: str | None = None
     requires_approval: bool = False
+    approvals_required: int = 1  # 2 above the asset's four-eyes threshold: two distinct approvers
+    amount_display: str = ""  # e.g. "250.5 USDT", for the Web UI's details
+    pause_poll_seconds: float = 5.0  # held by a kill switch: look again after this long
     required_confirmations: int = 1
     approval_timeout_seconds: int = 86_400
     funds_retry_seconds: int = 15

@@ -117,7 +117,12 @@ def engine_config(
     rpc_urls: dict[str, list[str]] | None = None,
     **overrides: Any,
 ) -> EngineConfig:
-    limits = {"per_transaction": "1000", "daily_per_user": "5000", "approval_threshold": "100"}
+    limits = {
+        "per_transaction": "1000",
+        "daily_per_user": "5000",
+        "approval_threshold": "100",
+        "four_eyes_threshold": "500",
+    }
     token_limits = {"per_transaction": "1000000", "daily_per_user": "5000000", "approval_threshold": "10000"}
     networks = {}
     for name, (chain_id, native, fee_model) in NETWORKS.items():
@@ -272,6 +277,7 @@ async def make_harness(
         task_queue=f"tq-{uuid.uuid4()}",
         data_dir=stack.tmp,
         rate_limit_per_minute=1_000_000,
+        pause_poll_seconds=0.5,
     )
     signer = KeystoreSigner({a: _Key(bytes.fromhex(k[2:])) for a, k in keys.items()})
     client = await Client.connect(stack.temporal_address)

@@ -23,6 +23,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.approvals import ApprovalActivities
     from activities.broadcast import BroadcastActivities
     from activities.confirmations import ConfirmationActivities
     from activities.funds import FundsActivities
@@ -33,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ActionResult,
         Admission,
         ApprovalDecision,
+        ApproverIdentity,
         AwaitInput,
         BroadcastInput,
         ErrorCode,
@@ -55,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         TransitionInput,
         TxHash,
         TxPurpose,
+        VerifyApprovalInput,
         WithdrawalRef,
         WithdrawalRequest,
         WithdrawalState,
@@ -85,6 +88,11 @@ AWAIT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=20
 )
 _OPERATOR_INPUT = 'Input: {"reason"?, "operator"?} or nothing.'
+_DECISION_INPUT = (
+    'Input: {"reason"?, "token"}: counts only with the token the admin API signs for this withdrawal and '
+    "approver; without one it is recorded and refused (use POST /admin/transactions/{id}/approve|reject)."
+)
+VERIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 
 
 class _CancelRequested(Exception):
@@ -123,6 +131,8 @@ class WithdrawalWorkflow:
         self._admission: Admission | None = None
         self._submitted = False
         self._approval: ApprovalDecision | None = None
+        self._approvers: list[ApproverIdentity] = []  # proven, distinct approvals so far
+        self._held: str | None = None  # the kill switch holding the next step, if any
         self._cancel: OperatorInput | None = None
         self._retry = False
         self._broadcast = False  # a transaction of this withdrawal has reached a node
@@ -170,16 +180,16 @@ class WithdrawalWorkflow:
         self._signal(K.CANCEL, inp)
 
     @workflow.signal(
-        name="approve", description=f"Approve a withdrawal in AWAITING_APPROVAL. {_OPERATOR_INPUT}"
+        name="approve", description=f"Approve a withdrawal in AWAITING_APPROVAL. {_DECISION_INPUT}"
     )
-    def approve(self, inp: OperatorInput | None = None) -> None:
-        self._signal(K.APPROVE, inp)
+    async def approve(self, inp: OperatorInput | None = None) -> None:
+        await self._decision_signal(K.APPROVE, inp)
 
     @workflow.signal(
-        name="reject", description=f"Reject a withdrawal in AWAITING_APPROVAL. {_OPERATOR_INPUT}"
+        name="reject", description=f"Reject a withdrawal in AWAITING_APPROVAL. {_DECISION_INPUT}"
     )
-    def reject(self, inp: OperatorInput | None = None) -> None:
-        self._signal(K.REJECT, inp)
+    async def reject(self, inp: OperatorInput | None = None) -> None:
+        await self._decision_signal(K.REJECT, inp)
 
     @workflow.update(
         name="retry", description=f"Like the signal `retry`, answered: accepted or refused. {_OPERATOR_INPUT}"
@@ -204,25 +214,25 @@ class WithdrawalWorkflow:
 
     @workflow.update(
         name="approve",
-        description=f"Like the signal `approve`, answered: accepted or refused. {_OPERATOR_INPUT}",
+        description=f"Like the signal `approve`, answered: accepted or refused. {_DECISION_INPUT}",
     )
-    def approve_update(self, inp: OperatorInput | None = None) -> ActionResult:
-        return self._accept(K.APPROVE, inp)
+    async def approve_update(self, inp: OperatorInput | None = None) -> ActionResult:
+        return await self._decide(K.APPROVE, inp)
 
     @approve_update.validator
     def _validate_approve(self, inp: OperatorInput | None = None) -> None:
-        self._validate(K.APPROVE)
+        self._validate(K.APPROVE, inp)
 
     @workflow.update(
         name="reject",
-        description=f"Like the signal `reject`, answered: accepted or refused. {_OPERATOR_INPUT}",
+        description=f"Like the signal `reject`, answered: accepted or refused. {_DECISION_INPUT}",
     )
-    def reject_update(self, inp: OperatorInput | None = None) -> ActionResult:
-        return self._accept(K.REJECT, inp)
+    async def reject_update(self, inp: OperatorInput | None = None) -> ActionResult:
+        return await self._decide(K.REJECT, inp)
 
     @reject_update.validator
     def _validate_reject(self, inp: OperatorInput | None = None) -> None:
-        self._validate(K.REJECT)
+        self._validate(K.REJECT, inp)
 
     @workflow.query(description="Current status, nonce, tx hash, error and history.")
     def status(self) -> WithdrawalState:
@@ -257,10 +267,72 @@ class WithdrawalWorkflow:
             return "a cancellation is already requested"
         return None
 
-    def _validate(self, action: HistoryKind) -> None:
+    def _validate(self, action: HistoryKind, inp: OperatorInput | None = None) -> None:
         refusal = self._refusal(action)
         if refusal is not None:
             raise ApplicationError(refusal, type=ErrorCode.INVALID_STATE, non_retryable=True)
+        if action in (K.APPROVE, K.REJECT) and not (inp and inp.token):
+            raise ApplicationError(_UNPROVEN, type=ErrorCode.APPROVAL_UNPROVEN, non_retryable=True)
+
+    async def _decision_signal(self, action: HistoryKind, inp: OperatorInput | None) -> None:
+        """A signal cannot answer: a decision without proof (the Web UI, the CLI) is recorded and refused."""
+        refusal = self._refusal(action) or (None if inp and inp.token else _UNPROVEN)
+        if refusal is None:
+            with contextlib.suppress(ApplicationError):
+                await self._decide(action, inp)
+            return
+        workflow.logger.warning("%s refused: %s", action.lower(), refusal)
+        self._note(K.REFUSED, inp, action=action, reason=refusal)
+        self._publish()
+
+    async def _decide(self, action: HistoryKind, inp: OperatorInput | None) -> ActionResult:
+        """Approve or reject with proof: the API-signed token is verified by an activity, and only the
+        approver it proves is recorded. Above the four-eyes threshold two distinct approvers are needed."""
+        token = inp.token if inp else None
+        try:
+            if not token:
+                raise ApplicationError(_UNPROVEN, type=ErrorCode.APPROVAL_UNPROVEN, non_retryable=True)
+            who: ApproverIdentity = await workflow.execute_local_activity_method(
+                ApprovalActivities.verify,
+                VerifyApprovalInput(
+                    withdrawal_id=self._req.withdrawal_id, action=action.lower(), token=token
+                ),
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=VERIFY_RETRY,
+            )
+        except (ActivityError, ApplicationError) as err:
+            message = _error_of(err).message
+            self._note(K.REFUSED, None, action=action, reason=message, actor=inp.operator if inp else None)
+            self._publish()
+            raise ApplicationError(message, type=ErrorCode.APPROVAL_UNPROVEN, non_retryable=True) from err
+        refusal = self._refusal(action)  # the state may have moved while the token was checked
+        if (
+            refusal is None
+            and action is K.APPROVE
+            and any(a.operator == who.operator for a in self._approvers)
+        ):
+            refusal = f"already approved by {who.operator}: a second, different approver is needed"
+        if refusal is not None:
+            self._note(K.REFUSED, None, action=action, reason=refusal, actor=who.operator)
+            self._publish()
+            raise ApplicationError(refusal, type=ErrorCode.INVALID_STATE, non_retryable=True)
+        reason = inp.reason if inp else None
+        if action is K.REJECT:
+            self._approval = ApprovalDecision.REJECTED
+            self._note(K.REJECT, None, reason=reason, actor=who.operator)
+        else:
+            self._approvers.append(who)
+            needed = self._admission.approvals_required if self._admission else 1
+            self._note(
+                K.APPROVE,
+                None,
+                actor=who.operator,
+                reason=f"approval {len(self._approvers)} of {needed}" + (f": {reason}" if reason else ""),
+            )
+            if len(self._approvers) >= needed:
+                self._approval = ApprovalDecision.APPROVED
+        self._publish()
+        return ActionResult(accepted=True, status=self._status)
 
     def _signal(self, action: HistoryKind, inp: OperatorInput | None) -> None:
         refusal = self._refusal(action)
@@ -275,12 +347,8 @@ class WithdrawalWorkflow:
         self._note(action, inp, reason=inp.reason if inp else None)
         if action is K.RETRY:
             self._retry = True
-        elif action is K.CANCEL:
-            self._cancel = inp or OperatorInput()
-        elif action is K.APPROVE:
-            self._approval = ApprovalDecision.APPROVED
         else:
-            self._approval = ApprovalDecision.REJECTED
+            self._cancel = inp or OperatorInput()
         return ActionResult(accepted=True, status=self._status)
 
     # --- main path -----------------------------------------------------------------------------
@@ -382,7 +450,7 @@ class WithdrawalWorkflow:
             )
         else:
             await self._move(
-                S.REJECTED, ErrorInfo(code=ErrorCode.APPROVAL_REJECTED, message="rejected by an operator")
+                S.REJECTED, ErrorInfo(code=ErrorCode.APPROVAL_REJECTED, message="rejected by an approver")
             )
         return False
 
@@ -667,12 +735,30 @@ class WithdrawalWorkflow:
         (run the step again) or `cancel` (only before broadcast)."""
         while True:
             try:
-                return await call()
+                result = await call()
             except (ActivityError, ApplicationError) as err:
                 error = _error_of(err)
+                if error.code is ErrorCode.PAUSED:
+                    await self._hold(error.message)
+                    continue
                 if error.code in passthrough:
                     raise _Passthrough(error.code, error.message) from err
                 await self._park(error, cancellable=cancellable)
+                continue
+            if self._held is not None:
+                self._held = None
+                self._note(K.RELEASED, None)
+                self._publish()
+            return result
+
+    async def _hold(self, reason: str) -> None:
+        """A kill switch holds the step: say so in the details, wait, and let the caller try again."""
+        if self._held != reason:
+            self._held = reason
+            self._note(K.HELD, None, reason=reason)
+            self._publish()
+        poll = self._admission.pause_poll_seconds if self._admission else 5.0
+        await workflow.sleep(timedelta(seconds=poll))
 
     async def _park(self, error: ErrorInfo, *, cancellable: bool) -> None:
         """Wait in NEEDS_ATTENTION for an operator: `retry` returns (to the status it parked in),
@@ -716,7 +802,11 @@ class WithdrawalWorkflow:
         self._publish()
 
     def _note(self, kind: HistoryKind, inp: OperatorInput | None, **fields: Any) -> None:
-        actor = (inp.operator if inp else None) or ("operator" if kind in _OPERATOR_KINDS else None)
+        actor = (
+            fields.pop("actor", None)
+            or (inp.operator if inp else None)
+            or ("operator" if kind in _OPERATOR_KINDS else None)
+        )
         self._history.append(HistoryEntry(kind=kind, at=workflow.now(), actor=actor, **fields))
 
     def _publish(self) -> None:
@@ -727,20 +817,36 @@ class WithdrawalWorkflow:
                 updates.append(sa.TX_HASH.value_set(self._tx_hash))
             workflow.upsert_search_attributes(updates)
             self._published = (self._status, self._tx_hash)
-        r = self._req
-        lines = [
-            f"**{self._status}** · {r.network} · {r.asset} · amount (base units) {r.amount}",
-            f"to `{r.to_address}`",
-        ]
-        if self._nonce is not None:
-            lines.append(f"nonce {self._nonce}")
+        r, adm = self._req, self._admission
+        amount = adm.amount_display if adm and adm.amount_display else f"{r.amount} base units of {r.asset}"
+        lines = [f"**{self._status}** · {amount} on {r.network}", f"to `{r.to_address}` · user `{r.user_id}`"]
+        if adm and adm.hot_wallet:
+            lines.append(
+                f"hot wallet `{adm.hot_wallet}`"
+                + (f" · nonce {self._nonce}" if self._nonce is not None else "")
+            )
         if self._tx_hash:
             lines.append(f"tx `{self._tx_hash}`")
+        if self._held:
+            lines.append(f"**Held**: {self._held}. It goes on by itself when the pause is lifted.")
         if self._error:
             lines.append(f"error `{self._error.code}`: {self._error.message}")
         if self._status is S.NEEDS_ATTENTION:
-            lines.append("Send signal `retry` to resume or `cancel` to stop (before broadcast).")
+            lines.append(
+                "**Next action**: fix the cause, then `retry` (resume the step) or `cancel` (before "
+                "broadcast), in the admin API or as a signal here."
+            )
+        elif self._status is S.AWAITING_APPROVAL and adm:
+            lines.append(
+                f"**Next action**: {adm.approvals_required} distinct approver(s) needed, "
+                f"{len(self._approvers)} so far; approve or reject in the admin API "
+                "(an approve signal from here carries no proof and is refused)."
+            )
         workflow.set_current_details("\n\n".join(lines))
 
 
 _OPERATOR_KINDS = frozenset({K.RETRY, K.CANCEL, K.APPROVE, K.REJECT, K.REFUSED})
+_UNPROVEN = (
+    "an approve or reject counts only with proof of who decided: "
+    "use the admin API (POST /admin/transactions/{id}/approve or /reject)"
+)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from activities import approvals
 from devstack import chain, processes
 from models.domain import OperatorInput
 from tests.histories import SCENARIOS
@@ -86,14 +87,26 @@ async def _cancel_after_broadcast(h: Harness) -> None:
 
 
 async def _approvals(h: Harness) -> None:
-    approved = (await h.request(native_body("polygon", new_wallet()[0], "150"))).json()["id"]
+    """Four eyes (600 is above the harness's four-eyes threshold of 500): an anonymous approve signal is
+    refused, then two distinct proven approvers; one proven reject ends the other."""
+    approved = (await h.request(native_body("polygon", new_wallet()[0], "600"))).json()["id"]
     rejected = (await h.request(native_body("polygon", new_wallet()[0], "120"))).json()["id"]
     for wid in (approved, rejected):
         await h.wait_status(wid, {"AWAITING_APPROVAL"})
+    secret = h.settings.jwt_secret.get_secret_value()
+
+    def proof(wid: str, action: str, who: str) -> OperatorInput:
+        token = approvals.issue(
+            secret, withdrawal_id=wid, action=action, operator=who, role="APPROVER", ttl_seconds=60
+        )
+        return OperatorInput(operator=who, token=token)
+
     ok = h.client.get_workflow_handle_for(WithdrawalWorkflow.run, f"withdrawal-{approved}")
-    await ok.execute_update(WithdrawalWorkflow.approve_update, OperatorInput(operator="alice"))
+    await ok.signal(WithdrawalWorkflow.approve, OperatorInput(operator="someone in the Web UI"))
+    await ok.execute_update(WithdrawalWorkflow.approve_update, proof(approved, "approve", "alice"))
+    await ok.execute_update(WithdrawalWorkflow.approve_update, proof(approved, "approve", "carol"))
     no = h.client.get_workflow_handle_for(WithdrawalWorkflow.run, f"withdrawal-{rejected}")
-    await no.signal(WithdrawalWorkflow.reject, OperatorInput(operator="bob", reason="unknown recipient"))
+    await no.signal(WithdrawalWorkflow.reject, proof(rejected, "reject", "bob"))
     await h.wait_status(approved, {"CONFIRMED"})
     await h.wait_status(rejected, {"REJECTED"})
     await _save(h, approved, "approval_approved_confirmed")
