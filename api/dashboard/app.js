@@ -368,6 +368,7 @@
 
   let searchQuery = null;
   let searchCursor = null;
+  let searchSeq = 0; // answers to an older search are dropped
 
   function searchParams() {
     const q = new URLSearchParams();
@@ -386,8 +387,10 @@
     }
     const q = new URLSearchParams(searchQuery);
     if (more && searchCursor) q.set("cursor", searchCursor);
+    const seq = ++searchSeq;
     try {
       const data = await api("GET", `/admin/transactions?${q}`);
+      if (seq !== searchSeq) return;
       const rows = (data.items || []).map((w) => el("tr", { dataset: { id: w.id } },
         cell(w.created_at),
         el("td", {}, el("button", { type: "button", class: "link", title: w.id, on: { click: () => loadDetail(w.id) } }, short(w.id, 4))),
@@ -536,13 +539,22 @@
   let pollTimer = null;
   let refreshing = false;
 
+  let refreshAgain = false;
+
   async function refreshAll() {
-    if (!session || refreshing) return;
+    if (!session) return;
+    if (refreshing) {
+      refreshAgain = true; // an action's outcome must show without waiting for the next tick
+      return;
+    }
     refreshing = true;
     try {
-      await refreshCounts(); // first: it names the networks the other sections list
-      await Promise.all([refreshQueues(), refreshAttention(), refreshHealth()]);
-      $("last-refresh").textContent = `updated ${new Date().toLocaleTimeString()}`;
+      do {
+        refreshAgain = false;
+        await refreshCounts(); // first: it names the networks the other sections list
+        await Promise.all([refreshQueues(), refreshAttention(), refreshHealth()]);
+        $("last-refresh").textContent = `updated ${new Date().toLocaleTimeString()}`;
+      } while (refreshAgain && session);
     } finally {
       refreshing = false;
     }

@@ -27,6 +27,7 @@ ASSETS_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 _STATIC = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 CONTENT_SECURITY_POLICY = "; ".join(
     (
