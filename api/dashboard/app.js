@@ -578,7 +578,8 @@
     $("session").hidden = false;
     $("whoami").textContent = `${session.username} (${session.role})`;
     for (const b of document.querySelectorAll("button[data-op]")) {
-      b.disabled = !canOperate();
+      // the pause-everything pair waits for /admin/queues to say which one applies
+      b.disabled = !canOperate() || b.id === "pause-all" || b.id === "resume-all";
       b.title = canOperate() ? "" : "requires role OPERATOR";
     }
     clearTimeout(expiryTimer);
