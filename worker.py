@@ -19,9 +19,11 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    ScheduleUpdate,
 )
 from temporalio.worker import Worker
 
+from activities.alerts import Alerting
 from activities.approvals import ApprovalActivities
 from activities.broadcast import BroadcastActivities
 from activities.confirmations import ConfirmationActivities
@@ -32,10 +34,12 @@ from activities.rpc import Chains
 from activities.signer import KeystoreSigner
 from activities.transactions import TransactionActivities
 from logging_setup import configure_logging
+from models.alerts import MonitorInput
 from models.db import Database
 from models.domain import ReconcileInput
 from settings import EngineConfig, Settings
 from telemetry import interceptors
+from workflows.alerts import AlertMonitorWorkflow, AlertWorkflow
 from workflows.reconcile import NonceReconcilerWorkflow
 from workflows.withdrawal import WithdrawalWorkflow
 
@@ -51,15 +55,18 @@ class Engine:
         self.settings, self.config, self.signer = settings, config, signer
         self.db = Database(settings.db_url)
         self.chains = Chains(config.networks)
-        self.lifecycle = LifecycleActivities(self.db)
+        self.alerting = Alerting(settings, config, self.db, self.chains, client)
+        self.lifecycle = LifecycleActivities(self.db, alerts=self.alerting.alerter)
         self.approvals = ApprovalActivities(settings.jwt_secret.get_secret_value())
         self.funds = FundsActivities(self.db, self.chains, config, settings.pause_poll_seconds)
         self.nonces = NonceActivities(self.db, self.chains, config)
-        self.transactions = TransactionActivities(self.db, self.chains, signer, config)
+        self.transactions = TransactionActivities(
+            self.db, self.chains, signer, config, alerts=self.alerting.alerter
+        )
         self.broadcast = BroadcastActivities(self.db, self.chains)
         self.confirmations = ConfirmationActivities(self.db, self.chains, config)
         self.reconcile = ReconcileActivities(
-            self.db, self.chains, signer, config, TemporalWorkflowProbe(client)
+            self.db, self.chains, signer, config, TemporalWorkflowProbe(client), alerts=self.alerting.alerter
         )
 
     @property
@@ -75,6 +82,7 @@ class Engine:
             self.broadcast.broadcast_transaction,
             self.confirmations.await_transaction,
             self.reconcile.reconcile_wallet,
+            *self.alerting.activities,
         ]
 
     async def start(self) -> None:
@@ -83,6 +91,7 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.confirmations.aclose()
+        await self.alerting.aclose()
         await self.chains.aclose()
         await self.db.dispose()
 
@@ -91,7 +100,7 @@ def build_worker(client: Client, engine: Engine, task_queue: str) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[WithdrawalWorkflow, NonceReconcilerWorkflow],
+        workflows=[WithdrawalWorkflow, NonceReconcilerWorkflow, AlertWorkflow, AlertMonitorWorkflow],
         activities=engine.activities,  # type: ignore[arg-type]
         max_concurrent_activities=1000,
         max_concurrent_local_activities=200,
@@ -128,6 +137,27 @@ async def ensure_reconcile_schedules(client: Client, engine: Engine, settings: S
                 pass
 
 
+async def ensure_alert_schedule(client: Client, settings: Settings) -> None:
+    """The Schedule running AlertMonitorWorkflow every `monitor_interval_seconds` (kept in step with
+    the setting on every start)."""
+    if settings.monitor_interval_seconds <= 0:
+        return
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            AlertMonitorWorkflow.run, MonitorInput(), id="alert-monitor", task_queue=settings.task_queue
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.monitor_interval_seconds))]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule("alert-monitor", schedule)
+        log.info("worker.schedule.created", schedule_id="alert-monitor")
+    except ScheduleAlreadyRunningError:
+        await client.get_schedule_handle("alert-monitor").update(lambda _: ScheduleUpdate(schedule=schedule))
+
+
 async def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
@@ -149,6 +179,7 @@ async def main() -> None:
     await engine.start()
     worker = build_worker(client, engine, settings.task_queue)
     await ensure_reconcile_schedules(client, engine, settings)
+    await ensure_alert_schedule(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import structlog
 from temporalio import activity
 
+from activities.alerts import Alerter
 from activities.failures import fail
 from models import repo
 from models.db import Database
@@ -15,8 +16,9 @@ log = structlog.get_logger()
 
 
 class LifecycleActivities:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, alerts: Alerter | None = None) -> None:
         self.db = db
+        self.alerts = alerts or Alerter(db)
 
     @activity.defn
     async def record_transition(self, inp: TransitionInput) -> None:
@@ -41,3 +43,4 @@ class LifecycleActivities:
             seq=inp.seq,
             repeat=not moved,
         )
+        await self.alerts.on_transition(inp.withdrawal_id, inp.status)  # NEEDS_ATTENTION in/out; never raises

@@ -14,6 +14,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.alerts import Alerter
 from activities.broadcast import resend
 from activities.failures import fail, rpc_down
 from activities.fees import FeeAboveCap
@@ -148,8 +149,11 @@ class ReconcileActivities:
         signer: KeystoreSigner,
         config: EngineConfig,
         workflows: WorkflowProbe,
+        *,
+        alerts: Alerter | None = None,
     ) -> None:
         self.db, self.chains, self.signer, self.config, self.workflows = db, chains, signer, config, workflows
+        self.alerts = alerts or Alerter(db)
 
     @activity.defn
     async def reconcile_wallet(self, inp: ReconcileInput) -> ReconcileReport:
@@ -227,6 +231,7 @@ class ReconcileActivities:
                 hot_wallet=inp.hot_wallet,
                 detail=text,
             )
+        await self.alerts.reconciler_findings(inp.network, inp.hot_wallet, alerts)  # one alert per nonce
         return ReconcileReport(
             network=inp.network,
             hot_wallet=inp.hot_wallet,

@@ -11,6 +11,7 @@ from eth_abi import encode as abi_encode
 from temporalio import activity
 
 from activities import fees as feemath
+from activities.alerts import Alerter
 from activities.failures import fail, rpc_down
 from activities.pauses import held_by_pause
 from activities.rpc import ChainIdMismatch, ChainRpc, Chains, RpcError, RpcUnavailable
@@ -88,8 +89,17 @@ def new_attempt(
 
 
 class TransactionActivities:
-    def __init__(self, db: Database, chains: Chains, signer: KeystoreSigner, config: EngineConfig) -> None:
+    def __init__(
+        self,
+        db: Database,
+        chains: Chains,
+        signer: KeystoreSigner,
+        config: EngineConfig,
+        *,
+        alerts: Alerter | None = None,
+    ) -> None:
         self.db, self.chains, self.signer, self.config = db, chains, signer, config
+        self.alerts = alerts or Alerter(db)
 
     async def _gas_limit(self, cfg: NetworkConfig, rpc: ChainRpc, tx: dict[str, Any], native: bool) -> int:
         if native and (await rpc.get_code(tx["to"])) in ("0x", "0x0", ""):
@@ -180,6 +190,7 @@ class TransactionActivities:
             try:
                 fees = await quote_fees(cfg, rpc, capped=inp.purpose is not TxPurpose.CANCEL)
             except feemath.FeeAboveCap as e:
+                await self.alerts.fee_cap_holding(w, str(e))  # once per hold; resolved when it moves on
                 # Nothing sent yet at this nonce: waiting for fees to fall is safe, so retry.
                 raise fail(ErrorCode.FEE_ABOVE_CAP, str(e), retryable=not at_nonce) from e
         except ChainIdMismatch as e:

@@ -263,6 +263,7 @@ async def make_harness(
     network_overrides: dict[str, Any] | None = None,
     rpc_urls: dict[str, list[str]] | None = None,
     start_worker: bool = True,
+    settings_overrides: dict[str, Any] | None = None,
 ) -> Harness:
     generated = [new_wallet() for _ in range(wallets)]
     keys = dict(generated)
@@ -278,6 +279,7 @@ async def make_harness(
         data_dir=stack.tmp,
         rate_limit_per_minute=1_000_000,
         pause_poll_seconds=0.5,
+        **(settings_overrides or {}),
     )
     signer = KeystoreSigner({a: _Key(bytes.fromhex(k[2:])) for a, k in keys.items()})
     client = await Client.connect(stack.temporal_address)
