@@ -11,7 +11,7 @@ from api.body_guard import BodyGuard
 from api.deps import AppState, TemporalConnector
 from api.errors import install_error_handlers
 from api.ratelimit import RateLimiter
-from api.routes import admin, api_keys, dashboard, health, withdrawals
+from api.routes import admin, admin_alerts, api_keys, dashboard, health, withdrawals
 from logging_setup import configure_logging
 from models.db import Database
 from settings import Settings
@@ -61,4 +61,5 @@ def create_app(state: AppState | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(api_keys.router)
     app.include_router(dashboard.router)
+    app.include_router(admin_alerts.router)
     return app
