@@ -290,6 +290,22 @@
     }
   }
 
+  // ---- alerts --------------------------------------------------------------------------------
+
+  async function refreshAlerts() {
+    try {
+      const data = await api("GET", "/admin/alerts?state=FIRING&limit=50");
+      const items = data.items || [];
+      $("alerts-total").textContent = `${text(data.total ?? items.length)} firing`;
+      fillTable($("alerts-table"), items.length ? items.map((a) => el("tr", { class: a.severity === "critical" ? "warn" : null, dataset: { kind: a.kind } },
+        cell(a.fired_at), el("td", { class: a.severity === "info" ? null : "bad" }, text(a.severity)), cell(a.kind), cell(a.summary)))
+        : [el("tr", {}, el("td", { colspan: 4, class: "muted" }, "none"))]);
+      showError("alerts-error", null);
+    } catch (e) {
+      showError("alerts-error", e);
+    }
+  }
+
   // ---- pauses and queues -----------------------------------------------------------------------
 
   function pauseList(data) {
@@ -552,7 +568,7 @@
       do {
         refreshAgain = false;
         await refreshCounts(); // first: it names the networks the other sections list
-        await Promise.all([refreshQueues(), refreshAttention(), refreshHealth()]);
+        await Promise.all([refreshAlerts(), refreshQueues(), refreshAttention(), refreshHealth()]);
         $("last-refresh").textContent = `updated ${new Date().toLocaleTimeString()}`;
       } while (refreshAgain && session);
     } finally {

@@ -318,6 +318,13 @@ async def test_dashboard_in_a_browser(browser: webdriver.Chrome, harness: Harnes
             assert wallet in _text(d, base)
 
         await _in_browser(settings)
+        # Every section got its answer from the admin API.
+        shown_errors = await _in_browser(
+            d.execute_script,
+            "return [...document.querySelectorAll('.section-error')]"
+            ".filter(e => !e.hidden).map(e => e.id + ': ' + e.textContent)",
+        )
+        assert shown_errors == [], shown_errors
         await _in_browser(d.execute_script, "window.scrollTo(0, 0)")
         height = await _in_browser(d.execute_script, "return document.documentElement.scrollHeight")
         await _in_browser(d.set_window_size, 1400, min(int(height) + 100, 8000))
