@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     rate_limit_per_minute: int = 600
+    # Per client IP before authentication, and per (API key, user_id) for withdrawal creation; unset:
+    # 5x and 1/10 of rate_limit_per_minute (api/ratelimit.py).
+    rate_limit_per_ip_per_minute: int | None = Field(default=None, ge=1)
+    rate_limit_per_user_per_minute: int | None = Field(default=None, ge=1)
     log_level: str = "INFO"
     otel_exporter: str | None = None  # "console": OpenTelemetry spans of workflows/activities to stdout
     # Clients: `X-Forwarded-For` is believed only from these peers (IPs or CIDRs); CORS is off unless set.

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from api.body_guard import BodyGuard
-from api.deps import AppState, TemporalConnector
+from api.deps import AppState, TemporalConnector, pre_auth_policy
 from api.errors import install_error_handlers
-from api.ratelimit import RateLimiter
+from api.ratelimit import PreAuthLimit, RateLimiter
 from api.routes import admin, admin_alerts, api_keys, dashboard, health, withdrawals
+from api.usage import UsageMiddleware, UsageRecorder
 from logging_setup import configure_logging
 from models.db import Database
 from settings import Settings
@@ -30,7 +32,7 @@ def create_app(state: AppState | None = None) -> FastAPI:
             if settings.redis_url:
                 from redis.asyncio import Redis
 
-                redis = Redis.from_url(settings.redis_url)
+                redis = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
             app.state.engine = AppState(
                 settings=settings,
                 config=settings.engine_config,
@@ -40,7 +42,10 @@ def create_app(state: AppState | None = None) -> FastAPI:
             )
         else:
             app.state.engine = state
+        flusher = asyncio.create_task(usage.run(app.state.engine.db))
         yield
+        flusher.cancel()  # its last flush writes what is left
+        await asyncio.gather(flusher, return_exceptions=True)
         if owned:
             await app.state.engine.db.dispose()
 
@@ -55,7 +60,10 @@ def create_app(state: AppState | None = None) -> FastAPI:
     if state is not None:
         app.state.engine = state
     install_error_handlers(app)
+    usage = app.state.usage = UsageRecorder()
     app.add_middleware(BodyGuard)
+    app.add_middleware(UsageMiddleware, recorder=usage)
+    app.add_middleware(PreAuthLimit, policy=pre_auth_policy)  # outermost: before body checks and auth
     app.include_router(withdrawals.router)
     app.include_router(health.router)
     app.include_router(admin.router)

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated
 
 import jwt
 from fastapi import Depends, Header, Request
+from starlette.types import Scope
 from temporalio.client import Client
 
+from api import ratelimit
 from api.errors import (
     Forbidden,
     MissingIdempotencyKey,
-    RateLimited,
     Unauthorized,
     ValidationFailed,
 )
 from api.ratelimit import RateLimiter
-from api.security import api_key_matches, decode_jwt, hash_api_key
-from models import repo
+from api.security import decode_jwt, hash_api_key
+from models import api_keys
 from models.db import Database
-from models.tables import ApiClient
+from models.tables import ApiClient, utcnow
 from settings import EngineConfig, Settings
 from telemetry import interceptors
 
@@ -68,24 +72,59 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
+PRE_AUTH_EXEMPT = frozenset({"/health"})  # liveness probes are never rate limited
+
+
+def pre_auth_policy(scope: Scope) -> tuple[RateLimiter, str, int] | None:
+    """The per-IP layer (`api.ratelimit.PreAuthLimit`), before authentication: every route but
+    /health, one bucket per client address (an IPv6 client per /64, which one host usually holds)."""
+    state: AppState | None = getattr(scope["app"].state, "engine", None)
+    if state is None or scope.get("path") in PRE_AUTH_EXEMPT:
+        return None
+    ip = client_address(Request(scope), state.settings.trusted_proxies)
+    if ip is None:
+        bucket = "unknown"
+    elif ip.version == 6:
+        bucket = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    else:
+        bucket = str(ip)
+    return state.limiter, f"ip:{bucket}", ratelimit.per_ip_limit(state.settings)
+
+
+def client_address(request: Request, trusted_proxies: Sequence[str]) -> api_keys.IPAddress | None:
+    """`client_ip` as an address (an IPv4-mapped IPv6 address as its IPv4 one); None if unknown."""
+    text = client_ip(request, trusted_proxies)
+    try:
+        ip = ipaddress.ip_address(text) if text else None
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 async def authenticate_client(
-    state: StateDep, x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None
+    request: Request,
+    state: StateDep,
+    x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
 ) -> ApiClient:
-    """One 401 for a missing, unknown, revoked or expired key."""
+    """The API key of the request. One 401 for a missing, unknown, revoked or expired key and for an
+    old secret after its rotation overlap; 403 from an address outside the key's allowlist (checked
+    before the key's rate limit, so requests from elsewhere never spend the owner's quota); then the
+    per-key limit. Read from the database on every request: a revoked key is refused at once."""
     denied = Unauthorized("missing or invalid API key")
     if not x_api_key or len(x_api_key) > 200:
         raise denied
     key_hash = hash_api_key(x_api_key)
     async with state.db.read() as s:
-        client = await repo.find_api_client_by_hash(s, key_hash)
-    if client is None or not api_key_matches(x_api_key, client.key_hash) or not client.active:
+        client = await api_keys.find_by_hash(s, key_hash)
+    if client is None or not api_keys.usable(client, key_hash, utcnow()):
         raise denied
-    if client.expires_at is not None and client.expires_at <= datetime.now(UTC).replace(tzinfo=None):
-        raise denied
+    request.state.api_client_id = client.id  # from here on the request counts in the key's usage
+    if not api_keys.address_allowed(client, client_address(request, state.settings.trusted_proxies)):
+        raise Forbidden("this API key may not be used from this address")
     limit = client.rate_limit_per_minute or state.settings.rate_limit_per_minute
-    retry_after = await state.limiter.hit(f"client:{client.id}", limit)
-    if retry_after is not None:
-        raise RateLimited("rate limit exceeded", headers={"Retry-After": str(retry_after)})
+    await ratelimit.enforce(request.scope, state.limiter, f"key:{client.id}", limit)
     return client
 
 
@@ -101,8 +140,29 @@ def require_scope(scope: str):
     return _check
 
 
-WriterDep = Annotated[ApiClient, Depends(require_scope("withdrawals:create"))]
+async def withdrawal_creator(
+    request: Request,
+    state: StateDep,
+    client: Annotated[ApiClient, Depends(require_scope("withdrawals:create"))],
+) -> ApiClient:
+    """Scope withdrawals:create, then the per-user layer: requests per (key, `user_id`) of the body.
+    FastAPI has already read and parsed the body; a body without a usable `user_id` is left to the
+    body's own validation (422)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return client
+    user_id = body.get("user_id") if isinstance(body, dict) else None
+    if isinstance(user_id, str) and 0 < len(user_id) <= 255:
+        user = hashlib.sha256(user_id.encode()).hexdigest()[:32]
+        limit = ratelimit.per_user_limit(state.settings)
+        await ratelimit.enforce(request.scope, state.limiter, f"user:{client.id}:{user}", limit)
+    return client
+
+
+WriterDep = Annotated[ApiClient, Depends(withdrawal_creator)]
 ReaderDep = Annotated[ApiClient, Depends(require_scope("withdrawals:read"))]
+WebhooksDep = Annotated[ApiClient, Depends(require_scope("webhooks:manage"))]
 
 
 async def idempotency_key(
@@ -122,20 +182,62 @@ IdempotencyKeyDep = Annotated[str, Depends(idempotency_key)]
 class Operator:
     username: str
     role: str
+    source_ip: str | None = None
+
+
+def client_ip(request: Request, trusted_proxies: Sequence[str]) -> str | None:
+    """The caller's address: the TCP peer, or, when the peer is a trusted proxy, the rightmost
+    `X-Forwarded-For` hop that is not one (hops left of an untrusted one could be forged)."""
+    peer = request.client.host if request.client else None
+    if peer is None or not trusted_proxies:
+        return peer
+    trusted = _networks(tuple(trusted_proxies))
+    if not _in(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    candidate = peer
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break
+        candidate = hop
+        if not _in(hop, trusted):
+            break
+    return candidate
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def _in(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
 
 
 ROLE_RANK = {"VIEWER": 0, "OPERATOR": 1, "ADMIN": 2}
 
 
 def require_role(role: str):
-    async def _check(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> Operator:
+    async def _check(
+        request: Request, state: StateDep, authorization: Annotated[str | None, Header()] = None
+    ) -> Operator:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthorized("missing or invalid bearer token")
         try:
             claims = decode_jwt(authorization[7:].strip(), state.settings.jwt_secret.get_secret_value())
         except jwt.PyJWTError as e:
             raise Unauthorized("missing or invalid bearer token") from e
-        op = Operator(username=str(claims["sub"]), role=str(claims.get("role", "VIEWER")))
+        op = Operator(
+            username=str(claims["sub"]),
+            role=str(claims.get("role", "VIEWER")),
+            source_ip=client_ip(request, state.settings.trusted_proxies),
+        )
         if ROLE_RANK.get(op.role, -1) < ROLE_RANK[role]:
             raise Forbidden(f"requires role {role}")
         return op

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 
 from api.security import generate_api_key, hash_api_key, hash_password
-from models import repo
+from models import api_keys, repo
 from models.db import Database
 from models.tables import ApiClient, User
 from settings import ROOT
@@ -35,10 +35,15 @@ async def ensure_api_client(
     rate_limit_per_minute: int | None = None,
     scopes: str | None = None,
 ) -> str:
+    """The key with this secret, created if missing, with `scopes` (default: every scope, as the dev key
+    has); an existing key's scopes are set to them (a dev key from an older version gains new scopes)."""
     key_hash = hash_api_key(key)
+    wanted = scopes if scopes is not None else api_keys.ALL_SCOPES
     async with db.transaction() as s:
-        existing = await repo.find_api_client_by_hash(s, key_hash)
+        existing = await api_keys.find_by_hash(s, key_hash)
         if existing is not None:
+            if existing.scopes != wanted:
+                await api_keys.set_scopes(s, existing.id, wanted)
             return existing.id
         client = ApiClient(
             id=client_id or str(uuid.uuid4()),
@@ -46,10 +51,10 @@ async def ensure_api_client(
             key_hash=key_hash,
             key_prefix=key[:10],
             rate_limit_per_minute=rate_limit_per_minute,
+            scopes=wanted,
+            created_by="bootstrap",
         )
-        if scopes is not None:
-            client.scopes = scopes
-        await repo.create_api_client(s, client)
+        await api_keys.create(s, client)
         return client.id
 
 
