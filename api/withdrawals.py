@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -39,10 +39,10 @@ from api.errors import (
     ValidationFailed,
 )
 from models import repo
-from models.amounts import format_amount
 from models.domain import ErrorCode, SubmitInput, SubmitResult, WithdrawalRequest, WithdrawalStatus
 from models.requests import RequestRefused, validate_request
 from models.tables import ApiClient, Withdrawal
+from models.views import withdrawal_object
 from settings import EngineConfig
 from workflows import search_attributes as sa
 from workflows.withdrawal import WithdrawalWorkflow
@@ -92,65 +92,12 @@ def fingerprint(body: WithdrawalBody) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _iso(ts: datetime) -> str:
-    return ts.isoformat(timespec="milliseconds") + "Z"
-
-
-# What a client reads as a withdrawal's `error.message`: fixed texts per code, never a node's answer,
-# an internal address or an RPC URL (operators see the recorded detail in the admin API). The
-# refusals' own messages are the validator's fixed texts; a cancellation says the operator's reason.
-_CLIENT_MESSAGES: dict[str, str] = {
-    ErrorCode.APPROVAL_REJECTED: "rejected by an operator",
-    ErrorCode.APPROVAL_TIMED_OUT: "not approved in time",
-    ErrorCode.INSUFFICIENT_HOT_WALLET_FUNDS: "waiting for the hot wallet to be funded",
-    ErrorCode.EXECUTION_REVERTED: "the transfer would fail or failed on chain",
-    ErrorCode.NONCE_CONFLICT: "held for an operator: the transaction slot was used outside the engine",
-    ErrorCode.NONCE_UNPROVEN: "held for an operator: the network's answers could not be verified",
-    ErrorCode.FEE_ABOVE_CAP: "waiting for network fees to fall below the configured cap",
-    ErrorCode.GAS_ABOVE_CAP: "the transfer needs more gas than allowed",
-    ErrorCode.RPC_UNAVAILABLE: "the network is not reachable; retrying",
-}
-_CLIENT_DEFAULT = "held for an operator"
-_OWN_MESSAGES = frozenset(
-    {ErrorCode.CANCELLED, ErrorCode.LIMIT_EXCEEDED, ErrorCode.INVALID_ADDRESS, ErrorCode.INVALID_AMOUNT}
-    | {ErrorCode.UNSUPPORTED_NETWORK, ErrorCode.UNSUPPORTED_ASSET}
-)
-
-
-def client_error_message(code: str, recorded: str | None) -> str:
-    if code in _OWN_MESSAGES:
-        return recorded or code
-    return _CLIENT_MESSAGES.get(code, _CLIENT_DEFAULT)
-
-
 def withdrawal_view(w: Withdrawal, config: EngineConfig, *, operator: bool = False) -> dict[str, Any]:
-    """The REST shape of a withdrawal; `operator` views carry the recorded error detail."""
+    """The REST shape of a withdrawal (`models.views`, shared with the webhook events); `operator`
+    views carry the recorded error detail."""
     net = config.network(w.network)
-    native_decimals = net.native_decimals if net else 18
-    return WithdrawalOut(
-        id=w.id,
-        status=w.status,
-        network=w.network,
-        asset=w.asset,
-        amount=format_amount(w.amount, w.decimals),
-        to_address=w.to_address,
-        user_id=w.user_id,
-        client_reference=w.client_reference,
-        tx_hash=w.tx_hash,
-        confirmations=w.confirmations,
-        required_confirmations=w.required_confirmations,
-        fee=format_amount(w.fee_wei, native_decimals) if w.fee_wei is not None else None,
-        error={
-            "code": w.error_code,
-            "message": (w.error_message or "")
-            if operator
-            else client_error_message(w.error_code, w.error_message),
-        }
-        if w.error_code
-        else None,
-        created_at=_iso(w.created_at),
-        updated_at=_iso(w.updated_at),
-    ).model_dump()
+    view = withdrawal_object(w, native_decimals=net.native_decimals if net else None, operator=operator)
+    return WithdrawalOut(**view).model_dump()
 
 
 _REFUSAL_CLASSES: dict[str, type[AppError]] = {

@@ -21,7 +21,7 @@ from sqlalchemy import case, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from models import lifecycle
+from models import lifecycle, webhooks
 from models.domain import (
     ErrorInfo,
     NoncePurpose,
@@ -148,6 +148,7 @@ async def insert_withdrawal(s: AsyncSession, w: Withdrawal) -> None:
     s.add(w)
     s.add(StatusEvent(withdrawal_id=w.id, seq=0, status=w.status))
     await s.flush()
+    await webhooks.enqueue_event(s, w.id, seq=0, event_type=webhooks.status_event_type(w.status))
 
 
 async def _status_of(s: AsyncSession, withdrawal_id: str, to: WithdrawalStatus) -> tuple[str, int]:
@@ -172,8 +173,8 @@ async def transition(
 
     A single UPDATE guarded by `status IN predecessors(to)` and by the transition number
     (`status_seq = seq - 1`); in the same transaction it applies the lifecycle's effects (reservation
-    consumed or released, nonce allocation closed, inclusion data cleared) and appends the status event
-    numbered `seq` (the seam for webhooks: an outbox row written with the move).
+    consumed or released, nonce allocation closed, inclusion data cleared), appends the status event
+    numbered `seq` and queues its webhook deliveries (the outbox, `models.webhooks.enqueue_event`).
 
     `seq` is the workflow's own count of its moves, so a move re-executed after a crash (a local
     activity whose completion was lost) is recognised by its number and changes nothing (returns
@@ -247,6 +248,7 @@ async def transition(
         )
     )
     await s.flush()
+    await webhooks.enqueue_event(s, withdrawal_id, seq=seq, event_type=webhooks.status_event_type(to))
     return True
 
 
@@ -289,7 +291,8 @@ async def record_inclusion(
 
 async def record_reorg(s: AsyncSession, withdrawal_id: str) -> None:
     """The mined attempt left the canonical chain: its attempts are live again (the status moves back
-    to BROADCAST through `transition`, which clears the block, confirmations and fee)."""
+    to BROADCAST through `transition`, which clears the block, confirmations and fee). Queues the
+    `withdrawal.reorged` event, numbered after the move it follows."""
     await _update(
         s,
         update(TxAttempt)
@@ -299,6 +302,7 @@ async def record_reorg(s: AsyncSession, withdrawal_id: str) -> None:
         )
         .values(outcome=TxOutcome.BROADCAST, updated_at=utcnow()),
     )
+    await webhooks.enqueue_reorg(s, withdrawal_id)
 
 
 # --- admission: limits and reservations ----------------------------------------------------------

@@ -1,0 +1,342 @@
+"""Webhook endpoints and the delivery outbox: every query the webhooks need.
+
+The outbox: `enqueue_event` runs inside the transaction that changes a withdrawal's status
+(`repo.transition`, `repo.insert_withdrawal`, `repo.record_reorg`) and inserts one `WebhookDelivery`
+per active endpoint of the withdrawal's client subscribed to the event, with the exact JSON body that
+will be signed. The move and its deliveries commit together or not at all; the delivery workflow
+(workflows/webhooks.py) then sends them in `seq` order per (endpoint, withdrawal).
+
+An event's id is derived from (withdrawal, seq, type), so the same event has the same id for every
+endpoint, on every retry and on every redelivery.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from models import views
+from models.lifecycle import WithdrawalStatus
+from models.tables import (
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    Withdrawal,
+    utcnow,
+)
+
+EVENT_NAMESPACE = uuid.UUID("3d0c5f4e-8a51-5c2e-9b7d-1f6a2e4c8b90")
+REORGED = "withdrawal.reorged"
+ALL_EVENTS = "*"
+
+
+def status_event_type(status: WithdrawalStatus | str) -> str:
+    return f"withdrawal.{str(status).lower()}"
+
+
+EVENT_TYPES: tuple[str, ...] = (*(status_event_type(s) for s in WithdrawalStatus), REORGED)
+
+
+class DeliveryState:
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+
+
+def event_id(withdrawal_id: str, seq: int, event_type: str) -> str:
+    return "evt_" + uuid.uuid5(EVENT_NAMESPACE, f"{withdrawal_id}\n{seq}\n{event_type}").hex
+
+
+def new_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` and the base64 of 32 random bytes (the HMAC key)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def subscribed(events: str, event_type: str) -> bool:
+    names = events.split()
+    return ALL_EVENTS in names or event_type in names
+
+
+# --- the outbox: written with the status change ---------------------------------------------------
+
+_KICK = "webhooks.kick"
+
+
+def queued_in(s: AsyncSession) -> set[tuple[str, str]]:
+    """The (endpoint, withdrawal) pairs that got a delivery in this session's transaction: after it
+    commits, their delivery workflows are kicked (activities/lifecycle.py)."""
+    pairs: set[tuple[str, str]] = s.info.get(_KICK, set())
+    return pairs
+
+
+async def enqueue_event(s: AsyncSession, withdrawal_id: str, *, seq: int, event_type: str) -> int:
+    """Insert the event's delivery for each subscribed active endpoint of the withdrawal's client, in
+    the caller's transaction. The body's `data` is the withdrawal as the row stands now. An event
+    already queued for an endpoint (a repeated call) is not queued twice. Returns how many were."""
+    client_of = select(Withdrawal.client_id).where(Withdrawal.id == withdrawal_id).scalar_subquery()
+    endpoints = list(
+        (
+            await s.exec(
+                select(WebhookEndpoint).where(
+                    col(WebhookEndpoint.client_id) == client_of,
+                    col(WebhookEndpoint.active).is_(True),
+                    col(WebhookEndpoint.deleted_at).is_(None),
+                )
+            )
+        ).all()
+    )
+    endpoints = [e for e in endpoints if subscribed(e.events, event_type)]
+    if not endpoints:
+        return 0
+    w = (
+        await s.exec(
+            select(Withdrawal).where(Withdrawal.id == withdrawal_id).execution_options(populate_existing=True)
+        )
+    ).one()
+    eid = event_id(withdrawal_id, seq, event_type)
+    created_at = w.updated_at if event_type != REORGED else utcnow()
+    body = json.dumps(
+        {
+            "id": eid,
+            "type": event_type,
+            "created_at": views.iso(created_at),
+            "data": views.withdrawal_object(w),
+        },
+        separators=(",", ":"),
+    )
+    have = set(
+        (
+            await s.exec(
+                select(WebhookDelivery.endpoint_id).where(
+                    WebhookDelivery.event_id == eid,
+                    col(WebhookDelivery.endpoint_id).in_([e.id for e in endpoints]),
+                )
+            )
+        ).all()
+    )
+    pairs = s.info.setdefault(_KICK, set())
+    queued = 0
+    for e in endpoints:
+        if e.id in have:
+            continue
+        s.add(
+            WebhookDelivery(
+                id=str(uuid.uuid4()),
+                event_id=eid,
+                endpoint_id=e.id,
+                client_id=w.client_id,
+                withdrawal_id=withdrawal_id,
+                seq=seq,
+                event_type=event_type,
+                payload=body,
+            )
+        )
+        pairs.add((e.id, withdrawal_id))
+        queued += 1
+    await s.flush()
+    return queued
+
+
+async def enqueue_reorg(s: AsyncSession, withdrawal_id: str) -> int:
+    """`withdrawal.reorged`, numbered after the move it follows (the row's current `status_seq`)."""
+    seq: int | None = (
+        await s.exec(select(Withdrawal.status_seq).where(Withdrawal.id == withdrawal_id))
+    ).first()
+    if seq is None:
+        return 0
+    return await enqueue_event(s, withdrawal_id, seq=seq, event_type=REORGED)
+
+
+# --- endpoints -------------------------------------------------------------------------------------
+
+
+async def create_endpoint(s: AsyncSession, endpoint: WebhookEndpoint) -> None:
+    s.add(endpoint)
+    await s.flush()
+
+
+async def list_endpoints(s: AsyncSession, client_id: str) -> list[WebhookEndpoint]:
+    q = (
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.client_id == client_id, col(WebhookEndpoint.deleted_at).is_(None))
+        .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
+    )
+    return list((await s.exec(q)).all())
+
+
+async def get_endpoint(s: AsyncSession, endpoint_id: str) -> WebhookEndpoint | None:
+    e: WebhookEndpoint | None = (
+        await s.exec(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id))
+    ).first()
+    return e
+
+
+async def delete_endpoint(s: AsyncSession, endpoint_id: str, client_id: str) -> bool:
+    """Deactivate (the row and its delivery log stay). False: no such live endpoint of the client."""
+    result: Any = await s.exec(
+        update(WebhookEndpoint)
+        .where(
+            col(WebhookEndpoint.id) == endpoint_id,
+            col(WebhookEndpoint.client_id) == client_id,
+            col(WebhookEndpoint.deleted_at).is_(None),
+        )
+        .values(active=False, deleted_at=utcnow())
+    )
+    return int(result.rowcount or 0) == 1
+
+
+# --- the delivery log ------------------------------------------------------------------------------
+
+
+async def get_delivery(s: AsyncSession, delivery_id: str) -> WebhookDelivery | None:
+    d: WebhookDelivery | None = (
+        await s.exec(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id))
+    ).first()
+    return d
+
+
+async def list_deliveries(
+    s: AsyncSession,
+    client_id: str,
+    *,
+    withdrawal_id: str | None = None,
+    endpoint_id: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[WebhookDelivery], int]:
+    """One client's deliveries: of one withdrawal in the order they are sent, otherwise newest first."""
+    where = [col(WebhookDelivery.client_id) == client_id]
+    if withdrawal_id is not None:
+        where.append(col(WebhookDelivery.withdrawal_id) == withdrawal_id)
+    if endpoint_id is not None:
+        where.append(col(WebhookDelivery.endpoint_id) == endpoint_id)
+    if state is not None:
+        where.append(col(WebhookDelivery.state) == state)
+    q = select(WebhookDelivery).where(*where)
+    if withdrawal_id is not None:
+        q = q.order_by(col(WebhookDelivery.endpoint_id), *_SEND_ORDER)
+    else:
+        q = q.order_by(col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())
+    rows = list((await s.exec(q.limit(limit).offset(offset))).all())
+    total = int((await s.exec(select(func.count()).select_from(WebhookDelivery).where(*where))).one())
+    return rows, total
+
+
+async def attempts_of(s: AsyncSession, delivery_ids: list[str]) -> dict[str, list[WebhookAttempt]]:
+    out: dict[str, list[WebhookAttempt]] = {d: [] for d in delivery_ids}
+    if not delivery_ids:
+        return out
+    q = (
+        select(WebhookAttempt)
+        .where(col(WebhookAttempt.delivery_id).in_(delivery_ids))
+        .order_by(col(WebhookAttempt.delivery_id), col(WebhookAttempt.attempt))
+    )
+    for a in (await s.exec(q)).all():
+        out[a.delivery_id].append(a)
+    return out
+
+
+async def requeue(s: AsyncSession, delivery_id: str) -> None:
+    """Redelivery: the same event (same id and body) goes back in its endpoint's queue."""
+    await s.exec(
+        update(WebhookDelivery)
+        .where(col(WebhookDelivery.id) == delivery_id)
+        .values(state=DeliveryState.PENDING, delivered_at=None)
+    )
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+# Status events by their move's number; a reorg event after the move it follows (same number).
+_SEND_ORDER = (
+    col(WebhookDelivery.seq),
+    case((col(WebhookDelivery.event_type) == REORGED, 1), else_=0),
+    col(WebhookDelivery.created_at),
+)
+
+
+async def next_pending(s: AsyncSession, endpoint_id: str, withdrawal_id: str) -> WebhookDelivery | None:
+    q = (
+        select(WebhookDelivery)
+        .where(
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.withdrawal_id == withdrawal_id,
+            WebhookDelivery.state == DeliveryState.PENDING,
+        )
+        .order_by(*_SEND_ORDER)
+        .limit(1)
+    )
+    d: WebhookDelivery | None = (await s.exec(q)).first()
+    return d
+
+
+async def record_attempt(
+    s: AsyncSession,
+    delivery_id: str,
+    *,
+    at: datetime,
+    status_code: int | None,
+    latency_ms: int,
+    error: str | None,
+    delivered: bool,
+) -> int:
+    """One HTTP attempt, in the log and on the delivery (DELIVERED on a 2xx). Returns its number."""
+    attempts: int = (
+        await s.exec(select(WebhookDelivery.attempts).where(WebhookDelivery.id == delivery_id))
+    ).one()
+    number = attempts + 1
+    s.add(
+        WebhookAttempt(
+            delivery_id=delivery_id,
+            attempt=number,
+            at=at,
+            status_code=status_code,
+            latency_ms=latency_ms,
+            error=error,
+        )
+    )
+    values: dict[str, Any] = {
+        "attempts": number,
+        "last_status_code": status_code,
+        "last_latency_ms": latency_ms,
+        "last_error": error,
+    }
+    if delivered:
+        values.update(state=DeliveryState.DELIVERED, delivered_at=utcnow())
+    await s.exec(update(WebhookDelivery).where(col(WebhookDelivery.id) == delivery_id).values(**values))
+    await s.flush()
+    return number
+
+
+async def mark_failed(s: AsyncSession, delivery_id: str, error: str) -> bool:
+    """A PENDING delivery given up (its retry window ended, or its endpoint is gone)."""
+    result: Any = await s.exec(
+        update(WebhookDelivery)
+        .where(col(WebhookDelivery.id) == delivery_id, col(WebhookDelivery.state) == DeliveryState.PENDING)
+        .values(state=DeliveryState.FAILED, last_error=error[:500])
+    )
+    return int(result.rowcount or 0) == 1
+
+
+async def stale_pending(s: AsyncSession, older_than: datetime, limit: int = 500) -> list[tuple[str, str]]:
+    """(endpoint, withdrawal) pairs with a PENDING delivery queued before `older_than`: a kick that
+    was lost (a crash between the commit and the kick) or a workflow that ended too early."""
+    q = (
+        select(WebhookDelivery.endpoint_id, WebhookDelivery.withdrawal_id)
+        .where(
+            WebhookDelivery.state == DeliveryState.PENDING,
+            col(WebhookDelivery.created_at) < older_than,
+        )
+        .group_by(col(WebhookDelivery.endpoint_id), col(WebhookDelivery.withdrawal_id))
+        .limit(limit)
+    )
+    return [(str(e), str(w)) for e, w in (await s.exec(q)).all()]
