@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     pagerduty_routing_key: SecretStr | None = None
     alert_pending_after_seconds: int = 1800  # a withdrawal not final after this long is alerted
     monitor_interval_seconds: int = 30  # health checks that raise and resolve alerts; 0 disables
+    # Webhooks: a 2xx within the timeout is success; retries back off exponentially from the initial
+    # interval up to the maximum, for the window (3 days); the sweeper re-kicks deliveries still
+    # pending after `webhook_sweep_after_seconds` (every `webhook_sweep_interval_seconds`; 0 disables).
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_initial_seconds: float = 5.0
+    webhook_retry_max_interval_seconds: float = 3600.0
+    webhook_retry_window_seconds: int = 3 * 86_400
+    webhook_sweep_interval_seconds: int = 30
+    webhook_sweep_after_seconds: int = 60
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:

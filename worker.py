@@ -33,14 +33,17 @@ from activities.nonces import NonceActivities, ReconcileActivities, TemporalWork
 from activities.rpc import Chains
 from activities.signer import KeystoreSigner
 from activities.transactions import TransactionActivities
+from activities.webhooks import UrlGuard, WebhookActivities, WebhookKicker, ensure_sweeper_schedule
 from logging_setup import configure_logging
 from models.alerts import MonitorInput
 from models.db import Database
 from models.domain import ReconcileInput
+from models.views import use_config
 from settings import EngineConfig, Settings
 from telemetry import interceptors
 from workflows.alerts import AlertMonitorWorkflow, AlertWorkflow
 from workflows.reconcile import NonceReconcilerWorkflow
+from workflows.webhooks import WebhookDeliveryWorkflow, WebhookSweeperWorkflow
 from workflows.withdrawal import WithdrawalWorkflow
 
 log = structlog.get_logger()
@@ -56,7 +59,10 @@ class Engine:
         self.db = Database(settings.db_url)
         self.chains = Chains(config.networks)
         self.alerting = Alerting(settings, config, self.db, self.chains, client)
-        self.lifecycle = LifecycleActivities(self.db, alerts=self.alerting.alerter)
+        use_config({name: net.native_decimals for name, net in config.networks.items()})
+        self.kicker = WebhookKicker(client, settings)
+        self.webhooks = WebhookActivities(self.db, UrlGuard.for_env(settings.env), self.kicker)
+        self.lifecycle = LifecycleActivities(self.db, alerts=self.alerting.alerter, webhooks=self.kicker)
         self.approvals = ApprovalActivities(settings.jwt_secret.get_secret_value())
         self.funds = FundsActivities(self.db, self.chains, config, settings.pause_poll_seconds)
         self.nonces = NonceActivities(self.db, self.chains, config)
@@ -83,6 +89,10 @@ class Engine:
             self.confirmations.await_transaction,
             self.reconcile.reconcile_wallet,
             *self.alerting.activities,
+            self.webhooks.next_pending_delivery,
+            self.webhooks.send_delivery,
+            self.webhooks.fail_delivery,
+            self.webhooks.sweep_webhooks,
         ]
 
     async def start(self) -> None:
@@ -92,6 +102,7 @@ class Engine:
     async def aclose(self) -> None:
         await self.confirmations.aclose()
         await self.alerting.aclose()
+        await self.webhooks.aclose()
         await self.chains.aclose()
         await self.db.dispose()
 
@@ -100,7 +111,14 @@ def build_worker(client: Client, engine: Engine, task_queue: str) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[WithdrawalWorkflow, NonceReconcilerWorkflow, AlertWorkflow, AlertMonitorWorkflow],
+        workflows=[
+            WithdrawalWorkflow,
+            NonceReconcilerWorkflow,
+            AlertWorkflow,
+            AlertMonitorWorkflow,
+            WebhookDeliveryWorkflow,
+            WebhookSweeperWorkflow,
+        ],
         activities=engine.activities,  # type: ignore[arg-type]
         max_concurrent_activities=1000,
         max_concurrent_local_activities=200,
@@ -179,6 +197,7 @@ async def main() -> None:
     await engine.start()
     worker = build_worker(client, engine, settings.task_queue)
     await ensure_reconcile_schedules(client, engine, settings)
+    await ensure_sweeper_schedule(client, settings)
     await ensure_alert_schedule(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

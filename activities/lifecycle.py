@@ -7,18 +7,23 @@ from temporalio import activity
 
 from activities.alerts import Alerter
 from activities.failures import fail
+from activities.webhooks import WebhookKicker
 from models import repo
 from models.db import Database
 from models.domain import ErrorCode, TransitionInput
 from models.lifecycle import StaleTransition
+from models.webhooks import queued_in
 
 log = structlog.get_logger()
 
 
 class LifecycleActivities:
-    def __init__(self, db: Database, *, alerts: Alerter | None = None) -> None:
+    def __init__(
+        self, db: Database, *, alerts: Alerter | None = None, webhooks: WebhookKicker | None = None
+    ) -> None:
         self.db = db
         self.alerts = alerts or Alerter(db)
+        self.webhooks = webhooks
 
     @activity.defn
     async def record_transition(self, inp: TransitionInput) -> None:
@@ -27,6 +32,7 @@ class LifecycleActivities:
         try:
             async with self.db.transaction() as s:
                 moved = await repo.transition(s, inp.withdrawal_id, inp.status, error=inp.error, seq=inp.seq)
+                queued = queued_in(s)  # the (endpoint, withdrawal) pairs that got webhook deliveries
         except StaleTransition as e:
             log.error(
                 "withdrawal.transition.stale",
@@ -43,4 +49,6 @@ class LifecycleActivities:
             seq=inp.seq,
             repeat=not moved,
         )
+        if queued and self.webhooks is not None:
+            await self.webhooks.kick(queued)  # never raises: a lost kick is found by the sweeper
         await self.alerts.on_transition(inp.withdrawal_id, inp.status)  # NEEDS_ATTENTION in/out; never raises
