@@ -12,7 +12,7 @@ from api.body_guard import BodyGuard
 from api.deps import AppState, TemporalConnector, pre_auth_policy
 from api.errors import install_error_handlers
 from api.ratelimit import PreAuthLimit, RateLimiter
-from api.routes import admin, admin_alerts, api_keys, dashboard, health, withdrawals
+from api.routes import admin, admin_alerts, api_keys, dashboard, health, webhooks, withdrawals
 from api.usage import UsageMiddleware, UsageRecorder
 from logging_setup import configure_logging
 from models.db import Database
@@ -70,4 +70,5 @@ def create_app(state: AppState | None = None) -> FastAPI:
     app.include_router(api_keys.router)
     app.include_router(dashboard.router)
     app.include_router(admin_alerts.router)
+    app.include_router(webhooks.router)
     return app
