@@ -51,6 +51,7 @@ class Settings(BaseSettings):
 
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
+    temporal_ui_url: str = "http://127.0.0.1:8233"  # the Web UI: admin detail links to a workflow's page
     task_queue: str = "withdrawals"
     # Nonce reconciliation per hot wallet (a Temporal Schedule); 0 disables it.
     reconcile_interval_seconds: int = 30

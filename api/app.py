@@ -12,7 +12,18 @@ from api.body_guard import BodyGuard
 from api.deps import AppState, TemporalConnector, pre_auth_policy
 from api.errors import install_error_handlers
 from api.ratelimit import PreAuthLimit, RateLimiter
-from api.routes import admin, admin_alerts, api_keys, dashboard, health, webhooks, withdrawals
+from api.routes import (
+    admin,
+    admin_alerts,
+    admin_stats,
+    admin_system,
+    api_keys,
+    auth,
+    dashboard,
+    health,
+    webhooks,
+    withdrawals,
+)
 from api.usage import UsageMiddleware, UsageRecorder
 from logging_setup import configure_logging
 from models.db import Database
@@ -67,6 +78,9 @@ def create_app(state: AppState | None = None) -> FastAPI:
     app.include_router(withdrawals.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(admin_stats.router)
+    app.include_router(admin_system.router)
+    app.include_router(auth.router)
     app.include_router(api_keys.router)
     app.include_router(dashboard.router)
     app.include_router(admin_alerts.router)

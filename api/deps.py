@@ -6,6 +6,7 @@ import asyncio
 import functools
 import hashlib
 import ipaddress
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
@@ -24,7 +25,7 @@ from api.errors import (
 )
 from api.ratelimit import RateLimiter
 from api.security import decode_jwt, hash_api_key
-from models import api_keys
+from models import api_keys, users
 from models.db import Database
 from models.tables import ApiClient, utcnow
 from settings import EngineConfig, Settings
@@ -180,9 +181,15 @@ IdempotencyKeyDep = Annotated[str, Depends(idempotency_key)]
 
 @dataclass(frozen=True)
 class Operator:
+    """The operator of a request: the role is the one the database holds now, not the token's."""
+
     username: str
     role: str
     source_ip: str | None = None
+
+
+ROLE_RANK = {"VIEWER": 0, "OPERATOR": 1, "APPROVER": 2, "ADMIN": 3}
+ROLES = tuple(ROLE_RANK)
 
 
 def client_ip(request: Request, trusted_proxies: Sequence[str]) -> str | None:
@@ -220,31 +227,63 @@ def _in(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6N
     return any(ip in n for n in networks)
 
 
-ROLE_RANK = {"VIEWER": 0, "OPERATOR": 1, "ADMIN": 2}
+# username -> (read at, role, active), per database: each request re-checks the account, and this
+# cache spares the read for at most ACCOUNT_CACHE_SECONDS (a change made through this process is
+# seen at once: `forget_account`).
+ACCOUNT_CACHE_SECONDS = 2.0
+_accounts: dict[tuple[str, str], tuple[float, str, bool]] = {}
+
+
+def forget_account(db: Database, username: str) -> None:
+    _accounts.pop((db.url, username), None)
+
+
+async def _account(db: Database, username: str) -> tuple[str, bool] | None:
+    key, now = (db.url, username), time.monotonic()
+    hit = _accounts.get(key)
+    if hit is not None and now - hit[0] < ACCOUNT_CACHE_SECONDS:
+        return hit[1], hit[2]
+    async with db.read() as s:
+        user = await users.get(s, username)
+    if user is None:
+        _accounts.pop(key, None)
+        return None
+    if len(_accounts) > 10_000:
+        _accounts.clear()
+    _accounts[key] = (now, user.role, user.active)
+    return user.role, user.active
 
 
 def require_role(role: str):
+    """A dependency: the request's operator, with at least `role`. 401 for a missing, invalid or
+    expired token and for a disabled or unknown user; 403 when the user's current role is lower."""
+    needed = ROLE_RANK[role]
+
     async def _check(
         request: Request, state: StateDep, authorization: Annotated[str | None, Header()] = None
     ) -> Operator:
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise Unauthorized("missing or invalid bearer token")
+        denied = Unauthorized("missing or invalid bearer token")
+        if not authorization or not authorization.lower().startswith("bearer ") or len(authorization) > 4096:
+            raise denied
         try:
             claims = decode_jwt(authorization[7:].strip(), state.settings.jwt_secret.get_secret_value())
         except jwt.PyJWTError as e:
-            raise Unauthorized("missing or invalid bearer token") from e
-        op = Operator(
-            username=str(claims["sub"]),
-            role=str(claims.get("role", "VIEWER")),
-            source_ip=client_ip(request, state.settings.trusted_proxies),
-        )
-        if ROLE_RANK.get(op.role, -1) < ROLE_RANK[role]:
+            raise denied from e
+        username = str(claims["sub"])
+        account = await _account(state.db, username)
+        if account is None or not account[1]:
+            raise denied
+        current = account[0]
+        if ROLE_RANK.get(current, -1) < needed:
             raise Forbidden(f"requires role {role}")
-        return op
+        return Operator(
+            username=username, role=current, source_ip=client_ip(request, state.settings.trusted_proxies)
+        )
 
     return _check
 
 
 ViewerDep = Annotated[Operator, Depends(require_role("VIEWER"))]
 OperatorDep = Annotated[Operator, Depends(require_role("OPERATOR"))]
+ApproverDep = Annotated[Operator, Depends(require_role("APPROVER"))]
 AdminDep = Annotated[Operator, Depends(require_role("ADMIN"))]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,11 +39,43 @@ def verify_password(password: str, stored: str) -> bool:
         return False
 
 
+@functools.cache
+def dummy_password_hash() -> str:
+    """A hash of a random password at the same cost as real ones: a login for an unknown (or
+    disabled) user verifies against it, so it answers in the same time as a wrong password."""
+    return hash_password(secrets.token_urlsafe(24))
+
+
+# Operator sessions. The approval tokens of `activities.approvals` share the secret but not the
+# audience, so neither kind of token is accepted in place of the other.
+JWT_ISSUER = "withdrawal-engine-api"
+JWT_AUDIENCE = "withdrawal-engine-admin"
+_JWT_LEEWAY_SECONDS = 5  # clock skew between API processes
+
+
 def issue_jwt(subject: str, role: str, secret: str, ttl_seconds: int) -> str:
     now = datetime.now(UTC)
-    claims = {"sub": subject, "role": role, "iat": now, "exp": now + timedelta(seconds=ttl_seconds)}
+    claims = {
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "sub": subject,
+        "role": role,
+        "iat": now,
+        "exp": now + timedelta(seconds=ttl_seconds),
+        "jti": str(uuid.uuid4()),
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def decode_jwt(token: str, secret: str) -> dict[str, Any]:
-    return jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
+    """The claims of a valid operator token; jwt.PyJWTError otherwise. The `role` claim is what the
+    user had at login: callers re-read the user's current role and active flag."""
+    return jwt.decode(
+        token,
+        secret,
+        algorithms=["HS256"],
+        audience=JWT_AUDIENCE,
+        issuer=JWT_ISSUER,
+        leeway=_JWT_LEEWAY_SECONDS,
+        options={"require": ["iss", "aud", "sub", "iat", "exp", "jti"]},
+    )

@@ -4,9 +4,11 @@ record commits (or rolls back) with the action itself."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import ColumnElement, func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -44,6 +46,30 @@ async def record(
     await s.flush()
 
 
+@dataclass(frozen=True, kw_only=True)
+class AuditFilter:
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+def _conditions(f: AuditFilter) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = []
+    if f.actor is not None:
+        conds.append(col(AuditEntry.actor) == f.actor)
+    if f.action is not None:
+        conds.append(col(AuditEntry.action) == f.action)
+    if f.target is not None:
+        conds.append(col(AuditEntry.target) == f.target)
+    if f.since is not None:
+        conds.append(col(AuditEntry.at) >= f.since)
+    if f.until is not None:
+        conds.append(col(AuditEntry.at) < f.until)
+    return conds
+
+
 async def entries(
     s: AsyncSession,
     *,
@@ -52,19 +78,38 @@ async def entries(
     target: str | None = None,
     before_id: int | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 50,
 ) -> list[AuditEntry]:
     """Newest first; `before_id` is the cursor (the last id of the previous page)."""
-    q = select(AuditEntry)
-    if actor is not None:
-        q = q.where(AuditEntry.actor == actor)
-    if action is not None:
-        q = q.where(AuditEntry.action == action)
-    if target is not None:
-        q = q.where(AuditEntry.target == target)
+    f = AuditFilter(actor=actor, action=action, target=target, since=since, until=until)
+    q = select(AuditEntry).where(*_conditions(f))
     if before_id is not None:
         q = q.where(col(AuditEntry.id) < before_id)
-    if since is not None:
-        q = q.where(AuditEntry.at >= since)
     q = q.order_by(col(AuditEntry.id).desc()).limit(limit)
     return list((await s.exec(q)).all())
+
+
+async def count(
+    s: AsyncSession,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    f = AuditFilter(actor=actor, action=action, target=target, since=since, until=until)
+    q = select(func.count()).select_from(AuditEntry).where(*_conditions(f))
+    return int((await s.exec(q)).one())
+
+
+async def for_targets(s: AsyncSession, targets: list[str]) -> list[AuditEntry]:
+    """Every entry about any of `targets`, oldest first (a withdrawal's operator actions)."""
+    q = select(AuditEntry).where(col(AuditEntry.target).in_(targets)).order_by(col(AuditEntry.id))
+    return list((await s.exec(q)).all())
+
+
+def decoded(value: str | None) -> Any:
+    """A before/after column as the JSON value it was recorded from."""
+    return None if value is None else json.loads(value)

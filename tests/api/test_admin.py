@@ -114,28 +114,31 @@ async def test_approval_approve_and_reject(harness: Harness) -> None:
     b = (await harness.request(native_body(network, b_to, "120"))).json()
     for w in (a, b):
         assert (await harness.wait_status(w["id"], {"AWAITING_APPROVAL"}))["status"] == "AWAITING_APPROVAL"
-    viewer = await _admin_token(harness, role="VIEWER")
-    denied = await harness.http.post(
-        f"/admin/transactions/{a['id']}/approve", headers={"Authorization": f"Bearer {viewer}"}
-    )
-    assert denied.status_code == 403 and denied.json()["error"]["code"] == "FORBIDDEN"
+    # Approve and reject need APPROVER (or ADMIN): a VIEWER or an OPERATOR is refused.
+    for role in ("VIEWER", "OPERATOR"):
+        low = await _admin_token(harness, role=role)
+        denied = await harness.http.post(
+            f"/admin/transactions/{a['id']}/approve", headers={"Authorization": f"Bearer {low}"}
+        )
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "FORBIDDEN", role
+    approver = {"Authorization": f"Bearer {await _admin_token(harness, role='APPROVER')}"}
     # Actions the status does not allow are refused with the workflow's reason, and change nothing.
     wrong = await harness.http.post(f"/admin/transactions/{a['id']}/retry", headers=auth)
     assert wrong.status_code == 409 and wrong.json()["error"]["code"] == "INVALID_STATE", wrong.text
     assert "NEEDS_ATTENTION" in wrong.json()["error"]["message"]
-    approved = await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=auth)
+    approved = await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=approver)
     assert approved.status_code == 200, approved.text
     assert approved.json()["accepted"] is True and approved.json()["withdrawal"]["id"] == a["id"]
-    again = await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=auth)
+    again = await harness.http.post(f"/admin/transactions/{a['id']}/approve", headers=approver)
     assert again.status_code == 409 and again.json()["error"]["code"] == "INVALID_STATE", again.text
     assert (
-        await harness.http.post(f"/admin/transactions/{b['id']}/reject", json={}, headers=auth)
+        await harness.http.post(f"/admin/transactions/{b['id']}/reject", json={}, headers=approver)
     ).status_code == 200
     assert (await harness.wait_status(a["id"], {"CONFIRMED"}))["status"] == "CONFIRMED"
     rejected = await harness.wait_status(b["id"], {"REJECTED"})
     assert rejected["error"]["code"] == "APPROVAL_REJECTED" and rejected["tx_hash"] is None
     # Once the workflow has ended, an action is refused the same way.
-    late = await harness.http.post(f"/admin/transactions/{b['id']}/approve", headers=auth)
+    late = await harness.http.post(f"/admin/transactions/{b['id']}/approve", headers=approver)
     assert late.status_code == 409 and late.json()["error"]["code"] == "INVALID_STATE", late.text
     url = harness.stack.rpc_urls[network]
     assert int(processes.rpc(url, "eth_getBalance", [b_to, "latest"]), 16) == 0
@@ -206,7 +209,7 @@ async def test_balance_is_checked_right_before_signing(harness: Harness) -> None
     await harness.wait_status(wid, {"AWAITING_APPROVAL"})
     await asyncio.to_thread(chain.set_balance, url, wallet, 10**18)  # swept to 1 POL
     approve = await harness.http.post(
-        f"/admin/transactions/{wid}/approve", headers=await harness.operator_headers()
+        f"/admin/transactions/{wid}/approve", headers=await harness.operator_headers("APPROVER")
     )
     assert approve.status_code == 200, approve.text
     waiting = await harness.wait_status(wid, {"WAITING_FOR_FUNDS", "BROADCAST", "CONFIRMED"})
