@@ -1,12 +1,12 @@
 """Webhook delivery: one workflow per (endpoint, withdrawal), `webhook-<endpoint>-<withdrawal>`.
 
 It sends the withdrawal's pending deliveries to the endpoint strictly in order: the next one is read
-only once the previous one is DELIVERED or FAILED. Each send is an activity retried with exponential
-backoff until the delivery's retry window (3 days from when it was queued) closes; then it is FAILED
-and the next one goes. The workflow ends when nothing is pending; the next status change starts it
-again (signal-with-start of `kick`), and the sweeper (`WebhookSweeperWorkflow`, on a Schedule) starts
-it for deliveries whose kick was lost. A `kick` that arrives while it runs makes it look again
-before it ends, so nothing committed is left behind.
+(a local activity: a short database read) only once the previous one is DELIVERED or FAILED. Each
+send is an activity retried with exponential backoff until the delivery's retry window (3 days from
+when it was queued) closes; then it is FAILED and the next one goes. The workflow ends when nothing
+is pending; the next status change starts it again (signal-with-start of `kick`), and the sweeper
+(`WebhookSweeperWorkflow`, on a Schedule) starts it for deliveries whose kick was lost. A `kick` that
+arrives while it runs makes it look again before it ends, so nothing committed is left behind.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class WebhookDeliveryWorkflow:
         settled = 0
         while True:
             self._kicked = False
-            nxt: PendingDelivery | None = await workflow.execute_activity_method(
+            nxt: PendingDelivery | None = await workflow.execute_local_activity_method(
                 WebhookActivities.next_pending_delivery,
                 inp.target,
                 start_to_close_timeout=DB_TIMEOUT,
@@ -102,7 +102,7 @@ class WebhookDeliveryWorkflow:
                 if isinstance(cause, ApplicationError) and cause.type == WEBHOOK_URL_REFUSED:
                     reason = cause.message
                 workflow.logger.warning("webhook delivery given up: %s (%s)", d.event_id, reason)
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             WebhookActivities.fail_delivery,
             FailInput(delivery_id=d.delivery_id, reason=reason),
             start_to_close_timeout=DB_TIMEOUT,
