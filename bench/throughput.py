@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/throughput.py [--n 200] [--concurrency 50] [--network ethereum]
         [--asset ETH] [--credentials .data/dev-credentials.json] [--rpc-proxy] [--no-ceiling]
-        [--breakdown] [--rpc-sniff]
+        [--breakdown] [--rpc-sniff] [--webhooks]
 
 Needs `make run` (for unthrottled figures: `WE_RATE_LIMIT_PER_MINUTE=1000000 make run`, since the dev API
 key's default limit of 600 requests/min counts status polls too). Prints one `name: value` line per
 figure (DESIGN §7); see docs/benchmarks.md for what each one means and how it is measured.
 
 Phase 1 drives N withdrawals through the REST API: `POST /withdrawal/request` with at most
-`--concurrency` POSTs in flight, then `GET /withdrawal/status/{id}` until each is terminal.
+`--concurrency` POSTs in flight, then `GET /withdrawal/status/{id}` until each is terminal. With
+`--webhooks` it reads no status at all: it registers a webhook endpoint on a receiver of its own (a
+free loopback port of this process) and takes BROADCAST and the final status from the signed events
+it receives, as a client would.
 Phase 2 (the ceiling) starts N `bench.noop_workflow.NoopWithdrawalWorkflow`s by update-with-start with
 the same concurrency, on the same Temporal server, served by a worker in this process on its own task
 queue; each runs the same mix of no-op steps as a happy-path native withdrawal (at HEAD 3 local and
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -288,6 +292,120 @@ class Track:
         self.last_look = now
 
 
+class WebhookReceiver:
+    """--webhooks: the bench's own endpoint. It verifies every signature, keeps the first arrival of
+    each event id (delivery is at least once) and hands each withdrawal's events, in arrival order, to
+    the track that waits for them."""
+
+    EVENTS = (
+        "withdrawal.broadcast",
+        "withdrawal.confirmed",
+        "withdrawal.rejected",
+        "withdrawal.cancelled",
+        "withdrawal.failed",
+    )
+
+    def __init__(self) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}/bench-webhooks"
+        self.secret: str | None = None
+        self.endpoint_id: str | None = None
+        self.events: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self.arrived: dict[str, asyncio.Event] = {}
+        self.ids: set[str] = set()
+        self.duplicates = 0
+        self.bad_signatures = 0
+        self.lags: list[float] = []  # received - the status change's time (the event's created_at)
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _handle(self, request: Any) -> Any:
+        from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+        from starlette.responses import Response
+
+        body, now = await request.body(), time.time()
+        if self.secret is None:
+            return Response(status_code=503)
+        try:
+            event = Webhook(self.secret).verify(body, dict(request.headers))
+        except (WebhookVerificationError, ValueError):
+            self.bad_signatures += 1
+            return Response(status_code=400)
+        if event["id"] in self.ids:
+            self.duplicates += 1
+            return Response(status_code=204)
+        self.ids.add(event["id"])
+        wid = str(event["data"]["id"])
+        self.events.setdefault(wid, []).append((now, event))
+        if (created := server_time(event.get("created_at"))) is not None:
+            self.lags.append(now - created)
+        self.arrived.setdefault(wid, asyncio.Event()).set()
+        return Response(status_code=204)
+
+    async def start(self, http: httpx.AsyncClient, api: str, api_key: str) -> None:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        app = Starlette(routes=[Route("/bench-webhooks", self._handle, methods=["POST"])])
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        )
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        r = await http.post(
+            f"{api}/webhook/endpoints",
+            json={"url": self.url, "events": list(self.EVENTS)},
+            headers={"X-API-Key": api_key},
+        )
+        if r.status_code != 201:
+            raise BenchError(
+                f"--webhooks: the API refused the endpoint (HTTP {r.status_code}): {r.text[:200]}"
+            )
+        self.endpoint_id, self.secret = r.json()["id"], r.json()["secret"]
+
+    async def stop(self, http: httpx.AsyncClient, api: str, api_key: str) -> None:
+        if self.endpoint_id is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                await http.delete(
+                    f"{api}/webhook/endpoints/{self.endpoint_id}", headers={"X-API-Key": api_key}
+                )
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5)
+
+    async def follow(self, t: Track, deadline: float) -> None:
+        """Observe the withdrawal's events as they arrive, until a final one or the deadline."""
+        assert t.id is not None
+        arrived = self.arrived.setdefault(t.id, asyncio.Event())
+        done = 0
+        while t.status not in TERMINAL:
+            events = self.events.get(t.id, [])
+            for received, event in events[done:]:
+                t.observe(event["data"], received)
+                t.broadcast_gap = None  # pushed, not polled: the delay is in webhook_lag_s
+            done = len(events)
+            if t.status in TERMINAL or time.monotonic() >= deadline:
+                break
+            arrived.clear()
+            if len(self.events.get(t.id, [])) == done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), max(0.0, deadline - time.monotonic()))
+
+    def report(self) -> None:
+        figure("webhook_events_received", len(self.ids))
+        figure("webhook_duplicates", self.duplicates)
+        figure("webhook_bad_signatures", self.bad_signatures)
+        figure("webhook_lag_s", f"{p50_p90(self.lags)} p99 {percentile(self.lags, 99) or 0.0:.3f}")
+
+
 class EngineRun:
     def __init__(self, args: argparse.Namespace, creds: dict[str, Any]) -> None:
         self.args = args
@@ -303,6 +421,7 @@ class EngineRun:
         self.confirmed_per_s: float | None = None
         self.withdrawal_ids: list[str] = []
         self.confirmed_at: dict[str, float] = {}
+        self.hooks = WebhookReceiver() if args.webhooks else None
 
     async def _send(self, method: str, url: str, **kw: Any) -> httpx.Response | None:
         """One request; waits out 429/503 (Retry-After) and transport errors until the deadline."""
@@ -356,6 +475,11 @@ class EngineRun:
         t.id, t.post_status = str(w["id"]), str(w["status"])
         t.observe(w, t.post_returned)
         t.broadcast_gap = None  # seen in the POST's own answer: no polling delay in the figure
+        if self.hooks is not None:
+            await self.hooks.follow(t, self.deadline)
+            if t.status not in TERMINAL and t.error is None:
+                t.error = f"no final webhook within --timeout ({t.status})"
+            return
         url = f"{self.api}/withdrawal/status/{t.id}"
         get_headers = {"X-API-Key": self.api_key}
         while t.status not in TERMINAL and time.monotonic() < self.deadline:
@@ -395,7 +519,13 @@ class EngineRun:
         try:
             with LoopLag() as lag:
                 async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as self.http:
-                    await asyncio.gather(*(self._drive(t) for t in tracks))
+                    if self.hooks is not None:
+                        await self.hooks.start(self.http, self.api, self.api_key)
+                    try:
+                        await asyncio.gather(*(self._drive(t) for t in tracks))
+                    finally:
+                        if self.hooks is not None:
+                            await self.hooks.stop(self.http, self.api, self.api_key)
         finally:
             sniffed = await asyncio.to_thread(sniffer.stop) if sniffer is not None else None
         after = await proxy.stats() if proxy else None
@@ -435,10 +565,13 @@ class EngineRun:
         figure("post_to_broadcast_p50_s", percentile(to_broadcast, 50))
         figure("post_to_broadcast_p99_s", percentile(to_broadcast, 99))
         gaps = [t.broadcast_gap for t in accepted if t.broadcast_gap is not None]
-        figure(
-            "broadcast_observation_gap_p50_s",
-            percentile(gaps, 50) if gaps else "n/a (every BROADCAST was already in the POST's answer)",
-        )
+        if self.hooks is not None:
+            figure("broadcast_observation_gap_p50_s", "n/a (observed by webhooks: see webhook_lag_s)")
+        else:
+            figure(
+                "broadcast_observation_gap_p50_s",
+                percentile(gaps, 50) if gaps else "n/a (every BROADCAST was already in the POST's answer)",
+            )
         figure("confirmed", len(confirmed))
         if confirmed:
             last = max(t.terminal_at or 0.0 for t in confirmed)
@@ -451,7 +584,10 @@ class EngineRun:
         figure("final_statuses", counts(t.status for t in accepted))
         if len(confirmed) < len(accepted):
             figure("errors", counts(t.error for t in accepted if t.status != "CONFIRMED"))
+        figure("observed_by", "webhooks" if self.hooks is not None else "status reads")
         figure("status_gets", self.status_gets)
+        if self.hooks is not None:
+            self.hooks.report()
         figure("http_retried", " ".join(f"{k}={v}" for k, v in self.http_codes.most_common()) or "none")
         if self.http_codes.get("429"):
             note(
@@ -794,6 +930,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--poll-rps", type=float, default=50.0, help="status reads per second at most, all together"
     )
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-Temporal ceiling")
+    p.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="observe withdrawals through webhooks instead of status reads: register an endpoint on "
+        "a local receiver (deleted at the end) and take BROADCAST and final times from its events",
+    )
     p.add_argument(
         "--ceiling-mix",
         choices=sorted(CEILING_MIXES),
