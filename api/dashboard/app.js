@@ -10,8 +10,10 @@
     "PENDING", "AWAITING_APPROVAL", "WAITING_FOR_FUNDS", "PROCESSING", "BROADCAST", "CONFIRMING",
     "NEEDS_ATTENTION", "CONFIRMED", "REJECTED", "CANCELLED", "FAILED",
   ];
+  const TERMINAL = ["CONFIRMED", "REJECTED", "CANCELLED", "FAILED"];
   const ROLE_RANK = { VIEWER: 0, OPERATOR: 1, APPROVER: 2, ADMIN: 3 };
   const KEY = "we.admin.session";
+  const NOTICE = "we.admin.notice"; // the logout message, shown on the fresh page
 
   const $ = (id) => document.getElementById(id);
 
@@ -36,6 +38,7 @@
   const text = (v) => (v === null || v === undefined || v === "" ? "—" : typeof v === "object" ? JSON.stringify(v) : String(v));
   const short = (v, n = 10) => (typeof v === "string" && v.length > 2 * n + 1 ? v.slice(0, n + 2) + "…" + v.slice(-n) : text(v));
   const cell = (v, attrs) => el("td", attrs, text(v));
+  const errorText = (e) => (e && typeof e === "object" ? `${text(e.code)}: ${text(e.message)}` : text(e));
 
   function fillTable(table, rows) {
     table.tBodies[0].replaceChildren(...rows);
@@ -149,15 +152,14 @@
   }
 
   function logout(message) {
+    // A fresh page: nothing the previous session saw stays in the DOM for whoever logs in next.
     session = null;
-    sessionStorage.removeItem(KEY);
     clearTimeout(expiryTimer);
     stopPolling();
+    sessionStorage.removeItem(KEY);
+    sessionStorage.setItem(NOTICE, message || "");
     $("app").hidden = true;
-    $("session").hidden = true;
-    $("login-view").hidden = false;
-    $("login-error").textContent = message || "";
-    $("login-username").focus();
+    location.replace(location.pathname);
   }
 
   // ---- operator dialog (reason prompt) ---------------------------------------------------------
@@ -279,8 +281,11 @@
       });
       rows.push(el("tr", { class: "meta" }, el("th", {}, "Head block"), names.map((n) => cell(networks[n].head, { class: "num" })), el("td")));
       rows.push(el("tr", { class: "meta" }, el("th", {}, "Paused"),
-        names.map((n) => el("td", { class: networks[n].paused ? "bad" : "good", dataset: { network: n, paused: "" } },
-          networks[n].paused ? "paused" : "running")), el("td")));
+        names.map((n) => {
+          const wallets = networks[n].paused_hot_wallets || [];
+          return el("td", { class: networks[n].paused ? "bad" : wallets.length ? "warn-text" : "good", dataset: { network: n, paused: "" } },
+            networks[n].paused ? "paused" : wallets.length ? `${wallets.length} hot wallet(s) paused` : "running");
+        }), el("td")));
       rows.push(el("tr", { class: "meta" }, el("th", {}, "Volume 24 h"),
         names.map((n) => el("td", {}, Object.entries(networks[n].volume_24h || {}).map(([a, v]) => el("div", {}, `${v} ${a}`)))), el("td")));
       fillTable(table, rows);
@@ -308,11 +313,8 @@
 
   // ---- pauses and queues -----------------------------------------------------------------------
 
-  function pauseList(data) {
-    // DESIGN §6.1: /admin/queues says what is paused; each entry {network?, hot_wallet?, reason, paused_by, paused_at}.
-    const p = data.paused ?? data.pauses ?? [];
-    return Array.isArray(p) ? p : p.items || [];
-  }
+  // /admin/queues lists the active pauses: {network|null, hot_wallet|null, reason, paused_by, paused_at}.
+  const pauseList = (data) => data.paused || [];
 
   async function refreshQueues() {
     try {
@@ -348,13 +350,19 @@
   }
 
   function renderTaskQueues(data) {
-    const raw = data.task_queues ?? data.queues ?? [];
-    const list = Array.isArray(raw) ? raw : Object.entries(raw).map(([name, v]) => ({ name, ...(typeof v === "object" && v ? v : { value: v }) }));
-    const cols = [...new Set(list.flatMap((q) => Object.keys(q)))];
+    const list = data.task_queues || [];
     const table = $("queues-table");
-    table.tHead.replaceChildren(el("tr", {}, cols.map((c) => el("th", {}, c))));
-    fillTable(table, list.length ? list.map((q) => el("tr", {}, cols.map((c) => cell(q[c]))))
-      : [el("tr", {}, el("td", { class: "muted" }, "no task queues reported"))]);
+    table.tHead.replaceChildren(el("tr", {}, ["Task queue", "Type", "Pollers", "Backlog", "Backlog age (s)", "State"].map((h) => el("th", {}, h))));
+    fillTable(table, list.length ? list.map((q) => {
+      const pollers = q.pollers || [];
+      return el("tr", {},
+        el("th", {}, text(q.name)), cell(q.type),
+        el("td", { class: q.error || pollers.length ? "num" : "num bad", title: pollers.map((p) => p.identity).join("\n") }, q.error ? "—" : String(pollers.length)),
+        cell(q.backlog, { class: "num" }), cell(q.backlog_age_s, { class: "num" }),
+        el("td", { class: q.error ? "bad" : pollers.length ? "good" : "bad" }, q.error ? q.error : pollers.length ? "polled" : "no worker polling"));
+    }) : [el("tr", {}, el("td", { class: "muted" }, "no task queues reported"))]);
+    const f = data.in_flight;
+    $("in-flight").textContent = f ? `${text(f.total)} withdrawal(s) in flight` : "";
   }
 
   // ---- needs attention -------------------------------------------------------------------------
@@ -363,13 +371,14 @@
     try {
       const data = await api("GET", "/admin/dlq/messages?limit=100");
       const items = data.items || [];
-      $("attention-total").textContent = `${text(data.total ?? items.length)} withdrawal(s)`;
+      const total = data.total ?? items.length;
+      $("attention-total").textContent = `${text(total)} withdrawal(s)${total > items.length ? `, newest ${items.length} shown` : ""}`;
       $("attention-empty").hidden = items.length > 0;
       fillTable($("attention-table"), items.map((w) => el("tr", { dataset: { id: w.id } },
-        cell(w.created_at),
+        cell(w.parked_at || w.updated_at),
         el("td", {}, el("button", { type: "button", class: "link", title: w.id, on: { click: () => loadDetail(w.id) } }, short(w.id, 4))),
         cell(w.network), cell(w.asset), cell(w.amount, { class: "num" }),
-        el("td", { class: "reason" }, text(w.reason ?? (w.error && w.error.message))),
+        el("td", { class: "reason" }, errorText(w.reason || w.error)),
         el("td", { class: "next" }, text(w.next_action)),
         el("td", { class: "actions" },
           opButton("Retry", () => withdrawalAction(w.id, "retry"), "retry"),
@@ -400,6 +409,9 @@
     if (!more) {
       searchQuery = searchParams();
       searchCursor = null;
+      $("results-table").tBodies[0].replaceChildren();
+      $("search-more").hidden = true;
+      $("search-summary").textContent = "searching…";
     }
     const q = new URLSearchParams(searchQuery);
     if (more && searchCursor) q.set("cursor", searchCursor);
@@ -419,7 +431,7 @@
       else body.replaceChildren(...rows);
       searchCursor = data.next_cursor || null;
       $("search-more").hidden = !searchCursor;
-      $("search-summary").textContent = `${body.rows.length} shown of ${text(data.total)}`;
+      $("search-summary").textContent = `${body.rows.length} shown of ${text(data.total)}, as of ${new Date().toLocaleTimeString()} (search again to refresh)`;
       showError("search-error", null);
     } catch (e) {
       showError("search-error", e);
@@ -449,8 +461,8 @@
         ["To", w.to_address], ["User", w.user_id], ["Client", w.client_id], ["Client reference", w.client_reference],
         ["Hot wallet", w.hot_wallet], ["Nonce", w.nonce], ["Tx hash", w.tx_hash],
         ["Confirmations", `${text(w.confirmations)} / ${text(w.required_confirmations)}`], ["Fee", w.fee],
-        ["Error", w.error ? `${text(w.error.code)}: ${text(w.error.message)}` : null],
-        ["Next action", w.next_action], ["Created", w.created_at], ["Updated", w.updated_at],
+        ["Error", w.error ? errorText(w.error) : null],
+        ["Workflow", w.workflow_id], ["Created", w.created_at], ["Updated", w.updated_at],
       ];
       $("detail-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { dataset: { field: k } }, text(v))]));
       const link = $("detail-temporal");
@@ -464,18 +476,29 @@
         link.hidden = true;
       }
       $("detail-retry").disabled = !canOperate() || w.status !== "NEEDS_ATTENTION";
-      const terminal = ["CONFIRMED", "REJECTED", "CANCELLED", "FAILED"].includes(w.status);
+      const terminal = TERMINAL.includes(w.status);
       $("detail-cancel").disabled = !canOperate() || terminal;
       fillTable($("attempts-table"), (w.attempts || []).map((a) => el("tr", {},
         el("td", { title: a.tx_hash || "" }, short(a.tx_hash, 8)), cell(a.nonce), cell(a.purpose), cell(a.type),
         el("td", {}, fees(a)), cell(a.outcome), cell(a.error))));
-      fillTable($("history-table"), (w.history || []).map((h) => el("tr", {},
-        cell(h.at), cell(h.action || h.kind || h.status), cell(h.operator || h.actor || h.who),
-        cell([h.status && (h.action || h.kind) ? h.status : null, h.reason, h.error && `${h.error.code}: ${h.error.message}`].filter(Boolean).join(" · ") || null))));
+      fillTable($("history-table"), (w.history || []).map((h) => {
+        const action = h.kind === "action";
+        const what = action ? `${text(h.action)}${h.outcome && h.outcome !== "ok" ? ` (${h.outcome})` : ""}` : text(h.status);
+        const who = action ? `${text(h.actor)}${h.role ? ` (${h.role})` : ""}${h.source ? ` via ${h.source}` : ""}` : "engine";
+        const detail = [h.reason, h.error && errorText(h.error)].filter(Boolean).join(" · ");
+        return el("tr", { class: action ? "action" : null, dataset: { kind: h.kind || "" } },
+          cell(h.at), el("td", { class: action ? null : `status ${h.status}` }, what), cell(who), cell(detail || null));
+      }));
       showError("detail-error", null);
     } catch (e) {
       showError("detail-error", e);
     }
+  }
+
+  async function refreshDetail() {
+    // an open withdrawal that is still moving follows its status
+    const status = $("detail-fields").querySelector('dd[data-field="Status"]');
+    if (detailId && !$("detail").hidden && status && !TERMINAL.includes(status.textContent)) await loadDetail(detailId);
   }
 
   // ---- networks (health) -----------------------------------------------------------------------
@@ -490,17 +513,18 @@
       const simple = Object.entries(c).filter(([k]) => k !== "rpc" && k !== "hot_wallets");
       fillTable($("components-table"), simple.map(([k, v]) => {
         const state = v && typeof v === "object" ? v.status ?? JSON.stringify(v) : v;
-        return el("tr", {}, el("th", {}, k), el("td", { class: state === "ok" ? "good" : "bad" }, text(state)));
+        const cls = state === "ok" ? "good" : state === "not configured" || state === "disabled" ? "muted" : "bad";
+        return el("tr", { dataset: { component: k } }, el("th", {}, k), el("td", { class: cls }, text(state)));
       }));
       const rpc = c.rpc || {};
       fillTable($("rpc-table"), Object.keys(rpc).sort().flatMap((n) => (rpc[n] || []).map((e) => el("tr", { dataset: { network: n } },
         el("th", {}, n), cell(e.endpoint), cell(e.chain_id), cell(e.head, { class: "num", dataset: { head: "" } }),
-        cell(e.lag_s, { class: "num" }), el("td", { class: e.healthy ? "good" : "bad" }, e.healthy ? "yes" : "no")))));
+        cell(e.lag_s, { class: "num" }), el("td", { class: e.healthy ? "good" : "bad" }, e.healthy ? "yes" : `no${e.error ? ` (${e.error})` : ""}`)))));
       const wallets = c.hot_wallets || data.hot_wallets || {};
       fillTable($("wallets-table"), Object.keys(wallets).sort().flatMap((n) => (wallets[n] || []).map((w) => el("tr", { dataset: { network: n } },
-        el("th", {}, n), el("td", { class: "mono" }, text(w.address)),
-        cell(w.balance, { class: "num" }), cell(w.reserved, { class: "num" }), cell(w.min_balance, { class: "num" }),
-        el("td", { class: w.low ? "bad" : "good" }, w.low ? "LOW" : "ok")))));
+        el("th", {}, n), el("td", { class: "mono" }, text(w.address)), cell(w.asset),
+        cell(w.balance, { class: "num", dataset: { balance: "" } }), cell(w.reserved, { class: "num" }), cell(w.min_balance, { class: "num" }),
+        el("td", { class: w.low ? "bad" : w.error ? "bad" : "good" }, w.error ? w.error : w.low ? "LOW" : w.low === false ? "ok" : "—")))));
       showError("networks-error", null);
     } catch (e) {
       showError("networks-error", e);
@@ -518,9 +542,17 @@
     try {
       const s = await api("GET", "/admin/settings");
       const general = Object.entries(s).filter(([k]) => k !== "networks");
-      $("settings-general").replaceChildren(...general.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, text(v))]));
+      const plain = (v) => (v && typeof v === "object" && !Array.isArray(v)
+        ? Object.entries(v).map(([a, b]) => `${a}: ${b === true ? "on" : b === false ? "off" : text(b)}`).join(", ")
+        : text(v));
+      $("settings-general").replaceChildren(...general.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, plain(v))]));
       const names = Object.keys(s.networks || {}).sort();
       if (!networkNames.length) setNetworks(names);
+      const assets = [...new Set(names.flatMap((n) => Object.keys(s.networks[n].assets || {})))].sort();
+      const assetSelect = $("f-asset");
+      const chosen = assetSelect.value;
+      assetSelect.replaceChildren(el("option", { value: "" }, "any"), ...assets.map((a) => el("option", { value: a }, a)));
+      assetSelect.value = assets.includes(chosen) ? chosen : "";
       $("settings-networks").replaceChildren(...names.map((name) => {
         const n = s.networks[name];
         const assets = Object.entries(n.assets || {});
@@ -568,7 +600,7 @@
       do {
         refreshAgain = false;
         await refreshCounts(); // first: it names the networks the other sections list
-        await Promise.all([refreshAlerts(), refreshQueues(), refreshAttention(), refreshHealth()]);
+        await Promise.all([refreshAlerts(), refreshQueues(), refreshAttention(), refreshHealth(), refreshDetail()]);
         $("last-refresh").textContent = `updated ${new Date().toLocaleTimeString()}`;
       } while (refreshAgain && session);
     } finally {
@@ -622,6 +654,8 @@
     $("detail-retry").addEventListener("click", () => detailId && withdrawalAction(detailId, "retry"));
     $("detail-cancel").addEventListener("click", () => detailId && withdrawalAction(detailId, "cancel"));
     $("settings-refresh").addEventListener("click", loadSettings);
+    $("login-error").textContent = sessionStorage.getItem(NOTICE) || "";
+    sessionStorage.removeItem(NOTICE);
     if (session) start();
     else $("login-username").focus();
   });

@@ -240,8 +240,9 @@ async def test_dashboard_in_a_browser(browser: webdriver.Chrome, harness: Harnes
             found = f'#results-table tr[data-id="{wid}"]'
             _wait(d, lambda d: _css(d, found), message="search did not find the withdrawal")
             assert [r.get_attribute("data-id") for r in _css(d, "#results-table tbody tr")] == [wid]
-            cells = _css(d, f"{found} td")
-            assert cells[7].text == xss_user and cells[2].text == "NEEDS_ATTENTION"
+            assert "1 shown of 1" in _text(d, "#search-summary")
+            cells = [c.text for c in _css(d, f"{found} td")]
+            assert cells[7] == xss_user and cells[2] == "NEEDS_ATTENTION", cells
             assert not _css(d, "#pwned"), "data was parsed as HTML"
             _css(d, f"{found} button.link")[0].click()
             _wait(d, lambda d: _text(d, '#detail-fields dd[data-field="Status"]') == "NEEDS_ATTENTION")
@@ -269,6 +270,17 @@ async def test_dashboard_in_a_browser(browser: webdriver.Chrome, harness: Harnes
         assert chain.token_balance(url, token, to) == 12_500_000
         await _in_browser(_wait, d, lambda d: not _css(d, row), 30, "still listed as needing attention")
 
+        def detail_follows() -> None:
+            # The open detail follows the withdrawal to CONFIRMED and shows who retried it, and why.
+            status = '#detail-fields dd[data-field="Status"]'
+            _wait(d, lambda d: _text(d, status) == "CONFIRMED", message="detail did not follow the status")
+            actions = [r.text for r in _css(d, '#history-table tr[data-kind="action"]')]
+            assert any("retry" in a and username in a and "blacklist" in a for a in actions), actions
+            assert _css(d, "#attempts-table tbody tr"), "no attempt shown"
+            assert not d.find_element(By.ID, "detail-retry").is_enabled()
+
+        await _in_browser(detail_follows)
+
         # Pause one network from the page, then resume it; the admin API agrees each time.
         prow = f'#pause-table tr[data-network="{paused_network}"]'
 
@@ -295,12 +307,18 @@ async def test_dashboard_in_a_browser(browser: webdriver.Chrome, harness: Harnes
 
         # Network status: heads and the hot wallet's balance as the decimal string the API returns.
         wallet = h.config.networks[network].hot_wallets[0]
+        health = (await h.http.get("/admin/health", headers=api_headers)).json()["components"]
+        expected = next(w["balance"] for w in health["hot_wallets"][network] if w["address"] == wallet)
+        assert DECIMAL.match(expected), expected  # nothing moves this wallet's coins any more
 
         def networks() -> None:
             wrow = f'#wallets-table tr[data-network="{network}"]'
-            _wait(d, lambda d: any(wallet in r.text for r in _css(d, wrow)), message="hot wallet not shown")
-            cells = next(r for r in _css(d, wrow) if wallet in r.text).find_elements(By.TAG_NAME, "td")
-            assert DECIMAL.match(cells[1].text), cells[1].text
+
+            def balance(d: WebDriver) -> str:
+                shown = [r for r in _css(d, wrow) if wallet in r.text]
+                return shown[0].find_element(By.CSS_SELECTOR, "td[data-balance]").text if shown else ""
+
+            _wait(d, lambda d: balance(d) == expected, message=f"hot wallet balance {expected} not shown")
             head = _text(d, f'#rpc-table tr[data-network="{network}"] td[data-head]')
             assert head.isdigit() and int(head) > 0, head
 
@@ -336,10 +354,28 @@ async def test_dashboard_in_a_browser(browser: webdriver.Chrome, harness: Harnes
 
         def log_out() -> None:
             d.find_element(By.ID, "logout").click()
-            _wait(d, lambda d: d.find_element(By.ID, "login-view").is_displayed())
+            _wait(d, lambda d: _text(d, "#login-error") == "Logged out.", message="not logged out")
+            assert d.find_element(By.ID, "login-view").is_displayed()
+            assert not d.find_element(By.ID, "app").is_displayed()
             assert d.execute_script("return sessionStorage.length") == 0
+            assert not _css(d, "#results-table tbody tr"), "the previous session's data is still on the page"
 
         await _in_browser(log_out)
+
+        # A VIEWER sees the same page with every action disabled (the API refuses them anyway).
+        viewer = f"viewer-{uuid.uuid4().hex[:8]}"
+        await ensure_user(h.db, viewer, password, "VIEWER")
+
+        def as_viewer() -> None:
+            d.find_element(By.ID, "login-username").send_keys(viewer)
+            d.find_element(By.ID, "login-password").send_keys(password)
+            d.find_element(By.ID, "login-submit").click()
+            _wait(d, lambda d: len(_css(d, "#pause-table tbody button")) == len(h.config.networks))
+            buttons = _css(d, "#pause-table button, #attention-table button.retry, button[data-op]")
+            assert buttons and not [b.get_attribute("outerHTML") for b in buttons if b.is_enabled()]
+            assert "(VIEWER)" in _text(d, "#whoami")
+
+        await _in_browser(as_viewer)
     except BaseException:
         await _in_browser(d.save_screenshot, str(artifacts_dir() / "dashboard-failed.png"))
         raise
