@@ -20,6 +20,7 @@ from api import ratelimit
 from api.errors import (
     Forbidden,
     MissingIdempotencyKey,
+    ServiceUnavailable,
     Unauthorized,
     ValidationFailed,
 )
@@ -231,6 +232,7 @@ def _in(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6N
 # cache spares the read for at most ACCOUNT_CACHE_SECONDS (a change made through this process is
 # seen at once: `forget_account`).
 ACCOUNT_CACHE_SECONDS = 2.0
+ACCOUNT_READ_TIMEOUT = 5.0
 _accounts: dict[tuple[str, str], tuple[float, str, bool]] = {}
 
 
@@ -270,7 +272,16 @@ def require_role(role: str):
         except jwt.PyJWTError as e:
             raise denied from e
         username = str(claims["sub"])
-        account = await _account(state.db, username)
+        try:
+            account = await asyncio.wait_for(_account(state.db, username), ACCOUNT_READ_TIMEOUT)
+        except Exception as e:
+            # The database is down: a signed token still proves who this is, but not the current role
+            # or active flag, so it is good for reading (VIEWER routes such as /admin/health) only.
+            if needed > ROLE_RANK["VIEWER"]:
+                raise ServiceUnavailable(
+                    "operator accounts cannot be checked now; retry later", headers={"Retry-After": "5"}
+                ) from e
+            account = ("VIEWER", True)
         if account is None or not account[1]:
             raise denied
         current = account[0]

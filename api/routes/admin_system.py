@@ -168,7 +168,8 @@ async def _describe_queue(client: Client, namespace: str, name: str, kind: str) 
 @router.get("/admin/queues")
 async def queues(state: StateDep, _: ViewerDep) -> dict[str, Any]:
     """The Temporal task queues (pollers, backlog), withdrawals in flight by status and network, and
-    the active pauses. A task queue that cannot be described is listed with its error."""
+    the active pauses. A task queue that cannot be described is listed with its error; without the
+    database, `in_flight` says so and `paused` is null (unknown, not "nothing")."""
     name, namespace = state.settings.task_queue, state.settings.temporal_namespace
     task_queues: list[dict[str, Any]] = []
     try:
@@ -188,10 +189,18 @@ async def queues(state: StateDep, _: ViewerDep) -> dict[str, Any]:
         task_queues = [
             {"name": name, "type": k, "error": "Temporal is unreachable"} for k in _TASK_QUEUE_TYPES
         ]
-    async with state.db.read() as s:
-        in_flight = await stats.by_network_and_status(s, stats.IN_FLIGHT)
-        active = await pauses.active(s)
-    by_status: dict[str, int] = {st: 0 for st in stats.IN_FLIGHT}
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT), state.db.read() as s:
+            in_flight = await stats.by_network_and_status(s, stats.IN_FLIGHT)
+            active = await pauses.active(s)
+    except Exception:
+        log.warning("admin.queues.database_unavailable")
+        return {
+            "task_queues": task_queues,
+            "in_flight": {"error": "the database is unreachable"},
+            "paused": None,
+        }
+    by_status: dict[str, int] = dict.fromkeys(stats.IN_FLIGHT, 0)
     for counts in in_flight.values():
         for st, n in counts.items():
             by_status[st] += n
