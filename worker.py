@@ -64,7 +64,9 @@ class Engine:
         self.webhooks = WebhookActivities(self.db, UrlGuard.for_env(settings.env), self.kicker)
         self.lifecycle = LifecycleActivities(self.db, alerts=self.alerting.alerter, webhooks=self.kicker)
         self.approvals = ApprovalActivities(settings.jwt_secret.get_secret_value())
-        self.funds = FundsActivities(self.db, self.chains, config, settings.pause_poll_seconds)
+        self.funds = FundsActivities(
+            self.db, self.chains, config, settings.pause_poll_seconds, webhooks=self.kicker
+        )
         self.nonces = NonceActivities(self.db, self.chains, config)
         self.transactions = TransactionActivities(
             self.db, self.chains, signer, config, alerts=self.alerting.alerter

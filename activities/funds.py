@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities.rpc import Chains
+from activities.webhooks import WebhookKicker
 from models import repo
 from models.amounts import MAX_AMOUNT_UNITS, format_amount, to_units
 from models.db import Database
@@ -32,6 +33,7 @@ from models.domain import (
 )
 from models.requests import RequestRefused, revalidate
 from models.tables import Withdrawal, utcnow
+from models.webhooks import queued_in
 from settings import EngineConfig, NetworkConfig
 
 log = structlog.get_logger()
@@ -82,10 +84,16 @@ def choose_wallet(
 
 class FundsActivities:
     def __init__(
-        self, db: Database, chains: Chains, config: EngineConfig, pause_poll_seconds: float = 5.0
+        self,
+        db: Database,
+        chains: Chains,
+        config: EngineConfig,
+        pause_poll_seconds: float = 5.0,
+        webhooks: WebhookKicker | None = None,
     ) -> None:
         self.db, self.chains, self.config = db, chains, config
         self.pause_poll_seconds = pause_poll_seconds
+        self.webhooks = webhooks
 
     async def _balances(self, cfg: NetworkConfig, network: str, asset: str) -> Balances:
         """The hot wallets' balances at one block (the reservation arithmetic counts what settled after
@@ -197,6 +205,8 @@ class FundsActivities:
             await repo.insert_withdrawal(s, w)
             error = ErrorInfo(code=refused.code, message=refused.message)
             await repo.transition(s, w.id, WithdrawalStatus.REJECTED, error=error, seq=1)
+            queued = queued_in(s)
+        await self._kick(queued)
         return await self._row(req.withdrawal_id)
 
     async def record_admission(
@@ -229,7 +239,15 @@ class FundsActivities:
             if decided is not WithdrawalStatus.PENDING:
                 error = DAILY_LIMIT if decided is WithdrawalStatus.REJECTED else None
                 await repo.transition(s, w.id, decided, error=error, seq=1)
+            queued = queued_in(s)
+        await self._kick(queued)
         return await self._row(req.withdrawal_id)
+
+    async def _kick(self, queued: set[tuple[str, str]]) -> None:
+        """Webhook deliveries written with the admission: start their delivery at once (the sweeper
+        would find them within a minute otherwise)."""
+        if queued and self.webhooks is not None:
+            await self.webhooks.kick(queued)
 
     async def _row(self, withdrawal_id: str) -> Withdrawal:
         """The row as committed (the objects written above are never changed in memory: the database

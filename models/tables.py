@@ -294,6 +294,7 @@ class WebhookDelivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_delivery_event"),
         Index("ix_webhook_delivery_queue", "endpoint_id", "withdrawal_id", "state", "seq"),
+        Index("ix_webhook_delivery_pending", "state", "created_at"),  # the sweeper's scan
     )
     id: str = Field(primary_key=True, max_length=36)
     event_id: str = Field(max_length=64, index=True)
