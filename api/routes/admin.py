@@ -534,7 +534,10 @@ async def dlq_delete(
     if w is None:
         raise NotFound("withdrawal not found")
     if w.status != WithdrawalStatus.NEEDS_ATTENTION:
-        raise InvalidState(f"the withdrawal is {w.status}, not in NEEDS_ATTENTION")
+        refusal = f"the withdrawal is {w.status}, not in NEEDS_ATTENTION"
+        after = {"reason": reason, "refusal": refusal}
+        await _audit(state, op, "dlq.delete", w.id, {"status": w.status}, after, "refused")
+        raise InvalidState(refusal)
     try:
         fresh, result = await _act(state, op, withdrawal_id, "cancel", reason, audit_action="dlq.delete")
     except _Refused as refused:
