@@ -1,6 +1,6 @@
-"""Operator accounts: login and its JWT, one answer (and the same bcrypt work) for every failed login,
-the failed-login throttle per IP and per username, users created, listed, changed and disabled, and a
-change that takes effect on the next request."""
+"""Operator accounts, on SQLite and a real MariaDB: login and its JWT, one answer (and the same bcrypt
+work) for every failed login, the failed-login throttle per IP and per username, users created, listed,
+changed and disabled, the last active ADMIN, and a change that takes effect on the next request."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import asyncio
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import jwt
 import pytest
 
 from api.security import JWT_AUDIENCE, JWT_ISSUER
-from devstack.bootstrap import ensure_user
+from devstack import processes
+from devstack.bootstrap import ensure_user, migrate
 from models import users
+from tests.databases import create_database, start_mariadb
 from tests.stack import Harness, Stack, new_sqlite_db, running_harness
 
 pytestmark = pytest.mark.timeout(240)
@@ -25,8 +27,31 @@ PASSWORD = "operator-password-123"
 
 
 @pytest.fixture(scope="module")
-def auth_db(stack: Stack) -> str:
-    return new_sqlite_db(stack.tmp)
+def mariadb_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    proc, port = start_mariadb(tmp_path_factory.mktemp("mariadb"))
+    try:
+        yield port
+    finally:
+        processes.stop(proc)
+
+
+def new_database(request: pytest.FixtureRequest, stack: Stack) -> str:
+    """A migrated, empty database of the module's kind (SQLite or a real MariaDB)."""
+    if request.param == "sqlite":
+        return new_sqlite_db(stack.tmp)
+    url = create_database(request.getfixturevalue("mariadb_port"), f"auth_{uuid.uuid4().hex[:12]}")
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mariadb"])
+def backend(request: pytest.FixtureRequest) -> pytest.FixtureRequest:
+    return request
+
+
+@pytest.fixture(scope="module")
+def auth_db(backend: pytest.FixtureRequest, stack: Stack) -> str:
+    return new_database(backend, stack)
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +277,10 @@ async def test_users_are_created_listed_and_changed_by_admins(h: Harness) -> Non
         assert r.status_code == status and r.json()["error"]["code"] == code, (body, r.text)
 
 
-async def test_the_last_active_admin_cannot_be_disabled_or_demoted(stack: Stack) -> None:
-    db = await asyncio.to_thread(new_sqlite_db, stack.tmp)
+async def test_the_last_active_admin_cannot_be_disabled_or_demoted(
+    stack: Stack, backend: pytest.FixtureRequest
+) -> None:
+    db = await asyncio.to_thread(new_database, backend, stack)
     async with running_harness(stack, db, fund_wallets=False, start_worker=False) as h:
         only = await user(h, "ADMIN")
         me = await bearer(h, only)
