@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -22,11 +23,11 @@ from api.deps import AppState, TemporalConnector
 from api.ratelimit import RateLimiter
 from api.security import issue_jwt
 from devstack import chain, processes
-from devstack.bootstrap import ensure_user
+from devstack.bootstrap import ensure_user, migrate
 from models.db import Database
 from models.domain import OperatorInput, WithdrawalStatus
 from models.tables import StatusEvent, Withdrawal, utcnow
-from tests.databases import start_redis
+from tests.databases import create_database, start_mariadb, start_redis
 from tests.invariants import assert_invariants
 from tests.stack import Harness, Stack, native_body, new_sqlite_db, new_wallet, running_harness
 from worker import ensure_reconcile_schedules
@@ -731,3 +732,58 @@ async def test_health_reports_components_that_are_down_without_failing(stack: St
             await broken_db.dispose()
     finally:
         processes.stop(proc)
+
+
+# --- the same queries on MariaDB ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mariadb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, port = start_mariadb(tmp_path_factory.mktemp("mariadb"))
+    try:
+        url = create_database(port, f"admin_{uuid.uuid4().hex[:12]}")
+        migrate(url)
+        yield url
+    finally:
+        processes.stop(proc)
+
+
+async def test_pages_filters_and_figures_on_mariadb(stack: Stack, mariadb_url: str) -> None:
+    """Keyset pages over DATETIME(6) with ties, filters and the stats sums on MySQL's types."""
+    async with running_harness(stack, mariadb_url, fund_wallets=False, start_worker=False) as m:
+        c = str(uuid.uuid4())
+        base = utcnow() - timedelta(minutes=30)
+        tx = "0x" + secrets.token_hex(32)
+        rows = [
+            row(c, base + timedelta(microseconds=i // 4), status="CONFIRMED", fee_wei=10**15)
+            for i in range(17)
+        ]
+        rows.append(
+            row(c, base - timedelta(hours=1), status="NEEDS_ATTENTION", asset="USDT", decimals=6, tx_hash=tx)
+        )
+        big = row(c, base - timedelta(hours=2), status="CONFIRMED", amount=10**40)  # beyond BIGINT
+        await seed(m.db, [*rows, big])
+        _, headers = await login(m, "ADMIN")
+        seen, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"client_id": c, "limit": 4} | ({"cursor": cursor} if cursor else {})
+            page = (await m.http.get("/admin/transactions", params=params, headers=headers)).json()
+            assert page["total"] == 19
+            seen += [w["id"] for w in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        expected = sorted([*rows, big], key=lambda w: (w.created_at, w.id), reverse=True)
+        assert seen == [w.id for w in expected]
+        one = await m.http.get("/admin/transactions", params={"client_id": c, "tx_hash": tx}, headers=headers)
+        assert [w["id"] for w in one.json()["items"]] == [rows[-1].id]
+        dlq = (await m.http.get("/admin/dlq/messages", headers=headers)).json()
+        assert dlq["total"] == 1 and dlq["items"][0]["id"] == rows[-1].id
+        daily = (await m.http.get("/admin/stats/daily", headers=headers)).json()["days"]
+        eth = [d for d in daily if d["asset"] == "ETH"]
+        assert sum(d["count"] for d in eth) == 18 and sum(d["confirmed"] for d in eth) == 18
+        total_volume = sum(Decimal(d["volume"]) for d in eth)
+        assert total_volume == Decimal(17) + Decimal(10**22)
+        assert sum(Decimal(d["fees"]) for d in eth) == Decimal("0.017")
+        by_status = (await m.http.get("/admin/stats/status", headers=headers)).json()["by_status"]
+        assert by_status["CONFIRMED"] == 18 and by_status["NEEDS_ATTENTION"] == 1
