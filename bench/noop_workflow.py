@@ -5,8 +5,8 @@ approval, funds available), in this order:
 
     admit (local)                          the API's update-with-start waits for this one
     allocate_nonce (regular, 60 s)         ends the first workflow task, so the POST is answered here
-    record_transition PROCESSING (local)   every status move is its own write (`_move`)
-    sign_transaction (local)
+    record_transition PROCESSING (local)   every status move is its own write (`_move`); the webhook
+    sign_transaction (local)               kick of each move is inside record_transition
     broadcast_transaction (local)
     record_transition BROADCAST (local)
     await_transaction, until included (regular, 1 h, heartbeat 20 s)
@@ -14,8 +14,17 @@ approval, funds available), in this order:
     await_transaction, until confirmed (regular, 1 h, heartbeat 20 s)
     record_transition CONFIRMED (local)
 
-that is 7 local and 3 regular activities, no timer. Older shapes stay selectable with
-`--ceiling-mix`:
+that is 7 local and 3 regular activities, no timer. `tests/workflows/test_ceiling_in_step.py` runs the
+real workflow and this one on Temporal's test server and fails when their activity sequences
+(type, local or regular, timeouts, retry policy) differ, so `head` cannot drift from the workflow.
+
+`NoopWithdrawalWorkflow` runs the same sequence of no-op activities **under the same activity type
+names**, with the same timeouts and retry policies, and is started the same way (update-with-start,
+the update answering once the first local activity is done), so the only difference left is the work
+itself. What it does not copy: the engine's search-attribute upserts (one per status, 6 per withdrawal)
+and its Web UI details, and the inputs' sizes.
+
+Older shapes stay selectable with `--ceiling-mix` (their activity names as they were then):
 
 - `d92e909` (the last shape with status writes folded into the activities): admit, allocate_nonce
   (regular), sign, broadcast, the two awaits (3 local, 3 regular);
@@ -24,15 +33,12 @@ that is 7 local and 3 regular activities, no timer. Older shapes stay selectable
   record_status CONFIRMED (6 local, 2 regular, 1 timer);
 - `5734199`: the same without the timer (6 local, 2 regular).
 
-`NoopWithdrawalWorkflow` runs the same sequence of no-op activities with the same timeouts, is started
-the same way (update-with-start, the update answering once the first local activity is done), so the
-only difference left is the work itself.
-
 Lives in its own module, not `__main__`: the workflow sandbox re-imports the workflow's module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -41,10 +47,11 @@ from temporalio.common import RetryPolicy
 
 LOCAL = "local"
 REGULAR = "regular"  # as await_transaction: 1 h start-to-close, 20 s heartbeat timeout
-REGULAR_SHORT = "regular_60s"  # as allocate_nonce at HEAD: 60 s start-to-close, no heartbeat
+REGULAR_SHORT = "regular_60s"  # as allocate_nonce: 60 s start-to-close, no heartbeat
 TIMER = "timer"
 REGULAR_KINDS = (REGULAR, REGULAR_SHORT)
 
+# (label, kind): the label's first word is the activity type (the engine's activity name).
 WITHDRAWAL_HAPPY_PATH: tuple[tuple[str, str], ...] = (
     ("admit", LOCAL),
     ("allocate_nonce", REGULAR_SHORT),
@@ -87,20 +94,49 @@ CEILING_MIXES = {
     "5734199": WITHDRAWAL_HAPPY_PATH_5734199,
 }
 
-LOCAL_TIMEOUT = timedelta(seconds=60)  # workflows/withdrawal.py LOCAL_TIMEOUT (30 s before 827fa9c)
+# As workflows/withdrawal.py: LOCAL_TIMEOUT, FOREVER_RETRY (admit, allocate_nonce, the local steps),
+# AWAIT_TIMEOUT, AWAIT_HEARTBEAT, AWAIT_RETRY (the awaits). The in-step test compares them.
+LOCAL_TIMEOUT = timedelta(seconds=60)
+STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 AWAIT_TIMEOUT = timedelta(hours=1)
 AWAIT_HEARTBEAT = timedelta(seconds=20)
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
+AWAIT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=20
+)
+
+
+def activity_type(label: str) -> str:
+    """The activity type a step of a mix runs ("record_transition BROADCAST" -> record_transition)."""
+    return label.split()[0]
+
+
+def mix_input(mix: str = "head") -> NoopInput:
+    steps = CEILING_MIXES[mix]
+    return NoopInput(
+        kinds=[kind for _, kind in steps],
+        activities=["" if kind == TIMER else activity_type(label) for label, kind in steps],
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class NoopInput:
     kinds: list[str]  # LOCAL, REGULAR, REGULAR_SHORT or TIMER, one per step, in order
+    activities: list[str]  # the activity type of each step ("" for a timer)
 
 
-@activity.defn
-async def noop(step: int) -> int:
-    return step
+def _noop(name: str) -> Callable[[int], Awaitable[int]]:
+    @activity.defn(name=name)
+    async def noop(step: int) -> int:
+        return step
+
+    return noop
+
+
+# One no-op per activity type any mix runs, registered under the engine's names.
+NOOP_ACTIVITY_TYPES = sorted(
+    {activity_type(label) for steps in CEILING_MIXES.values() for label, kind in steps if kind != TIMER}
+)
+NOOP_ACTIVITIES = [_noop(name) for name in NOOP_ACTIVITY_TYPES]
 
 
 @workflow.defn(name="BenchNoopWithdrawalWorkflow")
@@ -117,24 +153,24 @@ class NoopWithdrawalWorkflow:
 
     @workflow.run
     async def run(self, inp: NoopInput) -> int:
-        for step, kind in enumerate(inp.kinds):
+        for step, (kind, name) in enumerate(zip(inp.kinds, inp.activities, strict=True)):
             if kind == TIMER:
                 await workflow.sleep(timedelta(milliseconds=1))
             elif kind == LOCAL:
                 await workflow.execute_local_activity(
-                    noop, step, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=RETRY
+                    name, step, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=STEP_RETRY
                 )
             elif kind == REGULAR_SHORT:
                 await workflow.execute_activity(
-                    noop, step, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=RETRY
+                    name, step, start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=STEP_RETRY
                 )
             else:
                 await workflow.execute_activity(
-                    noop,
+                    name,
                     step,
                     start_to_close_timeout=AWAIT_TIMEOUT,
                     heartbeat_timeout=AWAIT_HEARTBEAT,
-                    retry_policy=RETRY,
+                    retry_policy=AWAIT_RETRY,
                 )
             self._admitted = True
         await workflow.wait_condition(workflow.all_handlers_finished)
