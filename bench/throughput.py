@@ -1,22 +1,29 @@
 """End-to-end throughput of the running stack, and the bare-Temporal ceiling on the same server.
 
-    .venv/bin/python bench/throughput.py [--n 200] [--concurrency 50] [--network ethereum]
-        [--asset ETH] [--credentials .data/dev-credentials.json] [--rpc-proxy] [--no-ceiling]
-        [--breakdown] [--rpc-sniff] [--webhooks]
+    .venv/bin/python bench/throughput.py [--n 1000] [--concurrency 50] [--rounds 1] [--network ethereum]
+        [--asset ETH] [--credentials .data/dev-credentials.json] [--observe auto|webhooks|status]
+        [--no-ceiling] [--breakdown] [--rpc-sniff | --rpc-proxy] [--hold N]
 
-Needs `make run` (for unthrottled figures: `WE_RATE_LIMIT_PER_MINUTE=1000000 make run`, since the dev API
-key's default limit of 600 requests/min counts status polls too). Prints one `name: value` line per
-figure (DESIGN §7); see docs/benchmarks.md for what each one means and how it is measured.
+Needs `make run` (for unthrottled figures: `WE_RATE_LIMIT_PER_MINUTE=1000000 make run`). Prints one
+`name: value` line per figure (DESIGN §7); see docs/benchmarks.md for what each one means and how it
+is measured.
 
-Phase 1 drives N withdrawals through the REST API: `POST /withdrawal/request` with at most
-`--concurrency` POSTs in flight, then `GET /withdrawal/status/{id}` until each is terminal. With
-`--webhooks` it reads no status at all: it registers a webhook endpoint on a receiver of its own (a
-free loopback port of this process) and takes BROADCAST and the final status from the signed events
-it receives, as a client would.
-Phase 2 (the ceiling) starts N `bench.noop_workflow.NoopWithdrawalWorkflow`s by update-with-start with
-the same concurrency, on the same Temporal server, served by a worker in this process on its own task
-queue; each runs the same mix of no-op steps as a happy-path native withdrawal (at HEAD 3 local and
-3 regular activities; `--ceiling-mix` selects older shapes, see bench/noop_workflow.py).
+Each round runs two phases, in alternating order (round 1 engine then ceiling, round 2 ceiling then
+engine, ...), and the ratio of their steady-state rates (completions per second between the 10th and
+90th percentile of completion times) is computed per round.
+
+The engine phase drives N withdrawals through the REST API: `POST /withdrawal/request` with at most
+`--concurrency` POSTs in flight. It observes them through webhooks when the stack has them (a
+receiver of its own on a free loopback port, an endpoint registered for the phase and deleted after
+it; no status reads at all), else by `GET /withdrawal/status/{id}` at a bounded rate. Completion
+times are the rows' `updated_at` of CONFIRMED either way.
+The ceiling phase starts N `bench.noop_workflow.NoopWithdrawalWorkflow`s by update-with-start with
+the same concurrency, on the same Temporal server, served by `python -m bench.noop_worker` (a process
+of its own, the engine worker's limits) on its own task queue; each runs the same activities as a
+happy-path native withdrawal as no-ops. Completion times are the workflows' close times, read from
+the server's visibility store after the phase (while it runs, one count query every 0.5 s).
+
+`--hold N` runs bench/hold.py instead: N withdrawals in flight with mining paused.
 
 Exit status: 0 when every withdrawal was accepted and CONFIRMED (and the ceiling ran), 1 when some
 were not, 2 when the stack is not reachable or the bench is misused.
@@ -31,12 +38,13 @@ import json
 import math
 import os
 import secrets
+import statistics
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,16 +58,14 @@ import httpx  # noqa: E402
 from eth_utils import to_checksum_address  # noqa: E402
 from temporalio.client import Client, WithStartWorkflowOperation  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
 
 from bench.noop_workflow import (  # noqa: E402
     CEILING_MIXES,
     LOCAL,
     REGULAR_KINDS,
     TIMER,
-    NoopInput,
     NoopWithdrawalWorkflow,
-    noop,
+    mix_input,
 )
 from bench.rpc_proxy import ProxyProcess, ProxyStats, proxied_config  # noqa: E402
 from bench.rpc_sniff import SnifferProcess  # noqa: E402
@@ -129,6 +135,21 @@ def server_time(iso: str | None) -> float | None:
     except ValueError:
         return None
     return ts.replace(tzinfo=UTC).timestamp()
+
+
+def steady_rate(times: Iterable[float]) -> tuple[float | None, float, float]:
+    """Completions per second between the 10th and 90th percentile of completion times (DESIGN §7):
+    (completions after the 10th up to the 90th) / (their time span). The ramp-up and the tail, e.g.
+    the seconds a chain needs for its confirmations, do not count. Returns (rate or None when the
+    window is empty, window start, window end)."""
+    t = sorted(times)
+    if len(t) < 2:
+        return None, 0.0, 0.0
+    lo = max(0, math.ceil(0.1 * len(t)) - 1)
+    hi = max(0, math.ceil(0.9 * len(t)) - 1)
+    if hi <= lo or t[hi] <= t[lo]:
+        return None, t[lo], t[hi]
+    return (hi - lo) / (t[hi] - t[lo]), t[lo], t[hi]
 
 
 # --- the stack's processes: CPU seconds from /proc ------------------------------------------------
@@ -220,29 +241,92 @@ class LoopLag:
             self._task.cancel()
 
 
-class CpuMeter:
-    def __init__(self, pids: dict[str, int]) -> None:
+class PhaseMeter:
+    """CPU seconds of each process over a phase (from /proc, user + system, threads included), this
+    process's own as `bench`, and the resident memory of `rss_of` sampled every second."""
+
+    def __init__(self, pids: dict[str, int], rss_of: Iterable[str] = ("worker",)) -> None:
         self.pids = pids
-        self.start = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        self.bench_start = sum(os.times()[:2])
-        self.t0 = time.monotonic()
+        self.rss_of = [name for name in rss_of if name in pids]
+        self.used: dict[str, float] = {}
+        self.rss_max: dict[str, float] = {}
+        self.rss_end: dict[str, float] = {}
+        self.elapsed = 0.0
+        self._start: dict[str, float | None] = {}
+        self._t0 = 0.0
+        self._task: asyncio.Task[None] | None = None
 
-    def report(self, prefix: str = "") -> None:
-        elapsed = time.monotonic() - self.t0
-        if elapsed <= 0:
-            return
+    def _sample_rss(self) -> None:
+        for name in self.rss_of:
+            if (rss := rss_mb(self.pids[name])) is not None:
+                self.rss_end[name] = rss
+                self.rss_max[name] = max(rss, self.rss_max.get(name, 0.0))
+
+    async def _sampler(self) -> None:
+        while True:
+            self._sample_rss()
+            await asyncio.sleep(1.0)
+
+    async def __aenter__(self) -> PhaseMeter:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start["bench"] = sum(os.times()[:2])
+        self._t0 = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._sampler())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.elapsed = time.monotonic() - self._t0
+        if self._task is not None:
+            self._task.cancel()
+        self._sample_rss()
         for name, pid in self.pids.items():
-            before, after = self.start.get(name), cpu_seconds(pid)
+            before, after = self._start.get(name), cpu_seconds(pid)
             if before is not None and after is not None:
-                used = after - before
-                figure(
-                    f"{prefix}cpu_cores_{name}", f"{used / elapsed:.2f} ({used:.1f} s over {elapsed:.1f} s)"
-                )
-        used = sum(os.times()[:2]) - self.bench_start
-        figure(f"{prefix}cpu_cores_bench", f"{used / elapsed:.2f} ({used:.1f} s over {elapsed:.1f} s)")
+                self.used[name] = after - before
+        self.used["bench"] = sum(os.times()[:2]) - (self._start["bench"] or 0.0)
+
+    def cores(self) -> dict[str, float]:
+        return {name: used / self.elapsed for name, used in self.used.items()} if self.elapsed > 0 else {}
+
+    def report(
+        self, prefix: str, per: int, unit: str, idle: dict[str, float] | None = None
+    ) -> dict[str, float]:
+        """`cpu_cores_<p>`, `cpu_ms_per_<unit>_<p>` and, given idle cores per process, the same net
+        of what the process burns anyway over the phase's length. Returns ms per unit."""
+        per_unit: dict[str, float] = {}
+        for name, used in self.used.items():
+            if self.elapsed <= 0:
+                continue
+            figure(
+                f"{prefix}cpu_cores_{name}",
+                f"{used / self.elapsed:.2f} ({used:.1f} s over {self.elapsed:.1f} s)",
+            )
+            if per > 0:
+                per_unit[name] = 1000 * used / per
+                figure(f"{prefix}cpu_ms_per_{unit}_{name}", per_unit[name])
+                if idle is not None and name in idle:
+                    net = 1000 * max(0.0, used - idle[name] * self.elapsed) / per
+                    figure(f"{prefix}cpu_ms_per_{unit}_{name}_net_of_idle", net)
+        for name in self.rss_of:
+            if name in self.rss_end:
+                figure(f"{prefix}{name}_rss_mb", f"{self.rss_end[name]:.0f} (max {self.rss_max[name]:.0f})")
+        return per_unit
 
 
-# --- phase 1: withdrawals through the REST API ----------------------------------------------------
+async def idle_sample(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """CPU cores each process uses with nothing submitted (block watchers, schedules, mining, the
+    dev server's own timers): subtracted in the `_net_of_idle` figures."""
+    if seconds <= 0:
+        return {}
+    async with PhaseMeter(pids, rss_of=()) as meter:
+        await asyncio.sleep(seconds)
+    cores = meter.cores()
+    for name, c in cores.items():
+        figure(f"idle_cpu_cores_{name}", f"{c:.3f} (over {meter.elapsed:.1f} s before the first phase)")
+    return cores
+
+
+# --- the engine phase: withdrawals through the REST API --------------------------------------------
 
 
 class RateGate:
@@ -406,6 +490,18 @@ class WebhookReceiver:
         figure("webhook_lag_s", f"{p50_p90(self.lags)} p99 {percentile(self.lags, 99) or 0.0:.3f}")
 
 
+@dataclass
+class PhaseResult:
+    """What the summary needs of one phase."""
+
+    kind: str  # "engine" or "ceiling"
+    steady: float | None = None
+    whole_run: float | None = None
+    completed: int = 0
+    ok: bool = False
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+
+
 class EngineRun:
     def __init__(self, args: argparse.Namespace, creds: dict[str, Any]) -> None:
         self.args = args
@@ -418,10 +514,11 @@ class EngineRun:
         self.http_codes: Counter[str] = Counter()
         self.status_gets = 0
         self.http: httpx.AsyncClient | None = None
-        self.confirmed_per_s: float | None = None
+        self.result = PhaseResult("engine")
         self.withdrawal_ids: list[str] = []
         self.confirmed_at: dict[str, float] = {}
-        self.hooks = WebhookReceiver() if args.webhooks else None
+        self.hooks = WebhookReceiver() if args.observe != "status" else None
+        self.observed_by = "status reads"
 
     async def _send(self, method: str, url: str, **kw: Any) -> httpx.Response | None:
         """One request; waits out 429/503 (Retry-After) and transport errors until the deadline."""
@@ -446,7 +543,7 @@ class EngineRun:
 
     def _body(self, i: int) -> dict[str, str]:
         return {
-            "user_id": f"bench-{self.run_id}",
+            "user_id": f"bench-{self.run_id}-{i % self.args.users}",
             "network": self.args.network,
             "asset": self.args.asset,
             "to_address": to_checksum_address("0x" + secrets.token_hex(20)),
@@ -498,9 +595,29 @@ class EngineRun:
         if t.status not in TERMINAL and t.error is None:
             t.error = f"not terminal after --timeout ({t.status})"
 
+    async def _start_hooks(self) -> None:
+        """Webhooks when the stack has them (`--observe auto`), else status reads."""
+        if self.hooks is None:
+            return
+        assert self.http is not None
+        try:
+            await self.hooks.start(self.http, self.api, self.api_key)
+        except BenchError as e:
+            await self.hooks.stop(self.http, self.api, self.api_key)
+            self.hooks = None
+            if self.args.observe == "webhooks":
+                raise
+            note(f"{e}: observing by status reads instead")
+            return
+        self.observed_by = "webhooks"
+
     async def run(
-        self, proxy: ProxyProcess | None, pids: dict[str, int], sniff_port: int | None = None
-    ) -> bool:
+        self,
+        proxy: ProxyProcess | None,
+        pids: dict[str, int],
+        idle: dict[str, float],
+        sniff_port: int | None = None,
+    ) -> PhaseResult:
         a = self.args
         self.deadline = time.monotonic() + a.timeout
         tracks = [Track(index=i, key=f"bench-{self.run_id}-{i}") for i in range(a.n)]
@@ -515,14 +632,14 @@ class EngineRun:
             await asyncio.to_thread(sniffer.start)
             if sniffer.pid is not None:
                 pids = {**pids, "rpc_sniff": sniffer.pid}
-        meter = CpuMeter(pids)
+        meter = PhaseMeter(pids)
         try:
             with LoopLag() as lag:
                 async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as self.http:
-                    if self.hooks is not None:
-                        await self.hooks.start(self.http, self.api, self.api_key)
+                    await self._start_hooks()
                     try:
-                        await asyncio.gather(*(self._drive(t) for t in tracks))
+                        async with meter:
+                            await asyncio.gather(*(self._drive(t) for t in tracks))
                     finally:
                         if self.hooks is not None:
                             await self.hooks.stop(self.http, self.api, self.api_key)
@@ -542,10 +659,9 @@ class EngineRun:
             figure("rpc_proxy_upstream_s", f"{p50_p90(upstream)} p99 {p99:.3f}")
             figure("rpc_proxy_upstream_errors", counts(errors.elements()))
         figure("bench_loop_lag_s", f"{p50_p90(lag.lags)} max {max(lag.lags, default=0.0):.3f}")
-        meter.report()
-        if "worker" in pids and (rss := rss_mb(pids["worker"])) is not None:
-            figure("worker_rss_mb", f"{rss:.0f}")
-        return all(t.status == "CONFIRMED" for t in tracks)
+        self.result.cpu_ms = meter.report("", self.result.completed, "confirmed", idle)
+        self.result.ok = all(t.status == "CONFIRMED" for t in tracks)
+        return self.result
 
     def _report(self, tracks: list[Track], rpc_used: Counter[str] | None) -> None:
         accepted = [t for t in tracks if t.http_status in (200, 201)]
@@ -573,10 +689,19 @@ class EngineRun:
                 percentile(gaps, 50) if gaps else "n/a (every BROADCAST was already in the POST's answer)",
             )
         figure("confirmed", len(confirmed))
+        self.result.completed = len(confirmed)
         if confirmed:
-            last = max(t.terminal_at or 0.0 for t in confirmed)
-            self.confirmed_per_s = len(confirmed) / (last - first_post) if last > first_post else float("nan")
-            figure("confirmed_per_s", self.confirmed_per_s)
+            times = [t.terminal_at or 0.0 for t in confirmed]
+            last = max(times)
+            steady, lo, hi = steady_rate(times)
+            whole = len(confirmed) / (last - first_post) if last > first_post else None
+            self.result.steady, self.result.whole_run = steady, whole
+            figure("confirmed_per_s_steady", steady if steady is not None else "n/a (too few confirmed)")
+            if steady is not None:
+                figure(
+                    "steady_window_s", f"{lo - first_post:.1f} .. {hi - first_post:.1f} after the first POST"
+                )
+            figure("confirmed_per_s_whole_run", whole if whole is not None else "n/a")
             figure("first_post_to_last_confirmed_s", last - first_post)
             to_confirmed = [(t.terminal_at or 0.0) - t.post_started for t in confirmed]
             figure("post_to_confirmed_p50_s", percentile(to_confirmed, 50))
@@ -584,7 +709,7 @@ class EngineRun:
         figure("final_statuses", counts(t.status for t in accepted))
         if len(confirmed) < len(accepted):
             figure("errors", counts(t.error for t in accepted if t.status != "CONFIRMED"))
-        figure("observed_by", "webhooks" if self.hooks is not None else "status reads")
+        figure("observed_by", self.observed_by)
         figure("status_gets", self.status_gets)
         if self.hooks is not None:
             self.hooks.report()
@@ -608,18 +733,21 @@ class EngineRun:
 # --- breakdown: where a withdrawal's time goes ----------------------------------------------------
 
 # The worker's log events on the happy path of a native withdrawal, in order (activities/*.py), and
-# the step that ends with each. At HEAD (fold-status-writes) BROADCAST is written by the broadcast and
-# CONFIRMED by the final await, which log no `withdrawal.status` event: the row's CONFIRMED time
-# (updated_at, as seen by the bench) stands in for the last one. A step whose event is missing is
-# measured from the previous event that is there.
+# the step that ends with each. Every status move is a record_transition that logs
+# `withdrawal.status`. Engines that folded the status writes into other activities (d92e909) logged
+# no BROADCAST or CONFIRMED event: the row's CONFIRMED time (updated_at, as seen by the bench) then
+# stands in for the last one. A step whose event is missing is measured from the previous event
+# that is there.
 CONFIRMED_ROW = "row:CONFIRMED"
 LOG_STEPS = (
     ("withdrawal.admitted", "admit"),
     ("withdrawal.nonce.allocated", "allocate_nonce"),
+    ("withdrawal.status:PROCESSING", "record_transition_processing"),
     ("withdrawal.signed", "sign_transaction"),
     ("withdrawal.broadcast.sent", "broadcast_transaction"),
-    ("withdrawal.status:BROADCAST", "record_status_broadcast"),
-    ("withdrawal.status:CONFIRMED", "awaits_and_record_status_confirmed"),
+    ("withdrawal.status:BROADCAST", "record_transition_broadcast"),
+    ("withdrawal.status:CONFIRMING", "await_included_and_record_transition_confirming"),
+    ("withdrawal.status:CONFIRMED", "await_confirmed_and_record_transition_confirmed"),
     (CONFIRMED_ROW, "awaits_to_confirmed"),
 )
 
@@ -775,57 +903,152 @@ async def report_breakdown(
     log_breakdown(log_path, withdrawal_ids, since, confirmed_at)
 
 
-# --- phase 2: the ceiling --------------------------------------------------------------------------
+# --- the ceiling -----------------------------------------------------------------------------------
+
+
+class CeilingWorker:
+    """`python -m bench.noop_worker` as a child process: started for a ceiling phase, stopped after."""
+
+    def __init__(self, creds: dict[str, Any], task_queue: str, log_path: Path) -> None:
+        self.creds, self.task_queue, self.log_path = creds, task_queue, log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as devstack starts the engine's worker
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.noop_worker",
+                "--address",
+                str(self.creds["temporal_address"]),
+                "--namespace",
+                str(self.creds.get("temporal_namespace", "default")),
+                "--task-queue",
+                self.task_queue,
+                cwd=ROOT,
+                env=env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
+        assert self.proc.stdout is not None
+        try:
+            line = (await asyncio.wait_for(self.proc.stdout.readline(), 60)).decode().strip()
+        except TimeoutError:
+            line = ""
+        if not line.startswith("ready"):
+            await self.stop()
+            raise BenchError(f"the ceiling's worker did not start (see {self.log_path})")
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the worker stops when its stdin closes
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def closed_workflows(client: Client, task_queue: str) -> int:
+    query = f"TaskQueue = '{task_queue}' AND ExecutionStatus != 'Running'"
+    return (await client.count_workflows(query)).count
 
 
 async def run_ceiling(
-    client: Client, n: int, concurrency: int, limit_s: float, mix: str = "head"
-) -> tuple[float, float]:
-    """N no-op withdrawals on their own task queue; returns (starts/s, completed workflows/s)."""
-    kinds = [kind for _, kind in CEILING_MIXES[mix]]
+    client: Client,
+    args: argparse.Namespace,
+    creds: dict[str, Any],
+    pids: dict[str, int],
+    idle: dict[str, float],
+) -> PhaseResult:
+    """N no-op withdrawals on a task queue of their own, served by their own worker process."""
+    result = PhaseResult("ceiling")
+    inp = mix_input(args.ceiling_mix)
+    kinds = inp.kinds
     task_queue = f"bench-ceiling-{uuid.uuid4().hex[:10]}"
-    gate = asyncio.Semaphore(concurrency)
+    gate = asyncio.Semaphore(args.concurrency)
+    errors: Counter[str] = Counter()
+    deadline = time.monotonic() + args.timeout
 
-    async def one(i: int) -> tuple[float, float, float]:
+    async def one(i: int) -> tuple[str, float, float]:
+        wid = f"{task_queue}-{i}"
         op = WithStartWorkflowOperation(
             NoopWithdrawalWorkflow.run,
-            NoopInput(kinds=kinds),
-            id=f"{task_queue}-{i}",
+            inp,
+            id=wid,
             task_queue=task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         async with gate:
             started = time.time()
-            await client.execute_update_with_start_workflow(
-                NoopWithdrawalWorkflow.submit, start_workflow_operation=op
-            )
-            answered = time.time()
-        handle = await op.workflow_handle()
-        await handle.result()
-        return started, answered, time.time()
+            while True:
+                try:
+                    await client.execute_update_with_start_workflow(
+                        NoopWithdrawalWorkflow.submit, start_workflow_operation=op
+                    )
+                    break
+                except Exception as e:  # a busy server: retried like a POST's 503
+                    errors[type(e).__name__] += 1
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(1.0)
+            return wid, started, time.time()
 
-    worker = Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[NoopWithdrawalWorkflow],
-        activities=[noop],
-        max_concurrent_activities=1000,  # as worker.py
-        max_concurrent_local_activities=200,
-    )
-    async with worker:
-        times = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), limit_s)
-    first = min(s for s, _, _ in times)
-    accepted = n / (max(a for _, a, _ in times) - first)
-    completed = n / (max(d for _, _, d in times) - first)
+    worker = CeilingWorker(creds, task_queue, args.credentials.resolve().parent / "logs" / "noop-worker.log")
+    await worker.start()
+    try:
+        assert worker.pid is not None
+        measured = {"noop_worker": worker.pid, **{k: v for k, v in pids.items() if k == "temporal"}}
+        meter = PhaseMeter(measured, rss_of=("noop_worker",))
+        deadline = time.monotonic() + args.timeout  # from the worker's start, not its launch
+        async with meter:
+            starts = await asyncio.gather(*(one(i) for i in range(args.n)))
+            # one count query per 0.5 s, not one long poll per workflow
+            while (closed := await closed_workflows(client, task_queue)) < args.n:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"ceiling: {closed} of {args.n} workflows closed within --timeout")
+                await asyncio.sleep(0.5)
+    finally:
+        await worker.stop()
+    closes: dict[str, float] = {}
+    statuses: Counter[str] = Counter()
+    async for wf in client.list_workflows(f"TaskQueue = '{task_queue}'"):
+        statuses[wf.status.name if wf.status else "UNKNOWN"] += 1
+        if wf.close_time is not None:
+            closes[wf.id] = wf.close_time.timestamp()
+    first = min(s for _, s, _ in starts)
+    done = [closes[w] for w, _, _ in starts if w in closes]
+    steady, lo, hi = steady_rate(done)
+    result.completed = statuses.get("COMPLETED", 0)
+    result.ok = result.completed == args.n
+    result.steady = steady
+    result.whole_run = len(done) / (max(done) - first) if done and max(done) > first else None
     figure(
         "ceiling_activities_per_workflow",
         f"{kinds.count(LOCAL)} local + {sum(k in REGULAR_KINDS for k in kinds)} regular + "
-        f"{kinds.count(TIMER)} timer "
-        f"(a happy-path native withdrawal, --ceiling-mix {mix})",
+        f"{kinds.count(TIMER)} timer (a happy-path native withdrawal, --ceiling-mix {args.ceiling_mix})",
     )
-    figure("ceiling_accepted_per_s", accepted)
-    figure("ceiling_workflow_p50_s", percentile([d - s for s, _, d in times], 50))
-    return accepted, completed
+    figure("ceiling_final_statuses", counts(statuses.elements()))
+    figure("ceiling_start_retried", counts(errors.elements()))
+    figure("ceiling_accepted_per_s", len(starts) / (max(a for _, _, a in starts) - first))
+    figure("ceiling_workflow_p50_s", percentile([closes[w] - s for w, s, _ in starts if w in closes], 50))
+    figure("ceiling_per_s_steady", steady if steady is not None else "n/a (too few workflows)")
+    if steady is not None:
+        figure("ceiling_steady_window_s", f"{lo - first:.1f} .. {hi - first:.1f} after the first start")
+    figure("ceiling_per_s_whole_run", result.whole_run if result.whole_run is not None else "n/a")
+    result.cpu_ms = meter.report("ceiling_", result.completed, "workflow", idle)
+    return result
 
 
 # --- setup -----------------------------------------------------------------------------------------
@@ -888,7 +1111,7 @@ async def wait_for_proxied_stack(
             stop = (
                 (
                     "A stack is running that talks to anvil directly: stop it first "
-                    "(Ctrl-C in its terminal, or `pkill -INT -f devstack.run`), then start it as below.\n"
+                    "(Ctrl-C in its terminal, or SIGINT to its process group), then start it as below.\n"
                 )
                 if healthy
                 else ""
@@ -907,46 +1130,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--n", type=int, default=200, help="withdrawals (and ceiling workflows) to run")
+    p.add_argument("--n", type=int, default=1000, help="withdrawals (and ceiling workflows) per phase")
     p.add_argument("--concurrency", type=int, default=50, help="POSTs (and ceiling starts) in flight at most")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of one engine and one ceiling phase, in alternating order (round 1 engine first, "
+        "round 2 ceiling first, ...); the ratio is computed per round",
+    )
     p.add_argument("--network", default="ethereum")
     p.add_argument("--asset", default="ETH")
     p.add_argument("--amount", default="0.001", help="decimal string in the asset's units")
+    p.add_argument(
+        "--users", type=int, default=100, help="withdrawals are spread over this many user_ids (daily limits)"
+    )
     p.add_argument("--credentials", type=Path, default=ROOT / ".data" / "dev-credentials.json")
-    p.add_argument("--timeout", type=float, default=600.0, help="overall limit per phase, seconds")
+    p.add_argument("--timeout", type=float, default=900.0, help="overall limit per phase, seconds")
+    p.add_argument(
+        "--observe",
+        choices=("auto", "webhooks", "status"),
+        default="auto",
+        help="how the engine phase sees its withdrawals: webhooks (signed events on a local receiver, "
+        "no status reads), status (GET /withdrawal/status at --poll-rps at most) or auto (webhooks "
+        "when the stack has them)",
+    )
+    p.add_argument("--webhooks", action="store_true", help="the same as --observe webhooks")
     p.add_argument(
         "--poll-interval",
         type=float,
         default=0.1,
-        help="seconds between status reads of a withdrawal before BROADCAST is seen",
+        help="--observe status: seconds between status reads of a withdrawal before BROADCAST is seen",
     )
     p.add_argument(
         "--poll-interval-after",
         type=float,
         default=1.0,
-        help="seconds between status reads after BROADCAST (the CONFIRMED time comes from updated_at)",
+        help="--observe status: seconds between status reads after BROADCAST",
     )
     p.add_argument(
-        "--poll-rps", type=float, default=50.0, help="status reads per second at most, all together"
+        "--poll-rps", type=float, default=50.0, help="--observe status: status reads per second at most"
     )
-    p.add_argument("--no-ceiling", action="store_true", help="skip the bare-Temporal ceiling")
     p.add_argument(
-        "--webhooks",
-        action="store_true",
-        help="observe withdrawals through webhooks instead of status reads: register an endpoint on "
-        "a local receiver (deleted at the end) and take BROADCAST and final times from its events",
+        "--settle", type=float, default=5.0, help="seconds of rest between phases (one's tail off the next)"
     )
+    p.add_argument(
+        "--idle-sample",
+        type=float,
+        default=5.0,
+        help="seconds of CPU sampling with nothing submitted, before the first phase (0: none)",
+    )
+    p.add_argument("--no-ceiling", action="store_true", help="engine phases only")
     p.add_argument(
         "--ceiling-mix",
         choices=sorted(CEILING_MIXES),
         default="head",
-        help="the withdrawal shape the ceiling mimics: head (3 local + 3 regular), 7046ff5 (6 local + "
-        "2 regular + a 1 ms timer) or 5734199 (6 local + 2 regular)",
+        help="the withdrawal shape the ceiling mimics: head (7 local + 3 regular, as workflows/"
+        "withdrawal.py), or an older one (see bench/noop_workflow.py)",
     )
     p.add_argument(
         "--breakdown",
         action="store_true",
-        help="after phase 1, split each withdrawal's time from its Temporal history and the worker's "
+        help="after the phases, split each withdrawal's time from its Temporal history and the worker's "
         "log (see docs/benchmarks.md)",
     )
     p.add_argument(
@@ -964,8 +1209,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--rpc-sniff",
         action="store_true",
-        help="count JSON-RPC calls to the network's anvil on the loopback interface during phase 1, "
-        "without a proxy in the path (Linux, root or CAP_NET_RAW; see bench/rpc_sniff.py)",
+        help="count JSON-RPC calls to the network's anvil on the loopback interface during each engine "
+        "phase, without a proxy in the path (Linux, root or CAP_NET_RAW; see bench/rpc_sniff.py)",
     )
     p.add_argument(
         "--config",
@@ -976,15 +1221,90 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--wait-stack", type=float, default=900.0, help="--rpc-proxy: seconds to wait for the stack"
     )
+    p.add_argument(
+        "--hold",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run bench/hold.py instead: N withdrawals in flight with mining paused (its other options: "
+        "`bench/hold.py --help`; --concurrency, --network, --asset, --credentials and --rpc-sniff "
+        "are passed on)",
+    )
     args = p.parse_args(argv)
+    if args.webhooks:
+        args.observe = "webhooks"
     if args.rpc_sniff and args.rpc_proxy:
         p.error("--rpc-sniff and --rpc-proxy count the same calls: use one")
-    if args.n < 1 or args.concurrency < 1 or args.poll_rps <= 0:
-        p.error("--n, --concurrency and --poll-rps must be positive")
+    if min(args.n, args.concurrency, args.rounds, args.users) < 1 or args.poll_rps <= 0:
+        p.error("--n, --concurrency, --rounds, --users and --poll-rps must be positive")
+    if args.hold is not None and (args.hold < 1 or args.rpc_proxy):
+        p.error("--hold needs a positive N and no --rpc-proxy")
     return args
 
 
+def phase_plan(rounds: int, ceiling: bool) -> list[tuple[int, str]]:
+    """Round 1 engine then ceiling, round 2 ceiling then engine, ...: E C C E E C ..."""
+    plan: list[tuple[int, str]] = []
+    for r in range(1, rounds + 1):
+        order = ("engine", "ceiling") if r % 2 else ("ceiling", "engine")
+        plan += [(r, kind) for kind in order if ceiling or kind == "engine"]
+    return plan
+
+
+def _fmt(values: Iterable[float | None]) -> str:
+    return " ".join("n/a" if v is None else f"{v:.3f}" for v in values) or "n/a"
+
+
+def _median(values: Iterable[float | None]) -> float | str:
+    found = [v for v in values if v is not None]
+    return statistics.median(found) if found else "n/a"
+
+
+def report_summary(results: list[tuple[int, PhaseResult]]) -> None:
+    """Medians over the rounds and the ratio of each round's pair (engine / ceiling, same round)."""
+    figure("phase", "summary")
+    engine = {r: res for r, res in results if res.kind == "engine"}
+    ceiling = {r: res for r, res in results if res.kind == "ceiling"}
+    rounds = sorted(engine)
+    figure("order", " | ".join(f"round {r}: {res.kind}" for r, res in results))
+    for name, found in (("confirmed", engine), ("ceiling", ceiling)):
+        if not found:
+            continue
+        figure(f"{name}_per_s_steady_per_round", _fmt(found[r].steady for r in sorted(found)))
+        figure(f"{name}_per_s_steady", _median(found[r].steady for r in sorted(found)))
+        figure(f"{name}_per_s_whole_run_per_round", _fmt(found[r].whole_run for r in sorted(found)))
+        figure(f"{name}_per_s_whole_run", _median(found[r].whole_run for r in sorted(found)))
+    for proc in ("worker", "api", "temporal", "anvil"):
+        if any(proc in engine[r].cpu_ms for r in rounds):
+            figure(f"cpu_ms_per_confirmed_{proc}", _median(engine[r].cpu_ms.get(proc) for r in rounds))
+    for proc in ("noop_worker", "temporal"):
+        if any(proc in res.cpu_ms for res in ceiling.values()):
+            figure(
+                f"ceiling_cpu_ms_per_workflow_{proc}",
+                _median(res.cpu_ms.get(proc) for res in ceiling.values()),
+            )
+    if not ceiling:
+        return
+    for which in ("steady", "whole_run"):
+        ratios: list[float | None] = []
+        for r in rounds:
+            e, c = getattr(engine[r], which), getattr(ceiling[r], which) if r in ceiling else None
+            ratios.append(e / c if e is not None and c else None)
+        figure(f"ratio_{which}_per_round", _fmt(ratios))
+        figure(f"ratio_{which}", _median(ratios))
+
+
+def hold_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["--n", str(args.hold), "--concurrency", str(args.concurrency), "--network", args.network]
+    argv += ["--asset", args.asset, "--credentials", str(args.credentials)]
+    return argv + (["--rpc-sniff"] if args.rpc_sniff else [])
+
+
 async def main(args: argparse.Namespace) -> int:
+    if args.hold is not None:
+        from bench import hold
+
+        return await hold.main(hold.parse_args(hold_argv(args)))
     proxy: ProxyProcess | None = None
     try:
         if args.rpc_proxy:
@@ -997,59 +1317,67 @@ async def main(args: argparse.Namespace) -> int:
         else:
             creds = load_credentials(args.credentials)
         await check_stack(creds, args.credentials, args)
-        try:
-            client = await asyncio.wait_for(
-                Client.connect(
-                    creds["temporal_address"], namespace=creds.get("temporal_namespace", "default")
-                ),
-                10,
-            )
-        except Exception as e:
-            raise BenchError(f"cannot reach Temporal at {creds['temporal_address']}: {e}") from e
-
+        client = await connect_temporal(creds)
         rpc_port = urlsplit(str(creds["networks"][args.network].get("rpc_url", ""))).port
         if args.rpc_sniff and rpc_port is None:
             raise BenchError(f"--rpc-sniff: no port in the {args.network} rpc_url of {args.credentials}")
         pids = stack_processes(urlsplit(creds["api_url"]).port or 80, rpc_port)
+        if not pids:
+            note("the `make run` processes were not found in /proc: no CPU or memory figures")
         net = creds["networks"][args.network]
         for name, value in (
             ("n", args.n),
             ("concurrency", args.concurrency),
+            ("rounds", args.rounds),
+            ("users", args.users),
             ("network", args.network),
             ("asset", args.asset),
             ("amount", args.amount),
             ("required_confirmations", net.get("required_confirmations")),
+            ("load_average", " ".join(f"{x:.2f}" for x in os.getloadavg())),
         ):
             figure(name, value)
-        engine = EngineRun(args, creds)
-        phase1_started = time.time()
-        all_confirmed = await engine.run(proxy, pids, rpc_port if args.rpc_sniff else None)
-        report_attempts(args.credentials.resolve().parent / "engine.db", engine.withdrawal_ids)
+        idle = await idle_sample(pids, args.idle_sample)
+        results: list[tuple[int, PhaseResult]] = []
+        engines: list[EngineRun] = []
+        since = time.time()
+        for i, (r, kind) in enumerate(phase_plan(args.rounds, not args.no_ceiling)):
+            if i:
+                await asyncio.sleep(args.settle)
+            figure("phase", f"round {r} {kind}")
+            if kind == "engine":
+                engine = EngineRun(args, creds)
+                res = await engine.run(proxy, pids, idle, rpc_port if args.rpc_sniff else None)
+                report_attempts(args.credentials.resolve().parent / "engine.db", engine.withdrawal_ids)
+                engines.append(engine)
+            else:
+                res = await run_ceiling(client, args, creds, pids, idle)
+            results.append((r, res))
         if args.breakdown:
+            figure("phase", "breakdown")
             log_path = args.worker_log or args.credentials.resolve().parent / "logs" / "worker.log"
-            await report_breakdown(
-                client, engine.withdrawal_ids, log_path, phase1_started, engine.confirmed_at
-            )
+            ids = [w for e in engines for w in e.withdrawal_ids]
+            confirmed_at = {w: t for e in engines for w, t in e.confirmed_at.items()}
+            await report_breakdown(client, ids, log_path, since, confirmed_at)
+        report_summary(results)
+        return 0 if all(res.ok for _, res in results) else 1
+    finally:
         if proxy is not None:
             note(
                 "the stack's RPC for this network goes through the bench's proxy, which stops now: "
-                "stop the stack too (pkill -INT -f devstack.run)"
+                "stop the stack too (SIGTERM to its process group)"
             )
             await proxy.stop()
-            proxy = None
-        if args.no_ceiling:
-            return 0 if all_confirmed else 1
 
-        meter = CpuMeter({k: v for k, v in pids.items() if k == "temporal"})
-        _, ceiling = await run_ceiling(client, args.n, args.concurrency, args.timeout, args.ceiling_mix)
-        figure("ceiling_workflows_per_s", ceiling)
-        meter.report("ceiling_")
-        if engine.confirmed_per_s is not None:
-            figure("ratio_confirmed_to_ceiling", engine.confirmed_per_s / ceiling)
-        return 0 if all_confirmed else 1
-    finally:
-        if proxy is not None:
-            await proxy.stop()
+
+async def connect_temporal(creds: dict[str, Any]) -> Client:
+    try:
+        return await asyncio.wait_for(
+            Client.connect(creds["temporal_address"], namespace=creds.get("temporal_namespace", "default")),
+            10,
+        )
+    except Exception as e:
+        raise BenchError(f"cannot reach Temporal at {creds['temporal_address']}: {e}") from e
 
 
 if __name__ == "__main__":
