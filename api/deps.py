@@ -13,6 +13,7 @@ from typing import Annotated
 
 import jwt
 from fastapi import Depends, Header, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 from temporalio.client import Client
 
@@ -105,10 +106,23 @@ def client_address(request: Request, trusted_proxies: Sequence[str]) -> api_keys
     return ip
 
 
+# The security schemes of the OpenAPI document. `auto_error=False`: they only read the header; the
+# dependencies below decide, so every refusal is the same 401 envelope.
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key", scheme_name="ApiKey", description="an API client's key", auto_error=False
+)
+bearer_scheme = HTTPBearer(
+    scheme_name="Bearer",
+    bearerFormat="JWT",
+    description="an operator's access token from POST /auth/login",
+    auto_error=False,
+)
+
+
 async def authenticate_client(
     request: Request,
     state: StateDep,
-    x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
+    x_api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> ApiClient:
     """The API key of the request. One 401 for a missing, unknown, revoked or expired key and for an
     old secret after its rotation overlap; 403 from an address outside the key's allowlist (checked
@@ -262,9 +276,12 @@ def require_role(role: str):
     needed = ROLE_RANK[role]
 
     async def _check(
-        request: Request, state: StateDep, authorization: Annotated[str | None, Header()] = None
+        request: Request,
+        state: StateDep,
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     ) -> Operator:
         denied = Unauthorized("missing or invalid bearer token")
+        authorization = request.headers.get("authorization")
         if not authorization or not authorization.lower().startswith("bearer ") or len(authorization) > 4096:
             raise denied
         try:

@@ -1,4 +1,4 @@
-"""Start real processes on loopback: the Temporal dev server and anvil."""
+"""Start real processes on loopback: the Temporal dev server, anvil and the API."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,24 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeou
             raise RuntimeError(f"process exited with {proc.returncode} before opening port {port}")
         time.sleep(0.05)
     raise TimeoutError(f"port {port} did not open within {timeout}s")
+
+
+def api_command(host: str, port: int, python: str = sys.executable) -> list[str]:
+    """The API as uvicorn serves it: no `server` header (a version banner only helps an attacker) and
+    no access log (the API logs what it needs, never a key)."""
+    return [
+        python,
+        "-m",
+        "uvicorn",
+        "api.app:create_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--no-server-header",
+    ]
 
 
 def temporal_command(db_file: Path, port: int, ui_port: int, namespace: str = "default") -> list[str]:

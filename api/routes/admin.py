@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import structlog
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import approvals
+from api import schemas
 from api.deps import AdminDep, ApproverDep, AppState, Operator, OperatorDep, StateDep, ViewerDep
 from api.errors import InvalidState, NotFound, ServiceUnavailable, ValidationFailed
 from api.routes.admin_common import (
@@ -54,6 +55,27 @@ _UPDATES: dict[str, Any] = {
 }
 _TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 _WORKFLOW_QUERY_TIMEOUT = timedelta(seconds=2)
+
+
+_LIST_ERRORS = schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.QUERY})
+_DETAIL_ERRORS = schemas.errors({**schemas.COMMON, **schemas.BEARER, 404: "NOT_FOUND: no such withdrawal"})
+_ACTION_ERRORS = schemas.errors(
+    {
+        **schemas.COMMON,
+        **schemas.BEARER,
+        **schemas.BODY,
+        404: "NOT_FOUND: no such withdrawal",
+        409: "INVALID_STATE: the workflow refused the action in the withdrawal's current status "
+        "(its reason is the message)",
+    }
+)
+_ACTION_EXAMPLES = {
+    "reason": {
+        "summary": "with a reason for the audit log",
+        "value": {"reason": "checked with the customer"},
+    },
+    "empty": {"summary": "no reason", "value": {}},
+}
 
 
 class ActionBody(BaseModel):
@@ -134,7 +156,7 @@ async def _page(
     return rows, next_cursor, total
 
 
-@router.get("/admin/transactions")
+@router.get("/admin/transactions", response_model=schemas.TransactionPage, responses=_LIST_ERRORS)
 async def list_transactions(
     state: StateDep,
     _: ViewerDep,
@@ -253,7 +275,9 @@ def _merge_history(
     return sorted(events + audited + extra, key=lambda e: e["at"] or "")
 
 
-@router.get("/admin/transactions/{withdrawal_id}")
+@router.get(
+    "/admin/transactions/{withdrawal_id}", response_model=schemas.TransactionDetail, responses=_DETAIL_ERRORS
+)
 async def transaction_detail(withdrawal_id: str, state: StateDep, _: ViewerDep) -> dict[str, Any]:
     """The withdrawal with its attempts, reservations, history and Web UI link."""
     async with state.db.read() as s:
@@ -394,33 +418,59 @@ async def _answer(
     return {"accepted": result.accepted, "withdrawal": _item(w, state)}
 
 
-@router.post("/admin/transactions/{withdrawal_id}/retry")
+@router.post(
+    "/admin/transactions/{withdrawal_id}/retry", response_model=schemas.ActionResult, responses=_ACTION_ERRORS
+)
 async def retry(
-    withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
+    withdrawal_id: str,
+    state: StateDep,
+    op: OperatorDep,
+    body: Annotated[ActionBody | None, Body(openapi_examples=_ACTION_EXAMPLES)] = None,
 ) -> dict[str, Any]:
     """Resume a withdrawal parked in NEEDS_ATTENTION."""
     return await _answer(state, op, withdrawal_id, "retry", body)
 
 
-@router.post("/admin/transactions/{withdrawal_id}/cancel")
+@router.post(
+    "/admin/transactions/{withdrawal_id}/cancel",
+    response_model=schemas.ActionResult,
+    responses=_ACTION_ERRORS,
+)
 async def cancel(
-    withdrawal_id: str, state: StateDep, op: OperatorDep, body: ActionBody | None = None
+    withdrawal_id: str,
+    state: StateDep,
+    op: OperatorDep,
+    body: Annotated[ActionBody | None, Body(openapi_examples=_ACTION_EXAMPLES)] = None,
 ) -> dict[str, Any]:
     """Cancel before the transaction is mined (a broadcast one is replaced by a 0-value self-transfer)."""
     return await _answer(state, op, withdrawal_id, "cancel", body)
 
 
-@router.post("/admin/transactions/{withdrawal_id}/approve")
+@router.post(
+    "/admin/transactions/{withdrawal_id}/approve",
+    response_model=schemas.ActionResult,
+    responses=_ACTION_ERRORS,
+)
 async def approve(
-    withdrawal_id: str, state: StateDep, op: ApproverDep, body: ActionBody | None = None
+    withdrawal_id: str,
+    state: StateDep,
+    op: ApproverDep,
+    body: Annotated[ActionBody | None, Body(openapi_examples=_ACTION_EXAMPLES)] = None,
 ) -> dict[str, Any]:
     """Approve a withdrawal in AWAITING_APPROVAL (APPROVER or ADMIN)."""
     return await _answer(state, op, withdrawal_id, "approve", body)
 
 
-@router.post("/admin/transactions/{withdrawal_id}/reject")
+@router.post(
+    "/admin/transactions/{withdrawal_id}/reject",
+    response_model=schemas.ActionResult,
+    responses=_ACTION_ERRORS,
+)
 async def reject(
-    withdrawal_id: str, state: StateDep, op: ApproverDep, body: ActionBody | None = None
+    withdrawal_id: str,
+    state: StateDep,
+    op: ApproverDep,
+    body: Annotated[ActionBody | None, Body(openapi_examples=_ACTION_EXAMPLES)] = None,
 ) -> dict[str, Any]:
     """Reject a withdrawal in AWAITING_APPROVAL (APPROVER or ADMIN); nothing is sent."""
     return await _answer(state, op, withdrawal_id, "reject", body)
@@ -467,7 +517,7 @@ def next_action(w: Withdrawal) -> str:
     return text
 
 
-@router.get("/admin/dlq/messages")
+@router.get("/admin/dlq/messages", response_model=schemas.ParkedPage, responses=_LIST_ERRORS)
 async def dlq_messages(
     state: StateDep,
     _: ViewerDep,
@@ -500,8 +550,20 @@ async def dlq_messages(
     return {"items": items, "next_cursor": next_cursor, "total": total}
 
 
-@router.post("/admin/dlq/reprocess")
-async def dlq_reprocess(body: ReprocessBody, state: StateDep, op: OperatorDep) -> dict[str, Any]:
+@router.post(
+    "/admin/dlq/reprocess",
+    response_model=schemas.ReprocessResult,
+    response_model_exclude_unset=True,
+    responses=schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.BODY}),
+)
+async def dlq_reprocess(
+    body: Annotated[
+        ReprocessBody,
+        Body(openapi_examples={"two": {"value": {"ids": ["0b0e5a8e-3b5c-5d43-9d6f-1f7a3c1d2e4f"]}}}),
+    ],
+    state: StateDep,
+    op: OperatorDep,
+) -> dict[str, Any]:
     """Retry each withdrawal; one result per id, in the order given (duplicates answered once)."""
     ids = list(dict.fromkeys(body.ids))
     limit = asyncio.Semaphore(8)
@@ -521,7 +583,19 @@ async def dlq_reprocess(body: ReprocessBody, state: StateDep, op: OperatorDep) -
     return {"results": list(await asyncio.gather(*(one(wid) for wid in ids)))}
 
 
-@router.delete("/admin/dlq/messages/{withdrawal_id}")
+@router.delete(
+    "/admin/dlq/messages/{withdrawal_id}",
+    response_model=schemas.ActionResult,
+    responses=schemas.errors(
+        {
+            **schemas.COMMON,
+            **schemas.BEARER,
+            **schemas.QUERY,
+            404: "NOT_FOUND: no such withdrawal",
+            409: "INVALID_STATE: the withdrawal is not in NEEDS_ATTENTION, or the workflow refused",
+        }
+    ),
+)
 async def dlq_delete(
     withdrawal_id: str,
     state: StateDep,
@@ -563,7 +637,7 @@ def audit_view(e: AuditEntry) -> dict[str, Any]:
     }
 
 
-@router.get("/admin/audit")
+@router.get("/admin/audit", response_model=schemas.AuditPage, responses=_LIST_ERRORS)
 async def list_audit(
     state: StateDep,
     _: AdminDep,

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from api import schemas
 from api.deps import StateDep, ViewerDep
 from api.errors import ValidationFailed
 from models import alerts
@@ -36,7 +37,11 @@ def alert_view(a: Alert) -> dict[str, Any]:
     }
 
 
-@router.get("/admin/alerts")
+@router.get(
+    "/admin/alerts",
+    response_model=schemas.AlertPage,
+    responses=schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.QUERY}),
+)
 async def list_alerts(
     engine: StateDep,
     _: ViewerDep,

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from api import schemas
 from api.deps import StateDep, ViewerDep
 from api.routes.admin_common import iso, parse_time
 from api.routes.admin_system import network_heads
@@ -18,8 +19,10 @@ from models.tables import utcnow
 
 router = APIRouter(tags=["admin"])
 
+_ERRORS = schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.QUERY})
 
-@router.get("/admin/stats/daily")
+
+@router.get("/admin/stats/daily", response_model=schemas.DailyStats, responses=_ERRORS)
 async def stats_daily(
     state: StateDep, _: ViewerDep, days: int = Query(7, ge=1, le=366, description="today and the days before")
 ) -> dict[str, Any]:
@@ -47,7 +50,11 @@ async def stats_daily(
     return {"days": out}
 
 
-@router.get("/admin/stats/network")
+@router.get(
+    "/admin/stats/network",
+    response_model=schemas.NetworkStats,
+    responses=schemas.errors({**schemas.COMMON, **schemas.BEARER}),
+)
 async def stats_network(state: StateDep, _: ViewerDep) -> dict[str, Any]:
     """Per configured network: withdrawals by status, what was confirmed in the last 24 hours per asset,
     the chain's head block (null when no endpoint answers) and whether a pause of the network (or of
@@ -78,7 +85,7 @@ async def stats_network(state: StateDep, _: ViewerDep) -> dict[str, Any]:
     return {"networks": networks}
 
 
-@router.get("/admin/stats/status")
+@router.get("/admin/stats/status", response_model=schemas.StatusStats, responses=_ERRORS)
 async def stats_status(
     state: StateDep,
     _: ViewerDep,

@@ -14,18 +14,19 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import structlog
 from eth_utils import is_address, to_checksum_address
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, DescribeTaskQueueRequest
 from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, WorkflowExecutionStatus
 
+from api import schemas
 from api.deps import AppState, OperatorDep, StateDep, ViewerDep
 from api.errors import ValidationFailed
 from api.routes.admin_common import audit_fields, iso
@@ -91,8 +92,18 @@ def _target(network: str | None, wallet: str | None) -> str:
     return "pause:" + ("/".join(p for p in (network, wallet) if p) or "all")
 
 
-@router.post("/admin/queues/pause")
-async def pause(body: PauseBody, state: StateDep, op: OperatorDep) -> dict[str, Any]:
+_PAUSE_ERRORS = schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.BODY})
+_PAUSE_EXAMPLES = {
+    "network": {"summary": "one network", "value": {"network": "polygon", "reason": "node upgrade"}},
+    "everything": {"summary": "everything", "value": {"reason": "incident 42"}},
+}
+_READ_ERRORS = schemas.errors({**schemas.COMMON, **schemas.BEARER})
+
+
+@router.post("/admin/queues/pause", response_model=schemas.PauseResult, responses=_PAUSE_ERRORS)
+async def pause(
+    body: Annotated[PauseBody, Body(openapi_examples=_PAUSE_EXAMPLES)], state: StateDep, op: OperatorDep
+) -> dict[str, Any]:
     """Stop signing and broadcasting for everything, a network or a hot wallet (durable; requests are
     still accepted and confirmations go on). Pausing what is already paused changes nothing."""
     network, wallet = _scope(state, body)
@@ -112,8 +123,10 @@ async def pause(body: PauseBody, state: StateDep, op: OperatorDep) -> dict[str, 
     return {"changed": created, "paused": [pause_view(a) for a in active]}
 
 
-@router.post("/admin/queues/resume")
-async def resume(body: PauseBody, state: StateDep, op: OperatorDep) -> dict[str, Any]:
+@router.post("/admin/queues/resume", response_model=schemas.PauseResult, responses=_PAUSE_ERRORS)
+async def resume(
+    body: Annotated[PauseBody, Body(openapi_examples=_PAUSE_EXAMPLES)], state: StateDep, op: OperatorDep
+) -> dict[str, Any]:
     """Lift exactly the pause of that scope (resuming a network does not lift a pause of everything)."""
     network, wallet = _scope(state, body)
     async with state.db.transaction() as s:
@@ -165,7 +178,9 @@ async def _describe_queue(client: Client, namespace: str, name: str, kind: str) 
     }
 
 
-@router.get("/admin/queues")
+@router.get(
+    "/admin/queues", response_model=schemas.Queues, response_model_exclude_unset=True, responses=_READ_ERRORS
+)
 async def queues(state: StateDep, _: ViewerDep) -> dict[str, Any]:
     """The Temporal task queues (pollers, backlog), withdrawals in flight by status and network, and
     the active pauses. A task queue that cannot be described is listed with its error; without the
@@ -436,7 +451,12 @@ async def _reconciler(state: AppState) -> dict[str, Any]:
     return {"status": status, "interval_s": interval, "schedules": list(schedules)}
 
 
-@router.get("/admin/health")
+@router.get(
+    "/admin/health",
+    response_model=schemas.AdminHealth,
+    response_model_exclude_unset=True,
+    responses=_READ_ERRORS,
+)
 async def admin_health(state: StateDep, _: ViewerDep) -> dict[str, Any]:
     """Every component checked now; `status` is `ok` only when all of them are."""
     async with _http() as http:

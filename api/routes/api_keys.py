@@ -8,9 +8,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, Field, StrictInt, StrictStr, field_validator
 
+from api import schemas
 from api.deps import AdminDep, Operator, StateDep
 from api.errors import Conflict, NotFound, ValidationFailed
 from api.security import generate_api_key, hash_api_key
@@ -25,11 +26,20 @@ PREFIX_CHARS = 10  # "we_" and 7 characters of the secret: enough to tell keys a
 MAX_OVERLAP_SECONDS = 7 * 86_400
 MAX_USAGE_DAYS = 90
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "UNAUTHORIZED"},
-    403: {"description": "FORBIDDEN (not an ADMIN)"},
-    404: {"description": "NOT_FOUND"},
-    422: {"description": "VALIDATION_ERROR"},
+_NOT_FOUND = {404: "NOT_FOUND: no such API key"}
+_ERRORS = schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.QUERY})
+_KEY_ERRORS = schemas.errors({**schemas.COMMON, **schemas.BEARER, **_NOT_FOUND})
+_CREATE_EXAMPLES = {
+    "client": {
+        "summary": "a client that requests and reads withdrawals",
+        "value": {
+            "name": "treasury-service",
+            "scopes": ["withdrawals:create", "withdrawals:read"],
+            "rate_limit_per_minute": 600,
+            "ip_allowlist": ["10.0.0.0/8"],
+            "expires_at": "2027-01-01T00:00:00Z",
+        },
+    }
 }
 
 
@@ -110,8 +120,15 @@ def _audit_fields(op: Operator) -> dict[str, Any]:
     return {"actor": op.username, "role": op.role, "source_ip": op.source_ip}
 
 
-@router.post("/admin/api-keys", status_code=201, responses=_ERRORS)
-async def create_api_key(body: ApiKeyBody, state: StateDep, op: AdminDep) -> dict[str, Any]:
+@router.post(
+    "/admin/api-keys",
+    status_code=201,
+    response_model=schemas.ApiKeyCreated,
+    responses=schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.BODY}),
+)
+async def create_api_key(
+    body: Annotated[ApiKeyBody, Body(openapi_examples=_CREATE_EXAMPLES)], state: StateDep, op: AdminDep
+) -> dict[str, Any]:
     """A new key; `api_key` (the secret) is in this answer only."""
     secret = generate_api_key()
     client = ApiClient(
@@ -132,7 +149,7 @@ async def create_api_key(body: ApiKeyBody, state: StateDep, op: AdminDep) -> dic
     return view | {"api_key": secret}
 
 
-@router.get("/admin/api-keys", responses=_ERRORS)
+@router.get("/admin/api-keys", response_model=schemas.ApiKeyPage, responses=_ERRORS)
 async def list_api_keys(
     state: StateDep,
     _: AdminDep,
@@ -154,7 +171,7 @@ async def list_api_keys(
     }
 
 
-@router.get("/admin/api-keys/{client_id}", responses=_ERRORS)
+@router.get("/admin/api-keys/{client_id}", response_model=schemas.ApiKeyView, responses=_KEY_ERRORS)
 async def get_api_key(client_id: str, state: StateDep, _: AdminDep) -> dict[str, Any]:
     async with state.db.read() as s:
         client = await api_keys.get(s, client_id)
@@ -163,9 +180,26 @@ async def get_api_key(client_id: str, state: StateDep, _: AdminDep) -> dict[str,
     return key_view(client)
 
 
-@router.post("/admin/api-keys/{client_id}/rotate", responses={**_ERRORS, 409: {"description": "CONFLICT"}})
+@router.post(
+    "/admin/api-keys/{client_id}/rotate",
+    response_model=schemas.ApiKeyCreated,
+    responses=schemas.errors(
+        {
+            **schemas.COMMON,
+            **schemas.BEARER,
+            **schemas.BODY,
+            **_NOT_FOUND,
+            409: "CONFLICT: the key is deactivated, or changed meanwhile",
+        }
+    ),
+)
 async def rotate_api_key(
-    client_id: str, state: StateDep, op: AdminDep, body: RotateBody | None = None
+    client_id: str,
+    state: StateDep,
+    op: AdminDep,
+    body: Annotated[
+        RotateBody | None, Body(openapi_examples={"overlap": {"value": {"overlap_seconds": 3600}}})
+    ] = None,
 ) -> dict[str, Any]:
     """A new secret (in this answer only). The old one keeps working for `overlap_seconds` (default 0:
     it stops at once; at most 7 days); a secret from an earlier rotation stops now."""
@@ -198,7 +232,7 @@ async def rotate_api_key(
     return view | {"api_key": secret}
 
 
-@router.delete("/admin/api-keys/{client_id}", responses=_ERRORS)
+@router.delete("/admin/api-keys/{client_id}", response_model=schemas.ApiKeyView, responses=_KEY_ERRORS)
 async def deactivate_api_key(client_id: str, state: StateDep, op: AdminDep) -> dict[str, Any]:
     """Deactivate (revoke) the key: refused from the next request on. Deactivating again changes nothing."""
     async with state.db.transaction() as s:
@@ -217,7 +251,11 @@ async def deactivate_api_key(client_id: str, state: StateDep, op: AdminDep) -> d
     return view
 
 
-@router.get("/admin/api-keys/{client_id}/usage", responses=_ERRORS)
+@router.get(
+    "/admin/api-keys/{client_id}/usage",
+    response_model=schemas.ApiKeyUsage,
+    responses=schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.QUERY, **_NOT_FOUND}),
+)
 async def api_key_usage(
     client_id: str,
     request: Request,

@@ -14,12 +14,13 @@ import time
 import uuid
 import weakref
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from api import schemas
 from api.deps import AdminDep, StateDep, client_ip, forget_account
 from api.errors import Conflict, NotFound, RateLimited, Unauthorized, ValidationFailed
 from api.ratelimit import RateLimiter
@@ -52,6 +53,19 @@ class UserPatchBody(BaseModel):
 
     role: Role | None = None
     active: StrictBool | None = None
+
+
+_NEW_USER_EXAMPLES = {
+    "viewer": {"value": {"username": "alice", "password": "correct-horse-battery", "role": "VIEWER"}}
+}
+_NEW_USER_ERRORS = schemas.errors(
+    {
+        **schemas.COMMON,
+        **schemas.BEARER,
+        **schemas.BODY,
+        409: "CONFLICT: the username exists already (`field`: username)",
+    }
+)
 
 
 class LoginThrottle:
@@ -119,8 +133,27 @@ def user_view(u: User) -> dict[str, Any]:
     }
 
 
-@router.post("/auth/login")
-async def login(body: LoginBody, request: Request, state: StateDep) -> dict[str, Any]:
+@router.post(
+    "/auth/login",
+    response_model=schemas.Token,
+    responses=schemas.errors(
+        {
+            **schemas.COMMON,
+            **schemas.BODY,
+            401: "UNAUTHORIZED: unknown user, wrong password or disabled account (one answer for all)",
+            429: "RATE_LIMITED: too many failed logins from this address or for this username in the "
+            "current minute, or too many requests from this address (see Retry-After)",
+        }
+    ),
+)
+async def login(
+    body: Annotated[
+        LoginBody, Body(openapi_examples={"admin": {"value": {"username": "admin", "password": "…"}}})
+    ],
+    request: Request,
+    state: StateDep,
+) -> dict[str, Any]:
+    """A bearer token (JWT) for the admin routes; send it as `Authorization: Bearer <access_token>`."""
     settings = state.settings
     ip = client_ip(request, settings.trusted_proxies) or "unknown"
     keys = (f"ip:{ip}", f"user:{body.username.casefold()}")
@@ -167,8 +200,10 @@ async def login(body: LoginBody, request: Request, state: StateDep) -> dict[str,
     return {"access_token": token, "token_type": "bearer", "expires_in": ttl, "role": user.role}
 
 
-@router.post("/admin/users", status_code=201)
-async def create_user(body: NewUserBody, state: StateDep, op: AdminDep) -> dict[str, Any]:
+@router.post("/admin/users", status_code=201, response_model=schemas.UserView, responses=_NEW_USER_ERRORS)
+async def create_user(
+    body: Annotated[NewUserBody, Body(openapi_examples=_NEW_USER_EXAMPLES)], state: StateDep, op: AdminDep
+) -> dict[str, Any]:
     password_hash = await asyncio.to_thread(hash_password, body.password)
     async with state.db.transaction() as s:
         if await users.get(s, body.username) is not None:
@@ -187,13 +222,19 @@ async def create_user(body: NewUserBody, state: StateDep, op: AdminDep) -> dict[
     return user_view(user)
 
 
-@router.post("/auth/register", status_code=201)
-async def register(body: NewUserBody, state: StateDep, op: AdminDep) -> dict[str, Any]:
+@router.post("/auth/register", status_code=201, response_model=schemas.UserView, responses=_NEW_USER_ERRORS)
+async def register(
+    body: Annotated[NewUserBody, Body(openapi_examples=_NEW_USER_EXAMPLES)], state: StateDep, op: AdminDep
+) -> dict[str, Any]:
     """An alias of `POST /admin/users`."""
     return await create_user(body, state, op)
 
 
-@router.get("/admin/users")
+@router.get(
+    "/admin/users",
+    response_model=schemas.UserPage,
+    responses=schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.QUERY}),
+)
 async def list_users(
     state: StateDep,
     _: AdminDep,
@@ -212,8 +253,33 @@ async def list_users(
     }
 
 
-@router.patch("/admin/users/{username}")
-async def change_user(username: str, body: UserPatchBody, state: StateDep, op: AdminDep) -> dict[str, Any]:
+@router.patch(
+    "/admin/users/{username}",
+    response_model=schemas.UserView,
+    responses=schemas.errors(
+        {
+            **schemas.COMMON,
+            **schemas.BEARER,
+            **schemas.BODY,
+            404: "NOT_FOUND: no such user",
+            409: "CONFLICT: the change would leave no active ADMIN",
+        }
+    ),
+)
+async def change_user(
+    username: str,
+    body: Annotated[
+        UserPatchBody,
+        Body(
+            openapi_examples={
+                "disable": {"value": {"active": False}},
+                "role": {"value": {"role": "OPERATOR"}},
+            }
+        ),
+    ],
+    state: StateDep,
+    op: AdminDep,
+) -> dict[str, Any]:
     """Change a user's role or disable (or re-enable) them; effective on their next request. No change
     may leave the engine without an active ADMIN (409 CONFLICT)."""
     if body.role is None and body.active is None:

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from api import schemas
 from api.deps import StateDep, ViewerDep
 from api.errors import NotFound
 from logging_setup import redact_urls
@@ -113,7 +114,11 @@ def _network_settings(n: NetworkConfig) -> dict[str, Any]:
     }
 
 
-@router.get("/admin/settings")
+@router.get(
+    "/admin/settings",
+    response_model=schemas.EffectiveSettings,
+    responses=schemas.errors({**schemas.COMMON, **schemas.BEARER}),
+)
 async def effective_settings(state: StateDep, _: ViewerDep) -> dict[str, Any]:
     """What the engine runs with, per network and asset (amounts as decimal strings in the asset's units).
     Built from an explicit list of fields, so a secret added to the settings later never shows here."""

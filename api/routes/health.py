@@ -6,14 +6,26 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from api import schemas
 from api.deps import StateDep
 from api.errors import error_body
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    response_model=schemas.Health,
+    responses={
+        503: {
+            "model": schemas.HealthUnavailable,
+            "description": "SERVICE_UNAVAILABLE: the database or Temporal cannot be reached",
+            "headers": schemas.errors({503: ""})[503]["headers"],
+        }
+    },
+)
 async def health(state: StateDep) -> Any:
+    """Liveness and readiness: 200 once the API reaches its database and Temporal (never rate limited)."""
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(state.db.ping(), timeout=3)

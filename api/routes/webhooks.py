@@ -7,10 +7,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from activities.webhooks import UrlGuard, UrlRefused, WebhookKicker
+from api import schemas
 from api.deps import ReaderDep, StateDep, require_scope
 from api.errors import Conflict, LimitExceeded, NotFound, ServiceUnavailable, ValidationFailed
 from models import audit, repo, webhooks
@@ -25,12 +26,35 @@ ManagerDep = Annotated[ApiClient, Depends(require_scope("webhooks:manage"))]
 MAX_ENDPOINTS = 20
 MAX_PAGE = 500
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "UNAUTHORIZED"},
-    403: {"description": "FORBIDDEN (the key lacks the scope)"},
-    404: {"description": "NOT_FOUND"},
-    422: {"description": "VALIDATION_ERROR, LIMIT_EXCEEDED"},
-    429: {"description": "RATE_LIMITED (see Retry-After)"},
+UuidPath = Annotated[str, Path(json_schema_extra={"format": "uuid"})]
+_CREATE_ERRORS = schemas.errors(
+    {
+        **schemas.COMMON,
+        **schemas.API_KEY,
+        413: schemas.BODY[413],
+        422: "VALIDATION_ERROR: a malformed body, or a URL refused (not http(s), credentials or a "
+        "fragment in it; outside dev: not https, or a host that does not resolve to public addresses); "
+        f"LIMIT_EXCEEDED: the client has {MAX_ENDPOINTS} endpoints already",
+    }
+)
+_LIST_ERRORS = schemas.errors({**schemas.COMMON, **schemas.API_KEY})
+_DELIVERIES_ERRORS = schemas.errors(
+    {
+        **schemas.COMMON,
+        **schemas.API_KEY,
+        **schemas.QUERY,
+        404: "NOT_FOUND: no such withdrawal or endpoint of this client",
+    }
+)
+_ENDPOINT_EXAMPLES = {
+    "some": {
+        "summary": "final statuses only",
+        "value": {
+            "url": "https://example.com/webhooks/withdrawals",
+            "events": ["withdrawal.confirmed", "withdrawal.failed"],
+        },
+    },
+    "all": {"summary": "every event", "value": {"url": "https://example.com/webhooks/withdrawals"}},
 }
 
 
@@ -43,6 +67,7 @@ class EndpointBody(BaseModel):
         min_length=1,
         max_length=len(EVENT_TYPES) + 1,
         description='event types, or ["*"] (the default) for all',
+        json_schema_extra={"items": {"type": "string", "enum": [ALL_EVENTS, *EVENT_TYPES]}},
         examples=[["withdrawal.confirmed", "withdrawal.failed"]],
     )
 
@@ -99,8 +124,17 @@ def _uuid(value: str) -> bool:
     return True
 
 
-@router.post("/webhook/endpoints", status_code=201, responses=_ERRORS)
-async def create_endpoint(body: EndpointBody, client: ManagerDep, state: StateDep) -> dict[str, Any]:
+@router.post(
+    "/webhook/endpoints",
+    status_code=201,
+    response_model=schemas.WebhookEndpointCreated,
+    responses=_CREATE_ERRORS,
+)
+async def create_endpoint(
+    body: Annotated[EndpointBody, Body(openapi_examples=_ENDPOINT_EXAMPLES)],
+    client: ManagerDep,
+    state: StateDep,
+) -> dict[str, Any]:
     """Register an endpoint. The answer carries its signing secret, which is never shown again."""
     guard = UrlGuard.for_env(state.settings.env)
     try:
@@ -128,15 +162,25 @@ async def create_endpoint(body: EndpointBody, client: ManagerDep, state: StateDe
     return _endpoint_view(endpoint) | {"secret": endpoint.secret}
 
 
-@router.get("/webhook/endpoints", responses=_ERRORS)
+@router.get("/webhook/endpoints", response_model=schemas.WebhookEndpointPage, responses=_LIST_ERRORS)
 async def list_endpoints(client: ManagerDep, state: StateDep) -> dict[str, Any]:
     async with state.db.read() as s:
         rows = await webhooks.list_endpoints(s, client.id)
     return {"items": [_endpoint_view(e) for e in rows], "next_cursor": None, "total": len(rows)}
 
 
-@router.delete("/webhook/endpoints/{endpoint_id}", status_code=204, responses=_ERRORS)
-async def delete_endpoint(endpoint_id: str, client: ManagerDep, state: StateDep) -> Response:
+@router.delete(
+    "/webhook/endpoints/{endpoint_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        204: {"description": "deleted"},
+        **schemas.errors(
+            {**schemas.COMMON, **schemas.API_KEY, 404: "NOT_FOUND: no such endpoint of this client"}
+        ),
+    },
+)
+async def delete_endpoint(endpoint_id: UuidPath, client: ManagerDep, state: StateDep) -> Response:
     """Stop sending to the endpoint; its pending deliveries end FAILED, its delivery log stays."""
     if not _uuid(endpoint_id):
         raise NotFound("webhook endpoint not found")
@@ -149,12 +193,12 @@ async def delete_endpoint(endpoint_id: str, client: ManagerDep, state: StateDep)
     return Response(status_code=204)
 
 
-@router.get("/webhook/deliveries", responses=_ERRORS)
+@router.get("/webhook/deliveries", response_model=schemas.WebhookDeliveryPage, responses=_DELIVERIES_ERRORS)
 async def list_deliveries(
     client: ReaderDep,
     state: StateDep,
-    withdrawal_id: Annotated[str | None, Query(max_length=36)] = None,
-    endpoint_id: Annotated[str | None, Query(max_length=36)] = None,
+    withdrawal_id: Annotated[str | None, Query(max_length=36, json_schema_extra={"format": "uuid"})] = None,
+    endpoint_id: Annotated[str | None, Query(max_length=36, json_schema_extra={"format": "uuid"})] = None,
     delivery_state: Annotated[
         str | None, Query(alias="state", pattern="^(PENDING|DELIVERED|FAILED)$")
     ] = None,
@@ -196,8 +240,20 @@ async def list_deliveries(
     }
 
 
-@router.post("/webhook/deliveries/{delivery_id}/redeliver", status_code=202, responses=_ERRORS)
-async def redeliver(delivery_id: str, client: ManagerDep, state: StateDep) -> dict[str, Any]:
+@router.post(
+    "/webhook/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    response_model=schemas.Redelivery,
+    responses=schemas.errors(
+        {
+            **schemas.COMMON,
+            **schemas.API_KEY,
+            404: "NOT_FOUND: no such delivery of this client",
+            409: "CONFLICT: the delivery's endpoint was deleted",
+        }
+    ),
+)
+async def redeliver(delivery_id: UuidPath, client: ManagerDep, state: StateDep) -> dict[str, Any]:
     """Queue the event again for its endpoint: the same event id and body, with a fresh signature,
     sent in order after what is already pending for that withdrawal."""
     if not _uuid(delivery_id):
