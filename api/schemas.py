@@ -20,6 +20,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from models.alerts import AlertKind, AlertState
 from models.lifecycle import WithdrawalStatus
+from models.webhooks import ALL_EVENTS, EVENT_TYPES
 
 UPPER_SNAKE = r"^[A-Z][A-Z0-9_]*$"
 ADDRESS = r"^0x[0-9a-fA-F]{40}$"
@@ -664,6 +665,9 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     endpoint = components.get("EndpointBody")
     if endpoint is not None:
         endpoint["properties"]["url"]["pattern"] = _url_pattern(https_only)
+        for option in endpoint["properties"]["events"].get("anyOf", []):
+            if option.get("type") == "array":
+                option["items"] = {"type": "string", "enum": [ALL_EVENTS, *EVENT_TYPES]}
     envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
     for path, item in doc.get("paths", {}).items():
         for operation in item.values():

@@ -67,7 +67,6 @@ class EndpointBody(BaseModel):
         min_length=1,
         max_length=len(EVENT_TYPES) + 1,
         description='event types, or ["*"] (the default) for all',
-        json_schema_extra={"items": {"type": "string", "enum": [ALL_EVENTS, *EVENT_TYPES]}},
         examples=[["withdrawal.confirmed", "withdrawal.failed"]],
     )
 
