@@ -52,7 +52,7 @@ async def list_alerts(
 ) -> dict[str, Any]:
     """Alerts newest first, optionally only FIRING or RESOLVED ones, or one kind. `next_cursor` is
     passed back as `cursor` for the next page."""
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit()):
         raise ValidationFailed("cursor must be a next_cursor from an earlier page", field="cursor")
     before = int(cursor) if cursor is not None else None
     async with engine.db.read() as s:

@@ -55,7 +55,7 @@ def decode_position(cursor: str | None) -> Position | None:
 def decode_id_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
         raise ValidationFailed("cursor must be a next_cursor from an earlier page", field="cursor")
     return int(cursor)
 

@@ -208,7 +208,7 @@ async def list_deliveries(
     code and latency. For one withdrawal, in the order they are sent; otherwise newest first."""
     offset = 0
     if cursor is not None:
-        if not cursor.isdigit():
+        if not (cursor.isascii() and cursor.isdigit()):
             raise ValidationFailed("cursor is not one this API returned", field="cursor")
         offset = int(cursor)
     async with state.db.read() as s:

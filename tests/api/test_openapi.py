@@ -315,3 +315,22 @@ async def test_api_docs_render_in_a_browser_without_internet(
     assert "/withdrawal/request" in paths and "/admin/transactions" in paths
     severe = [e for e in log if e.get("level") == "SEVERE"]
     assert not severe, severe  # no script, style or fetch refused by the page's policy
+
+
+@pytest.mark.parametrize("path", ["/admin/alerts", "/admin/audit", "/webhook/deliveries"])
+async def test_a_cursor_of_non_ascii_digits_is_refused_not_a_server_error(
+    harness: Harness, path: str
+) -> None:
+    """'²'.isdigit() is true but int('²') fails: a cursor must be ASCII digits (the document's pattern)."""
+    headers = (
+        {"X-API-Key": harness.api_key}
+        if path.startswith("/webhook/")
+        else await harness.operator_headers("ADMIN")
+    )
+    r = await harness.http.get(path, params={"cursor": "1²"}, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == {
+        "code": "VALIDATION_ERROR",
+        "message": r.json()["error"]["message"],
+        "field": "cursor",
+    }
