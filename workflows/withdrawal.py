@@ -133,6 +133,7 @@ class WithdrawalWorkflow:
         self._approval: ApprovalDecision | None = None
         self._approvers: list[ApproverIdentity] = []  # proven, distinct approvals so far
         self._held: str | None = None  # the kill switch holding the next step, if any
+        self._deciding = 0  # approve/reject handlers whose proof is being checked
         self._cancel: OperatorInput | None = None
         self._retry = False
         self._broadcast = False  # a transaction of this withdrawal has reached a node
@@ -254,6 +255,8 @@ class WithdrawalWorkflow:
         if action is K.CANCEL:
             if self._cancel is not None:
                 return "a cancellation is already requested"
+            if self._deciding:  # the decision arrived first: it counts (or fails) before a cancel
+                return "an approval decision is being recorded: send the cancel again in a moment"
             if st.terminal:
                 return f"the withdrawal is {st}"
             if self._approval is ApprovalDecision.REJECTED:
@@ -289,6 +292,7 @@ class WithdrawalWorkflow:
         """Approve or reject with proof: the API-signed token is verified by an activity, and only the
         approver it proves is recorded. Above the four-eyes threshold two distinct approvers are needed."""
         token = inp.token if inp else None
+        self._deciding += 1
         try:
             if not token:
                 raise ApplicationError(_UNPROVEN, type=ErrorCode.APPROVAL_UNPROVEN, non_retryable=True)
@@ -301,10 +305,12 @@ class WithdrawalWorkflow:
                 retry_policy=VERIFY_RETRY,
             )
         except (ActivityError, ApplicationError) as err:
+            self._deciding -= 1
             message = _error_of(err).message
             self._note(K.REFUSED, None, action=action, reason=message, actor=inp.operator if inp else None)
             self._publish()
             raise ApplicationError(message, type=ErrorCode.APPROVAL_UNPROVEN, non_retryable=True) from err
+        self._deciding -= 1
         refusal = self._refusal(action)  # the state may have moved while the token was checked
         if (
             refusal is None
@@ -741,6 +747,7 @@ class WithdrawalWorkflow:
                 if error.code is ErrorCode.PAUSED:
                     await self._hold(error.message)
                     continue
+                self._held = None  # the step ran and failed for another reason: no longer held
                 if error.code in passthrough:
                     raise _Passthrough(error.code, error.message) from err
                 await self._park(error, cancellable=cancellable)
