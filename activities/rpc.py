@@ -1,7 +1,9 @@
-"""JSON-RPC client per network: several endpoints, failover, timeouts, chain-id check, call counting.
+"""JSON-RPC client per network: several endpoints, failover, timeouts, chain-id check, batches, call
+counting.
 
 A thin client over httpx rather than web3's provider: the engine needs the node's exact error
-messages for classification, one shared connection pool, and a count of every call (benchmarks).
+messages for classification, one shared connection pool, and a count of every call (benchmarks):
+`calls` counts JSON-RPC methods (a batch of three counts three), `requests` HTTP round trips.
 """
 
 from __future__ import annotations
@@ -10,14 +12,19 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import structlog
 
 from activities.rpc_errors import RpcErrorKind, classify
 
+if TYPE_CHECKING:
+    from activities.blocks import BlockWatcher
+
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 class RpcError(Exception):
@@ -41,6 +48,10 @@ class ChainIdMismatch(Exception):
     pass
 
 
+class _BatchRefused(Exception):
+    """The endpoint does not take JSON-RPC batches (it answered a single error object)."""
+
+
 class ChainRpc:
     def __init__(
         self, network: str, urls: list[str], *, chain_id: int, timeout: float = 10.0, http: httpx.AsyncClient
@@ -54,8 +65,11 @@ class ChainRpc:
         self._unhealthy_until: dict[str, float] = {}
         self._verified: set[str] = set()
         self._wrong_chain: set[str] = set()  # never used again: it serves another chain
-        self.calls: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()  # JSON-RPC methods called (each call of a batch counts)
+        self.requests = 0  # HTTP requests sent (a batch is one)
+        self._no_batch: set[str] = set()  # endpoints that refused a batch: their calls go one by one
         self._head: tuple[float, int] | None = None
+        self.watcher: BlockWatcher | None = None  # the network's (activities.blocks.watcher_for)
 
     def _ordered(self) -> list[str]:
         now = time.monotonic()
@@ -64,15 +78,55 @@ class ChainRpc:
 
     async def _post(self, url: str, method: str, params: list[Any]) -> Any:
         self.calls[method] += 1
+        self.requests += 1
         payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         resp = await self._http.post(url, json=payload, timeout=self.timeout)
         if resp.status_code == 429 or resp.status_code >= 500:
             raise RpcUnavailable(f"HTTP {resp.status_code}", classify(None, http_status=resp.status_code))
         body = resp.json()
         if "error" in body and body["error"] is not None:
-            err = body["error"]
-            raise RpcError(str(err.get("message", "")), code=err.get("code"), data=err.get("data"))
+            raise _error(body["error"])
         return body.get("result")
+
+    async def _post_batch(self, url: str, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """One HTTP request for all `calls`; a node's error for one call is an RpcError in its place.
+        A transient error in any of them (rate limited, overloaded) fails the whole batch over."""
+        if url in self._no_batch:
+            return [await self._one(url, method, params) for method, params in calls]
+        self.requests += 1
+        for method, _ in calls:
+            self.calls[method] += 1
+        ids = [next(self._ids) for _ in calls]
+        payload = [
+            {"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+            for i, (method, params) in zip(ids, calls, strict=True)
+        ]
+        resp = await self._http.post(url, json=payload, timeout=self.timeout)
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise RpcUnavailable(f"HTTP {resp.status_code}", classify(None, http_status=resp.status_code))
+        body = resp.json()
+        if not isinstance(body, list):
+            raise _BatchRefused(str(body)[:200])
+        answers = {item.get("id"): item for item in body if isinstance(item, dict)}
+        out: list[Any] = []
+        for i in ids:
+            item = answers.get(i)
+            if item is None:
+                raise ValueError(f"the batch answer has no item for id {i}")
+            out.append(_error(item["error"]) if item.get("error") is not None else item.get("result"))
+        for r in out:
+            if isinstance(r, RpcError) and r.kind.transient:
+                raise r
+        return out
+
+    async def _one(self, url: str, method: str, params: list[Any]) -> Any:
+        """A call of a batch sent alone: the node's (non-transient) error is returned, not raised."""
+        try:
+            return await self._post(url, method, params)
+        except RpcError as e:
+            if e.kind.transient:
+                raise
+            return e
 
     async def _verify(self, url: str) -> None:
         if url in self._verified:
@@ -86,13 +140,38 @@ class ChainRpc:
 
     async def call(self, method: str, params: list[Any] | None = None) -> Any:
         """Call the first healthy endpoint; fail over on transport errors, 429 and 5xx."""
+        return await self._failover(method, lambda url: self._post(url, method, params or []))
+
+    async def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """Several calls in one HTTP request (a JSON-RPC batch), answered in order. A node's error for
+        one of them is an `RpcError` in its place (the others still count); transport errors, 429/5xx
+        and transient errors fail the batch over to the next endpoint as `call` does. An endpoint
+        that refuses batches gets the calls one by one from then on."""
+        if not calls:
+            return []
+        label = "+".join(m for m, _ in calls)
+        if len(calls) == 1:
+            method, params = calls[0]
+            return [await self._failover(method, lambda url: self._one(url, method, params))]
+
+        async def send(url: str) -> list[Any]:
+            try:
+                return await self._post_batch(url, calls)
+            except _BatchRefused as e:
+                self._no_batch.add(url)
+                log.warning("rpc.batch.refused", network=self.network, url=url, answer=str(e))
+                return [await self._one(url, method, params) for method, params in calls]
+
+        return await self._failover(label, send)
+
+    async def _failover(self, method: str, send: Callable[[str], Awaitable[T]]) -> T:
         last: Exception | None = None
         for url in self._ordered():
             if url in self._wrong_chain:
                 continue
             try:
                 await self._verify(url)
-                result = await self._post(url, method, params or [])
+                result = await send(url)
                 self._unhealthy_until.pop(url, None)
                 return result
             except RpcError as e:
@@ -151,7 +230,7 @@ class ChainRpc:
         return int(await self.call("eth_getBalance", [address, tag]), 16)
 
     async def token_balance(self, token: str, address: str, *, block: int | str | None = None) -> int:
-        data = "0x70a08231" + address[2:].lower().rjust(64, "0")
+        data = balance_of_data(address)
         tag = hex(block) if isinstance(block, int) else (block or "latest")
         return int(await self.call("eth_call", [{"to": token, "data": data}, tag]), 16)
 
@@ -177,6 +256,11 @@ class ChainRpc:
         result = await self.call("eth_getBlockByNumber", [tag, False])
         return dict(result) if result else None
 
+    async def block_receipts(self, number: int) -> list[dict[str, Any]] | None:
+        """Every receipt of the canonical block at `number` (eth_getBlockReceipts); None: unknown."""
+        result = await self.call("eth_getBlockReceipts", [hex(number)])
+        return [dict(r) for r in result] if isinstance(result, list) else None
+
     async def block_with_transactions(self, number: int) -> dict[str, Any] | None:
         result = await self.call("eth_getBlockByNumber", [hex(number), True])
         return dict(result) if result else None
@@ -195,6 +279,17 @@ class ChainRpc:
 
     async def send_raw(self, raw_tx: str) -> str:
         return str(await self.call("eth_sendRawTransaction", [raw_tx]))
+
+
+def balance_of_data(address: str) -> str:
+    """Call data of ERC-20 `balanceOf(address)`."""
+    return "0x70a08231" + address[2:].lower().rjust(64, "0")
+
+
+def _error(err: Any) -> RpcError:
+    if not isinstance(err, dict):
+        return RpcError(str(err))
+    return RpcError(str(err.get("message", "")), code=err.get("code"), data=err.get("data"))
 
 
 class Chains:
@@ -216,4 +311,7 @@ class Chains:
         await asyncio.gather(*(r.verify_all() for r in self.rpc.values()))
 
     async def aclose(self) -> None:
+        for r in self.rpc.values():
+            if r.watcher is not None:
+                await r.watcher.aclose()
         await self._http.aclose()
