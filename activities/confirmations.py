@@ -1,8 +1,11 @@
 """Tracking inclusion and confirmations of a withdrawal's attempts (all at one nonce).
 
-New blocks come from the network's `BlockWatcher`; receipts are read when the watcher saw one of our
-hashes (or the confirmation height is reached), and directly as a fallback when the watcher is
-unhealthy or nothing came for a long time.
+The network's `BlockWatcher` answers on the happy path: it reads the receipts of a block holding one
+of our hashes once for every withdrawal in it, and reads that block's receipts again once it is deep
+enough, so a waiting withdrawal makes no call of its own. Direct checks (receipts by hash, the block
+at the inclusion height) remain for what the watcher cannot tell: when it is unhealthy, when a block
+lists our hash but its receipts are unknown, when it holds another block at the inclusion height, for
+a transaction signed before it started following the chain, and every `fallback_after` seconds.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from typing import Any
 import structlog
 from temporalio import activity
 
-from activities.blocks import BlockWatcher
+from activities.blocks import BlockWatcher, Receipt, watcher_for
 from activities.broadcast import find_mined_attempt, resend
-from activities.rpc import ChainRpc, Chains, RpcUnavailable
+from activities.rpc import ChainRpc, Chains, RpcError, RpcUnavailable
 from models import repo
 from models.db import Database
 from models.domain import AwaitInput, Inclusion, InclusionOutcome, TxPurpose
-from models.tables import TxAttempt
+from models.tables import TxAttempt, Withdrawal
 from settings import EngineConfig
 
 log = structlog.get_logger()
@@ -30,13 +33,20 @@ log = structlog.get_logger()
 class ConfirmationActivities:
     def __init__(self, db: Database, chains: Chains, config: EngineConfig) -> None:
         self.db, self.chains, self.config = db, chains, config
-        self._watchers: dict[str, BlockWatcher] = {}
         self._mined_nonces: dict[tuple[str, str], tuple[float, int]] = {}
         self._nonce_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def mined_nonce(self, network: str, wallet: str) -> int:
-        """The wallet's mined transaction count, read at most once per half block for all the
-        withdrawals of the wallet waiting in this process (RPC cost per wallet, not per withdrawal)."""
+        """The wallet's mined transaction count, read once per block (at the watcher's head) for all
+        the withdrawals of the wallet waiting in this process (RPC cost per wallet, not per
+        withdrawal); without a healthy watcher at most once per half block."""
+        blocks = self.watcher(network)
+        if blocks.healthy:
+            read = (("nonce", wallet.lower()), "eth_getTransactionCount", lambda n: [wallet, hex(n)])
+            with contextlib.suppress(RpcUnavailable):
+                _, (value,), _ = await blocks.at_head([read])
+                if not isinstance(value, RpcError):
+                    return int(value, 16)
         key = (network, wallet)
         max_age = max(0.2, self.config.networks[network].block_time_seconds / 2)
         lock = self._nonce_locks.setdefault(key, asyncio.Lock())
@@ -49,18 +59,14 @@ class ConfirmationActivities:
             return value
 
     def watcher(self, network: str) -> BlockWatcher:
-        w = self._watchers.get(network)
-        if w is None:
-            cfg = self.config.networks[network]
-            w = self._watchers[network] = BlockWatcher(
-                self.chains[network], cfg.block_time_seconds, track_finalized=cfg.finality == "finalized"
-            )
+        w = watcher_for(self.chains[network], self.config.networks[network])
         w.ensure_started()
         return w
 
     async def aclose(self) -> None:
-        for w in self._watchers.values():
-            await w.aclose()
+        for rpc in self.chains.rpc.values():
+            if rpc.watcher is not None:
+                await rpc.watcher.aclose()
 
     @activity.defn
     async def await_transaction(self, inp: AwaitInput) -> Inclusion:
@@ -81,39 +87,65 @@ class ConfirmationActivities:
             attempts = await repo.attempts_for(s, inp.withdrawal_id)
         if w is None:
             raise LookupError(inp.withdrawal_id)
+        blocks = self.watcher(w.network)
+        target = inp.included_block_number + inp.required_confirmations - 1
+        confirm = None if inp.until_included_only else (inp.included_block_number, target)
+        with blocks.watching([a.tx_hash for a in attempts], confirm=confirm):
+            return await self._follow(w, attempts, inp, blocks)
+
+    async def _follow(
+        self, w: Withdrawal, attempts: list[TxAttempt], inp: AwaitInput, blocks: BlockWatcher
+    ) -> Inclusion:
         cfg = self.config.networks[w.network]
         rpc = self.chains[w.network]
-        blocks = self.watcher(w.network)
         hashes = [a.tx_hash for a in attempts]
         wait = max(0.2, min(cfg.block_time_seconds * 2, 10.0))
         resend_after = max(2.0, cfg.block_time_seconds * 3)
         fallback_after = max(30.0, cfg.block_time_seconds * 20)
+        # The wallet's mined nonce is only looked at once a transaction had time to be mined and seen.
+        nonce_after = 2 * cfg.block_time_seconds
         target = inp.included_block_number + inp.required_confirmations - 1
         started = last_send = time.monotonic()
-        last_direct = 0.0 if inp.until_included_only else started
+        await blocks.ready(min(2.0, wait))
+        # One of our attempts may be in a block the watcher never read (signed before it started
+        # following the chain, e.g. after a restart): one direct look first.
+        covered = all(blocks.covers(a.tx_hash, a.created_at) for a in attempts)
+        last_direct = 0.0 if inp.until_included_only and not covered else started
+        direct_head = -1  # the watcher's head at the last direct look it asked for
         seen: str | None = None
         next_since: float | None = None  # when ours was first seen as the wallet's next nonce to mine
         used_since: float | None = None  # when the wallet's mined nonce was first seen past ours
         while True:
             activity.heartbeat()
             now = time.monotonic()
-            if inp.until_included_only:
-                due = blocks.lookup(hashes) is not None
-            elif cfg.finality == "finalized":
-                due = blocks.finalized >= inp.included_block_number and blocks.head >= target
-            else:
-                due = blocks.head >= target
-            if due or not blocks.healthy or now - last_direct > fallback_after:
-                last_direct = now
-                try:
-                    result = await self._check(rpc, blocks, w.id, attempts, inp, seen)
-                except RpcUnavailable as e:
-                    log.warning("withdrawal.confirmations.rpc_down", withdrawal_id=w.id, error=str(e)[:200])
-                    result = None
+            direct = not blocks.healthy or now - last_direct > fallback_after
+            if blocks.healthy and not direct:
+                if inp.until_included_only:
+                    receipt, unsure = await blocks.inclusion(hashes)
+                elif cfg.finality == "finalized" and blocks.finalized < inp.included_block_number:
+                    receipt, unsure = None, False
+                else:
+                    receipt, unsure = await blocks.confirmation(
+                        hashes, inp.included_block_number, inp.included_block_hash or "", target
+                    )
+                if receipt is not None:
+                    return await self._settle_seen(w.id, attempts, receipt, blocks.head, inp)
+                # The watcher cannot tell (receipts unknown, another block at that height): look
+                # directly, once per new block.
+                direct = unsure and blocks.head != direct_head
+            if direct:
+                last_direct, direct_head = now, blocks.head
+                result = await self._check_or_none(rpc, blocks, w.id, attempts, inp, seen)
                 if isinstance(result, Inclusion):
                     return result
                 seen = result or seen
-            if seen is None and inp.until_included_only and w.hot_wallet and w.nonce is not None:
+            if (
+                seen is None
+                and inp.until_included_only
+                and w.hot_wallet
+                and w.nonce is not None
+                and now - started >= nonce_after
+            ):
                 try:
                     mined = await self.mined_nonce(w.network, w.hot_wallet)
                 except RpcUnavailable:
@@ -121,6 +153,10 @@ class ConfirmationActivities:
                 if mined > w.nonce:
                     used_since = used_since or now
                     if now - used_since > 2 * cfg.block_time_seconds:
+                        # Before the proof from blocks: one direct look at our receipts.
+                        result = await self._check_or_none(rpc, blocks, w.id, attempts, inp, seen)
+                        if isinstance(result, Inclusion):
+                            return result
                         log.warning(
                             "withdrawal.nonce_used", withdrawal_id=w.id, nonce=w.nonce, mined_nonce=mined
                         )
@@ -138,6 +174,39 @@ class ConfirmationActivities:
                 else:
                     next_since = used_since = None  # queued behind a lower nonce of the wallet
             await blocks.wait_next_block(wait)
+
+    async def _check_or_none(
+        self,
+        rpc: ChainRpc,
+        blocks: BlockWatcher,
+        withdrawal_id: str,
+        attempts: list[TxAttempt],
+        inp: AwaitInput,
+        seen: str | None,
+    ) -> Inclusion | str | None:
+        try:
+            return await self._check(rpc, blocks, withdrawal_id, attempts, inp, seen)
+        except RpcUnavailable as e:
+            log.warning("withdrawal.confirmations.rpc_down", withdrawal_id=withdrawal_id, error=str(e)[:200])
+            return None
+
+    async def _settle_seen(
+        self, withdrawal_id: str, attempts: list[TxAttempt], receipt: Receipt, head: int, inp: AwaitInput
+    ) -> Inclusion:
+        """Record what the watcher saw: its receipt, in a block of the chain it follows (and, for the
+        final confirmation, read again at the required depth with the block's hash unchanged)."""
+        attempt = next(a for a in attempts if a.tx_hash.lower() == receipt.tx_hash)
+        confirmations = max(head, receipt.block_number) - receipt.block_number + 1
+        return await self._record(
+            withdrawal_id,
+            attempt,
+            inp,
+            block_number=receipt.block_number,
+            block_hash=receipt.block_hash,
+            confirmations=confirmations,
+            success=receipt.success,
+            fee=receipt.fee_wei,
+        )
 
     async def _check(
         self,
@@ -207,6 +276,29 @@ class ConfirmationActivities:
             if block is None or block.get("hash") != receipt.get("blockHash"):
                 return None  # the node is mid-reorg: look again
         fee = int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice", "0x0"), 16)
+        return await self._record(
+            withdrawal_id,
+            attempt,
+            inp,
+            block_number=block_number,
+            block_hash=str(receipt.get("blockHash", "")),
+            confirmations=confirmations,
+            success=int(receipt.get("status", "0x1"), 16) == 1,
+            fee=fee,
+        )
+
+    async def _record(
+        self,
+        withdrawal_id: str,
+        attempt: TxAttempt,
+        inp: AwaitInput,
+        *,
+        block_number: int,
+        block_hash: str,
+        confirmations: int,
+        success: bool,
+        fee: int,
+    ) -> Inclusion:
         async with self.db.transaction() as s:
             await repo.record_inclusion(
                 s,
@@ -221,8 +313,8 @@ class ConfirmationActivities:
             tx_hash=attempt.tx_hash,
             purpose=TxPurpose(attempt.purpose),
             block_number=block_number,
-            block_hash=str(receipt.get("blockHash", "")),
+            block_hash=block_hash,
             confirmations=confirmations,
-            success=int(receipt.get("status", "0x1"), 16) == 1,
+            success=success,
             fee_wei=str(fee),
         )

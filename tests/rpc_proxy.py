@@ -47,6 +47,8 @@ class RpcProxy:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.hide_transactions and any(m in body for m in _LOOKUPS):
+            if isinstance(json.loads(body), list):  # a batch: its lookups null, the rest from the node
+                return Response(json.dumps(await self._lie_in_batch(json.loads(body))), 200)
             request_id = json.loads(body).get("id")
             self.hidden += 1
             return Response(json.dumps({"jsonrpc": "2.0", "id": request_id, "result": None}), 200)
@@ -62,6 +64,13 @@ class RpcProxy:
                 data["result"] = hex(max(0, int(data["result"], 16) - self.stale_blocks))
                 return Response(json.dumps(data), 200, media_type="application/json")
         return Response(resp.content, resp.status_code, media_type="application/json")
+
+    async def _lie_in_batch(self, items: list[dict[str, object]]) -> list[object]:
+        lookups = [i for i in items if str(i.get("method")).encode() in _LOOKUPS]
+        self.hidden += len(lookups)
+        rest = [i for i in items if i not in lookups]
+        answered = (await self._http.post(self.upstream, json=rest)).json() if rest else []
+        return [{"jsonrpc": "2.0", "id": i.get("id"), "result": None} for i in lookups] + answered
 
     def hold_sends(self) -> None:
         self._open.clear()
