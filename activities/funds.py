@@ -9,15 +9,19 @@ Both run with the network's hot-wallet rows locked, so concurrent admissions nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
+from typing import Any
 
 import structlog
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
-from activities.rpc import Chains
+from activities.blocks import Read, watcher_for
+from activities.rpc import Chains, RpcError, RpcUnavailable, balance_of_data
 from activities.webhooks import WebhookKicker
 from models import repo
 from models.amounts import MAX_AMOUNT_UNITS, format_amount, to_units
@@ -82,6 +86,10 @@ def choose_wallet(
     return min(candidates, key=lambda x: (busy.get(x, 0), cfg.hot_wallets.index(x)))
 
 
+def _at_block(params: list[Any], block: int) -> list[Any]:
+    return [*params, hex(block)]
+
+
 class FundsActivities:
     def __init__(
         self,
@@ -98,16 +106,35 @@ class FundsActivities:
     async def _balances(self, cfg: NetworkConfig, network: str, asset: str) -> Balances:
         """The hot wallets' balances at one block (the reservation arithmetic counts what settled after
         it: `repo.held_amounts(as_of_block=...)`), so a withdrawal confirmed between this read and the
-        reservation is never counted as still in the wallet."""
+        reservation is never counted as still in the wallet.
+
+        With a healthy block watcher the block is its head, and the reads at that block are shared
+        by every admission while it is the head (cached under its number and hash, prefetched with
+        the next blocks while admissions go on): still a read at that block. Else the node's head."""
         rpc = self.chains[network]
-        block = await rpc.block_number()
         pairs: list[tuple[str, str]] = []
-        calls = []
+        reads: list[Read] = []
         for wallet in cfg.hot_wallets:
             pairs.append((wallet, cfg.native_asset))
+            reads.append((("balance", wallet.lower()), "eth_getBalance", partial(_at_block, [wallet])))
+            if asset != cfg.native_asset:
+                token = cfg.tokens[asset].address
+                pairs.append((wallet, asset))
+                call = {"to": token, "data": balance_of_data(wallet)}
+                reads.append(
+                    (("token_balance", token.lower(), wallet.lower()), "eth_call", partial(_at_block, [call]))
+                )
+        blocks = watcher_for(rpc, cfg)
+        if await blocks.ready(min(2.0, rpc.timeout)):
+            with contextlib.suppress(RpcUnavailable):
+                block, values, _ = await blocks.at_head(reads)
+                if not any(isinstance(v, RpcError) for v in values):  # e.g. a node behind the watcher
+                    return Balances(dict(zip(pairs, (int(v, 16) for v in values), strict=True)), block)
+        block = await rpc.block_number()
+        calls = []
+        for wallet in cfg.hot_wallets:
             calls.append(rpc.balance(wallet, block=block))
             if asset != cfg.native_asset:
-                pairs.append((wallet, asset))
                 calls.append(rpc.token_balance(cfg.tokens[asset].address, wallet, block=block))
         return Balances(dict(zip(pairs, await asyncio.gather(*calls), strict=True)), block)
 

@@ -12,9 +12,10 @@ from temporalio import activity
 
 from activities import fees as feemath
 from activities.alerts import Alerter
+from activities.blocks import Read, watcher_for
 from activities.failures import fail, rpc_down
 from activities.pauses import held_by_pause
-from activities.rpc import ChainIdMismatch, ChainRpc, Chains, RpcError, RpcUnavailable
+from activities.rpc import ChainIdMismatch, ChainRpc, Chains, RpcError, RpcUnavailable, balance_of_data
 from activities.rpc_errors import RpcErrorKind
 from activities.signer import KeystoreSigner, SignerUnavailable
 from models import repo
@@ -41,16 +42,46 @@ async def quote_fees(cfg: NetworkConfig, rpc: ChainRpc, *, capped: bool = True) 
     """The fees to sign with now: the node's gas price (legacy) or 2 x base fee + priority (EIP-1559),
     within the network's cap. Cancellations and nonce fills (`capped=False`) must not wait for fees to
     fall: they may pay up to `cancel_fee_cap_multiple` times the cap, never more (an absolute ceiling).
-    Raises `feemath.FeeAboveCap` when the market is above the cap in force."""
+    Raises `feemath.FeeAboveCap` when the market is above the cap in force.
+
+    Once per block per network: with a healthy block watcher the base fee is its head block's, and the
+    node's priority fee (or gas price) is read once while that block is the head, for every
+    transaction signed meanwhile (see docs/transactions.md, "What is read once per block")."""
     cap = fee_cap(cfg) if capped else fee_cap(cfg) * cfg.cancel_fee_cap_multiple
     if cfg.fee_model == "legacy":
-        return feemath.legacy(await rpc.gas_price(), cfg.legacy_gas_price_multiplier, cap)
-    head = await rpc.block("latest")
-    base = int((head or {}).get("baseFeePerGas", "0x0"), 16)
-    priority = await rpc.max_priority_fee()
-    if priority is None:
-        priority = int(cfg.priority_fee_gwei * 10**9)
+        price = await _per_block(rpc, "eth_gasPrice")
+        if isinstance(price, RpcError):
+            raise price
+        return feemath.legacy(int(price, 16), cfg.legacy_gas_price_multiplier, cap)
+    blocks = rpc.watcher
+    if blocks is not None and blocks.healthy:
+        base = blocks.base_fee or 0
+    else:
+        head = await rpc.block("latest")
+        base = int((head or {}).get("baseFeePerGas", "0x0"), 16)
+    answer = await _per_block(rpc, "eth_maxPriorityFeePerGas")
+    priority = int(cfg.priority_fee_gwei * 10**9) if isinstance(answer, RpcError) else int(answer, 16)
     return feemath.eip1559(base, priority, cap)
+
+
+def _fee_read(method: str) -> Read:
+    return (method, method, lambda _n: [])
+
+
+async def _per_block(rpc: ChainRpc, method: str) -> Any:
+    """The node's answer to a parameterless `method` (or its RpcError), read once per head block
+    when the network's watcher is healthy, else now."""
+    blocks = rpc.watcher
+    if blocks is not None and blocks.healthy:
+        try:
+            _, (value,), _ = await blocks.at_head([_fee_read(method)])
+            return value
+        except RpcUnavailable:
+            pass  # the batch did not get through: one direct try
+    try:
+        return await rpc.call(method)
+    except RpcError as e:
+        return e
 
 
 def self_transfer(hot_wallet: str, cfg: NetworkConfig) -> dict[str, Any]:
@@ -101,57 +132,98 @@ class TransactionActivities:
         self.db, self.chains, self.signer, self.config = db, chains, signer, config
         self.alerts = alerts or Alerter(db)
 
-    async def _gas_limit(self, cfg: NetworkConfig, rpc: ChainRpc, tx: dict[str, Any], native: bool) -> int:
-        if native and (await rpc.get_code(tx["to"])) in ("0x", "0x0", ""):
-            return cfg.native_gas_limit
+    async def _unsigned(
+        self, w: Withdrawal, purpose: TxPurpose, cfg: NetworkConfig, rpc: ChainRpc, *, funds: bool
+    ) -> tuple[dict[str, Any], tuple[int, int | None] | None]:
+        """The transaction without nonce and fees, and with `funds` the hot wallet's pending balances
+        (native, token or None). What they need from the node goes in one batch: the recipient's
+        code (native; read once per head block) or the transfer's gas estimate (token), the
+        balances, and the head block's fee read for `quote_fees` right after; a native send to a
+        contract then estimates its gas."""
+        assert w.hot_wallet is not None
+        if purpose is TxPurpose.CANCEL:
+            return self_transfer(w.hot_wallet, cfg), None
+        native = w.asset == cfg.native_asset
+        if native:
+            tx: dict[str, Any] = {"from": w.hot_wallet, "to": w.to_address, "value": w.amount, "data": "0x"}
+        else:
+            tx = {
+                "from": w.hot_wallet,
+                "to": cfg.tokens[w.asset].address,
+                "value": 0,
+                "data": erc20_transfer_data(w.to_address, w.amount),
+            }
+        call = {k: v for k, v in tx.items() if k in ("from", "to", "value", "data")}
+        extra: list[tuple[str, list[Any]]] = []  # this transaction's own reads
+        if not native:
+            extra.append(("eth_estimateGas", [call]))
+        if funds:
+            extra.append(("eth_getBalance", [w.hot_wallet, "pending"]))
+            if not native:
+                token_call = {"to": cfg.tokens[w.asset].address, "data": balance_of_data(w.hot_wallet)}
+                extra.append(("eth_call", [token_call, "pending"]))
+        blocks = rpc.watcher
+        if blocks is not None and blocks.healthy:
+            # With the reads of the head block (the fee quote's, the recipient's code): one batch, or
+            # none of them when another transaction signed at this head read them already.
+            fee = _fee_read("eth_gasPrice" if cfg.fee_model == "legacy" else "eth_maxPriorityFeePerGas")
+            to = w.to_address
+            code = (("code", to.lower()), "eth_getCode", lambda n: [to, hex(n)])
+            _, shared, answers = await blocks.at_head([fee, code] if native else [fee], extra)
+            code_answer = shared[1] if native else None
+        else:
+            reads = ([("eth_getCode", [w.to_address, "latest"])] if native else []) + extra
+            answers = await rpc.batch(reads)
+            code_answer, answers = (answers[0], answers[1:]) if native else (None, answers)
+        out = iter(answers)
+        if native:
+            if isinstance(code_answer, RpcError):  # e.g. a node behind the watcher's head
+                code_answer = await rpc.get_code(w.to_address)
+            if code_answer in ("0x", "0x0", ""):
+                tx["gas"] = cfg.native_gas_limit
+            else:
+                tx["gas"] = self._gas_limit(cfg, await self._estimate(rpc, call), native=True)
+        else:
+            tx["gas"] = self._gas_limit(cfg, self._estimated(next(out)), native=False)
+        if not funds:
+            return tx, None
+        coins = next(out)
+        tokens = None if native else next(out)
+        for answer in (coins, tokens):
+            if isinstance(answer, RpcError):
+                raise answer
+        return tx, (int(coins, 16), None if tokens is None else int(tokens, 16))
+
+    async def _estimate(self, rpc: ChainRpc, call: dict[str, Any]) -> int:
         try:
-            estimate = await rpc.estimate_gas(
-                {k: v for k, v in tx.items() if k in ("from", "to", "value", "data")}
-            )
+            return await rpc.estimate_gas(call)
         except RpcError as e:
-            if e.kind is RpcErrorKind.EXECUTION_REVERTED:
-                raise fail(ErrorCode.EXECUTION_REVERTED, f"the transfer would revert: {e.message}") from e
-            raise
+            return self._estimated(e)
+
+    def _estimated(self, answer: Any) -> int:
+        if isinstance(answer, RpcError):
+            if answer.kind is RpcErrorKind.EXECUTION_REVERTED:
+                raise fail(
+                    ErrorCode.EXECUTION_REVERTED, f"the transfer would revert: {answer.message}"
+                ) from answer
+            raise answer
+        return int(answer, 16)
+
+    def _gas_limit(self, cfg: NetworkConfig, estimate: int, *, native: bool) -> int:
         limit = int(Decimal(estimate) * cfg.gas_limit_margin)
         cap = cfg.native_contract_gas_limit_cap if native else cfg.token_gas_limit_cap
         if estimate > cap:
             raise fail(ErrorCode.GAS_ABOVE_CAP, f"the transfer needs {estimate} gas, above the cap of {cap}")
         return min(limit, cap)
 
-    async def _unsigned(
-        self, w: Withdrawal, purpose: TxPurpose, cfg: NetworkConfig, rpc: ChainRpc
-    ) -> dict[str, Any]:
-        assert w.hot_wallet is not None
-        if purpose is TxPurpose.CANCEL:
-            return self_transfer(w.hot_wallet, cfg)
-        if w.asset == cfg.native_asset:
-            tx = {"from": w.hot_wallet, "to": w.to_address, "value": w.amount, "data": "0x"}
-            tx["gas"] = await self._gas_limit(cfg, rpc, tx, native=True)
-            return tx
-        token = cfg.tokens[w.asset].address
-        tx = {
-            "from": w.hot_wallet,
-            "to": token,
-            "value": 0,
-            "data": erc20_transfer_data(w.to_address, w.amount),
-        }
-        tx["gas"] = await self._gas_limit(cfg, rpc, tx, native=False)
-        return tx
-
-    async def _check_balance(self, w: Withdrawal, cfg: NetworkConfig, rpc: ChainRpc, max_fee: int) -> None:
-        """Right before signing: the hot wallet's balance, after its pending transactions, covers the
-        amount and the most this transaction can pay in fees (else WAITING_FOR_FUNDS, nothing signed)."""
-        assert w.hot_wallet is not None
+    def _check_balance(
+        self, w: Withdrawal, cfg: NetworkConfig, balances: tuple[int, int | None], max_fee: int
+    ) -> None:
+        """Right before signing: the hot wallet's balance, after its pending transactions (read just
+        before, in `_unsigned`), covers the amount and the most this transaction can pay in fees
+        (else WAITING_FOR_FUNDS, nothing signed)."""
         native = w.asset == cfg.native_asset
-        try:
-            coins = await rpc.balance(w.hot_wallet, block="pending")
-            tokens = (
-                None
-                if native
-                else await rpc.token_balance(cfg.tokens[w.asset].address, w.hot_wallet, block="pending")
-            )
-        except RpcUnavailable as e:
-            raise rpc_down(e) from e
+        coins, tokens = balances
         short = coins < max_fee + (w.amount if native else 0) or (tokens is not None and tokens < w.amount)
         if short:
             raise fail(
@@ -185,8 +257,10 @@ class TransactionActivities:
         if not self.signer.has(w.hot_wallet):
             raise fail(ErrorCode.SIGNER_UNAVAILABLE, f"no signing key for hot wallet {w.hot_wallet}")
         at_nonce = [a for a in attempts if a.nonce == w.nonce]
+        funds = inp.purpose is TxPurpose.WITHDRAWAL and not at_nonce  # a replacement's original is pending
+        watcher_for(rpc, cfg).wake()  # fees and code once per block for everything signed meanwhile
         try:
-            tx = await self._unsigned(w, inp.purpose, cfg, rpc)
+            tx, balances = await self._unsigned(w, inp.purpose, cfg, rpc, funds=funds)
             try:
                 fees = await quote_fees(cfg, rpc, capped=inp.purpose is not TxPurpose.CANCEL)
             except feemath.FeeAboveCap as e:
@@ -212,8 +286,8 @@ class TransactionActivities:
             log.error(
                 "withdrawal.cancel.fee_above_cap", alert=True, withdrawal_id=w.id, fee=fees.per_gas_ceiling
             )
-        if inp.purpose is TxPurpose.WITHDRAWAL and not at_nonce:  # a replacement's original is pending
-            await self._check_balance(w, cfg, rpc, tx["gas"] * fees.per_gas_ceiling)
+        if balances is not None:
+            self._check_balance(w, cfg, balances, tx["gas"] * fees.per_gas_ceiling)
         tx.pop("from")
         tx.update(nonce=w.nonce, chainId=cfg.chain_id)
         tx.update(fees.tx_fields())
@@ -241,5 +315,6 @@ class TransactionActivities:
                     ErrorCode.NONCE_CONFLICT, f"nonce {w.nonce} is no longer allocated to this withdrawal"
                 )
             await repo.record_attempt(s, attempt)
+        watcher_for(rpc, cfg).signed(tx_hash)
         log.info("withdrawal.signed", withdrawal_id=w.id, tx_hash=tx_hash, nonce=w.nonce, purpose=inp.purpose)
         return SignedTx(tx_hash=TxHash(tx_hash), nonce=Nonce(w.nonce), purpose=inp.purpose)
