@@ -316,6 +316,11 @@ class BlockWatcher:
             block = await self.rpc.block(low - 1)
             if block is None:
                 return False  # the node does not know it (now): look again at the next poll
+            if str(block.get("hash")) != str(new[-1].get("parentHash")):
+                # Not the parent of the block above it (a lagging endpoint answered from another
+                # fork): never stitch two forks together; look again at the next poll.
+                log.warning("blocks.walk.mismatch", network=self.rpc.network, number=low - 1)
+                return False
             new.append(block)
         lowest = int(new[-1]["number"], 16)
         if joined:
@@ -450,7 +455,10 @@ class BlockWatcher:
                 return  # another block at that height now: the next poll follows it
             if self.senders and str(r.get("from", "")).lower() not in self.senders:
                 continue
-            receipt = receipt_of(r)
+            try:
+                receipt = receipt_of(r)
+            except (KeyError, TypeError, ValueError):
+                return  # a malformed receipt: keep nothing of this read (waiters check directly)
             ours[receipt.tx_hash] = receipt
         if block.read is None or block.read.head <= head:
             block.read = ReceiptsRead(head=head, receipts=ours)

@@ -157,9 +157,11 @@ class ChainRpc:
         async def send(url: str) -> list[Any]:
             try:
                 return await self._post_batch(url, calls)
-            except _BatchRefused as e:
+            except (_BatchRefused, ValueError) as e:
+                # Refused outright, or an answer that is not a usable batch (not JSON, an id
+                # missing): the calls one by one from then on, so no caller stalls on batches.
                 self._no_batch.add(url)
-                log.warning("rpc.batch.refused", network=self.network, url=url, answer=str(e))
+                log.warning("rpc.batch.refused", network=self.network, url=url, answer=str(e)[:200])
                 return [await self._one(url, method, params) for method, params in calls]
 
         return await self._failover(label, send)
