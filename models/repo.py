@@ -32,7 +32,6 @@ from models.domain import (
 )
 from models.lifecycle import NonceEffect, ReservationEffect, StaleTransition
 from models.tables import (
-    ApiClient,
     FundReservation,
     HotWallet,
     NonceAllocation,
@@ -61,22 +60,7 @@ async def _update(s: AsyncSession, stmt: Any) -> int:
     return int(result.rowcount or 0)
 
 
-# --- clients and users -------------------------------------------------------------------------
-
-
-async def find_api_client_by_hash(s: AsyncSession, key_hash: str) -> ApiClient | None:
-    client: ApiClient | None = await _first(s, select(ApiClient).where(ApiClient.key_hash == key_hash))
-    return client
-
-
-async def create_api_client(s: AsyncSession, client: ApiClient) -> None:
-    s.add(client)
-    await s.flush()
-
-
-async def deactivate_api_client(s: AsyncSession, client_id: str) -> bool:
-    stmt = update(ApiClient).where(col(ApiClient.id) == client_id).values(active=False)
-    return await _update(s, stmt) == 1
+# --- users -------------------------------------------------------------------------
 
 
 async def get_user(s: AsyncSession, username: str) -> User | None:

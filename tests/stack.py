@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from eth_account import Account
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -349,3 +351,36 @@ def native_body(network: str, to: str, amount: str = "0.5", **kw: Any) -> dict[s
 
 def units(amount: str, decimals: int) -> int:
     return int(Decimal(amount).scaleb(decimals))
+
+
+class _QuietServer(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # pytest keeps its own signal handlers
+
+
+@asynccontextmanager
+async def served_over_http(h: Harness) -> AsyncIterator[str]:
+    """The harness's app (its AppState) served by uvicorn on a free loopback port in this event loop,
+    for clients that need real HTTP (a browser, schemathesis); yields the base URL."""
+    transport = h.http._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        transport.app, lifespan="off", log_config=None, access_log=False, server_header=False
+    )
+    server = _QuietServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(200):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+        sock.close()

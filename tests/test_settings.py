@@ -37,7 +37,8 @@ def test_dev_refuses_a_mainnet_chain_id(tmp_path: Path) -> None:
 
 def test_a_config_whose_asset_has_no_limits_refuses_to_load(tmp_path: Path) -> None:
     text = (ROOT / "config" / "dev.toml").read_text()
-    usdc = next(line for line in text.splitlines(keepends=True) if line.startswith("USDC = { per_transaction"))
+    lines = text.splitlines(keepends=True)
+    usdc = next(line for line in lines if line.startswith("USDC = { per_transaction"))
     text = text.replace(usdc, "", 1)
     (tmp_path / "c.toml").write_text(text)
     with pytest.raises(ValidationError, match="assets without limits"):

@@ -71,7 +71,7 @@ async def test_an_anonymous_approve_from_the_web_ui_or_cli_is_recorded_and_refus
     from temporalio.client import WorkflowUpdateFailedError
 
     try:
-        await handle.execute_update(WithdrawalWorkflow.approve_update, OperatorInput(operator="mallory"))
+        _ = await handle.execute_update(WithdrawalWorkflow.approve_update, OperatorInput(operator="mallory"))
     except WorkflowUpdateFailedError as e:
         assert getattr(e.cause, "type", None) == "APPROVAL_UNPROVEN"
     else:

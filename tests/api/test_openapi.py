@@ -14,36 +14,26 @@ import base64
 import hashlib
 import os
 import re
-import socket
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
-import uvicorn
 from schemathesis.engine import events, from_schema
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.stack import Harness, Stack, new_sqlite_db, running_harness
+from tests.stack import Harness, Stack, new_sqlite_db, running_harness, served_over_http
 
 MAX_EXAMPLES = 8
 SEED = 20260131
 BUDGET_SECONDS = 90
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-
-class _Server(uvicorn.Server):
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # pytest keeps its own signal handlers
 
 
 @pytest.fixture
@@ -57,29 +47,9 @@ async def harness(stack: Stack) -> AsyncIterator[Harness]:
 
 @pytest.fixture
 async def served(harness: Harness) -> AsyncIterator[str]:
-    """The harness's app served over real HTTP in this event loop (schemathesis is synchronous and
-    runs in a thread)."""
-    transport = harness.http._transport
-    assert isinstance(transport, httpx.ASGITransport)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        transport.app, lifespan="off", log_config=None, access_log=False, server_header=False
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(200):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
-        sock.close()
+    """The harness's app over real HTTP (see `tests.stack.served_over_http`)."""
+    async with served_over_http(harness) as url:
+        yield url
 
 
 # A schema-valid request the engine still refuses for a reason the document states but JSON Schema

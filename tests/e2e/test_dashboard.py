@@ -13,17 +13,14 @@ import asyncio
 import json
 import os
 import re
-import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-import uvicorn
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -35,7 +32,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from devstack import chain
 from devstack.bootstrap import ensure_user
 from settings import ROOT
-from tests.stack import Harness, Stack, new_sqlite_db, new_wallet, running_harness
+from tests.stack import Harness, Stack, new_sqlite_db, new_wallet, running_harness, served_over_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -59,12 +56,6 @@ def _require_browser() -> None:
     pytest.skip(f"no browser for the dashboard test here ({message}); CI runs it")
 
 
-class _Server(uvicorn.Server):
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # pytest keeps its own signal handlers
-
-
 @pytest.fixture
 async def harness(stack: Stack) -> AsyncIterator[Harness]:
     """An engine on a database of its own: its pauses and counts are this file's alone."""
@@ -74,25 +65,9 @@ async def harness(stack: Stack) -> AsyncIterator[Harness]:
 
 @pytest.fixture
 async def served(harness: Harness) -> AsyncIterator[str]:
-    """The harness's app (its AppState) served by uvicorn on a free loopback port, in this event loop."""
-    transport = harness.http._transport
-    assert isinstance(transport, httpx.ASGITransport)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(transport.app, lifespan="off", log_config=None, access_log=False))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(200):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
-        sock.close()
+    """The harness's app over real HTTP (see `tests.stack.served_over_http`)."""
+    async with served_over_http(harness) as url:
+        yield url
 
 
 @pytest.fixture

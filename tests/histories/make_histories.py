@@ -103,8 +103,8 @@ async def _approvals(h: Harness) -> None:
 
     ok = h.client.get_workflow_handle_for(WithdrawalWorkflow.run, f"withdrawal-{approved}")
     await ok.signal(WithdrawalWorkflow.approve, OperatorInput(operator="someone in the Web UI"))
-    await ok.execute_update(WithdrawalWorkflow.approve_update, proof(approved, "approve", "alice"))
-    await ok.execute_update(WithdrawalWorkflow.approve_update, proof(approved, "approve", "carol"))
+    _ = await ok.execute_update(WithdrawalWorkflow.approve_update, proof(approved, "approve", "alice"))
+    _ = await ok.execute_update(WithdrawalWorkflow.approve_update, proof(approved, "approve", "carol"))
     no = h.client.get_workflow_handle_for(WithdrawalWorkflow.run, f"withdrawal-{rejected}")
     await no.signal(WithdrawalWorkflow.reject, proof(rejected, "reject", "bob"))
     await h.wait_status(approved, {"CONFIRMED"})
