@@ -366,6 +366,10 @@ class WithdrawalWorkflow:
         )
         self._admission = adm
         self._seq = adm.status_seq
+        # The API starts the workflow with WithdrawalStatus=PENDING: no upsert to say it again.
+        started_as = workflow.info().typed_search_attributes.get(sa.WITHDRAWAL_STATUS)
+        if started_as is not None:
+            self._published = (S(started_as), None)
         self._enter(adm.status, adm.error)  # the row was created in this status by `admit`
         try:
             try:
@@ -403,7 +407,9 @@ class WithdrawalWorkflow:
             )
         )
         self._nonce = alloc.nonce
-        await self._move(S.PROCESSING)
+        # PROCESSING is published together with the transaction's hash once it is signed (one
+        # upsert, not two); a step that holds, parks or waits for funds meanwhile publishes it.
+        await self._move(S.PROCESSING, publish=False)
         self._check_cancel()
         signed = await self._sign_first(adm)
         self._tx_hash = signed.tx_hash
@@ -786,7 +792,9 @@ class WithdrawalWorkflow:
         if resume is not S.NEEDS_ATTENTION:
             await self._move(resume)
 
-    async def _move(self, to: WithdrawalStatus, error: ErrorInfo | None = None) -> None:
+    async def _move(
+        self, to: WithdrawalStatus, error: ErrorInfo | None = None, *, publish: bool = True
+    ) -> None:
         """Change the withdrawal's status: the row first (the one guarded writer, with its effects),
         then the workflow's state and search attribute. A stale move fails the workflow."""
         seq = self._seq + 1
@@ -797,16 +805,17 @@ class WithdrawalWorkflow:
             retry_policy=FOREVER_RETRY,
         )
         self._seq = seq
-        self._enter(to, error)
+        self._enter(to, error, publish=publish)
 
-    def _enter(self, status: WithdrawalStatus, error: ErrorInfo | None) -> None:
+    def _enter(self, status: WithdrawalStatus, error: ErrorInfo | None, *, publish: bool = True) -> None:
         self._status, self._error = status, error
         self._history.append(
             HistoryEntry(
                 kind=K.STATUS, at=workflow.now(), status=status, reason=error.message if error else None
             )
         )
-        self._publish()
+        if publish:
+            self._publish()
 
     def _note(self, kind: HistoryKind, inp: OperatorInput | None, **fields: Any) -> None:
         actor = (
@@ -819,10 +828,14 @@ class WithdrawalWorkflow:
     def _publish(self) -> None:
         """Search attributes (only when they change) and the Web UI details."""
         if self._published != (self._status, self._tx_hash):
-            updates = [sa.WITHDRAWAL_STATUS.value_set(self._status)]
-            if self._tx_hash:
+            status, tx_hash = self._published or (None, None)
+            updates = []
+            if status is not self._status:
+                updates.append(sa.WITHDRAWAL_STATUS.value_set(self._status))
+            if self._tx_hash and self._tx_hash != tx_hash:
                 updates.append(sa.TX_HASH.value_set(self._tx_hash))
-            workflow.upsert_search_attributes(updates)
+            if updates:
+                workflow.upsert_search_attributes(updates)
             self._published = (self._status, self._tx_hash)
         r, adm = self._req, self._admission
         amount = adm.amount_display if adm and adm.amount_display else f"{r.amount} base units of {r.asset}"

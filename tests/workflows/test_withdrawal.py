@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from temporalio import activity
-from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.enums.v1 import EventType, IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import (
@@ -613,6 +613,39 @@ async def test_search_attributes_follow_the_status(env: WorkflowEnvironment) -> 
     assert attrs.get(sa.WITHDRAWAL_STATUS) == "CONFIRMED"
     assert attrs.get(sa.TX_HASH) == "0xwithdrawal0"
     assert attrs.get(sa.USER_ID) == "user-42"
+
+
+async def test_search_attributes_are_upserted_only_when_they_change(env: WorkflowEnvironment) -> None:
+    """The start sets PENDING; PROCESSING goes with the transaction's hash once it is signed; each
+    later upsert carries only what changed (each one is a history event and a visibility write)."""
+    async with scenario(env) as sc:
+        await sc.submit()
+        await sc.finish()
+        history = await sc.handle.fetch_history()
+    upserted = [
+        e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        for e in history.events
+        if e.event_type is EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    ]
+    upserts = [{k: json.loads(v.data) for k, v in fields.items()} for fields in upserted]
+    assert upserts == [
+        {"WithdrawalStatus": "PROCESSING", "TxHash": "0xwithdrawal0"},
+        {"WithdrawalStatus": "BROADCAST"},
+        {"WithdrawalStatus": "CONFIRMING"},
+        {"WithdrawalStatus": "CONFIRMED"},
+    ]
+
+
+async def test_a_held_signing_step_publishes_processing_at_once(env: WorkflowEnvironment) -> None:
+    """PROCESSING waits for the hash only while signing runs: a step that holds says so at once."""
+    stand = Stand()
+    stand.fail_next("sign_transaction", non_retryable(ErrorCode.PAUSED, "network ethereum is paused"))
+    async with scenario(env, stand) as sc:
+        await sc.submit()
+        await sc.wait_for(lambda st: any(e.kind is K.HELD for e in st.history), "held")
+        attrs = (await sc.handle.describe()).typed_search_attributes
+        assert attrs.get(sa.WITHDRAWAL_STATUS) == "PROCESSING"
+        assert attrs.get(sa.TX_HASH) is None
 
 
 async def test_submit_is_idempotent_and_refuses_another_body(env: WorkflowEnvironment) -> None:
