@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     task_queue: str = "withdrawals"
     # Nonce reconciliation per hot wallet (a Temporal Schedule); 0 disables it.
     reconcile_interval_seconds: int = 30
+    # Worker slots (docs/benchmarks.md, "Worker slots"): workflows kept in memory between tasks (an
+    # evicted one is replayed from its history on its next task), and tasks run at once.
+    worker_max_cached_workflows: int = Field(default=2000, ge=0)
+    worker_max_concurrent_workflow_tasks: int = Field(default=100, ge=2)
+    worker_max_concurrent_activities: int = Field(default=1000, ge=1)
+    worker_max_concurrent_local_activities: int = Field(default=200, ge=1)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from temporalio.client import (
@@ -109,7 +110,18 @@ class Engine:
         await self.db.dispose()
 
 
-def build_worker(client: Client, engine: Engine, task_queue: str) -> Worker:
+def worker_limits(settings: Settings) -> dict[str, Any]:
+    """The worker's slots and cache (the bench's ceiling worker uses the same, bench/noop_worker.py)."""
+    return {
+        "max_cached_workflows": settings.worker_max_cached_workflows,
+        "max_concurrent_workflow_tasks": settings.worker_max_concurrent_workflow_tasks,
+        "max_concurrent_activities": settings.worker_max_concurrent_activities,
+        "max_concurrent_local_activities": settings.worker_max_concurrent_local_activities,
+        "graceful_shutdown_timeout": timedelta(seconds=5),
+    }
+
+
+def build_worker(client: Client, engine: Engine, task_queue: str, settings: Settings | None = None) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
@@ -122,9 +134,7 @@ def build_worker(client: Client, engine: Engine, task_queue: str) -> Worker:
             WebhookSweeperWorkflow,
         ],
         activities=engine.activities,  # type: ignore[arg-type]
-        max_concurrent_activities=1000,
-        max_concurrent_local_activities=200,
-        graceful_shutdown_timeout=timedelta(seconds=5),
+        **worker_limits(settings or Settings()),
     )
 
 
@@ -197,7 +207,7 @@ async def main() -> None:
     engine = Engine(settings, config, signer, client)
     log.info("worker.starting", task_queue=settings.task_queue, hot_wallets=len(signer.addresses))
     await engine.start()
-    worker = build_worker(client, engine, settings.task_queue)
+    worker = build_worker(client, engine, settings.task_queue, settings)
     await ensure_reconcile_schedules(client, engine, settings)
     await ensure_sweeper_schedule(client, settings)
     await ensure_alert_schedule(client, settings)

@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import threading
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,11 @@ from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from bench.noop_workflow import NOOP_ACTIVITIES, NoopWithdrawalWorkflow  # noqa: E402
+from settings import Settings  # noqa: E402
+from worker import worker_limits  # noqa: E402
 
-# As worker.py build_worker (everything else at the SDK's defaults there too).
-WORKER_LIMITS: dict[str, Any] = {
-    "max_concurrent_activities": 1000,
-    "max_concurrent_local_activities": 200,
-    "graceful_shutdown_timeout": timedelta(seconds=5),
-}
+# As worker.py build_worker: the same slots and cache, from the same settings (WE_WORKER_*).
+WORKER_LIMITS: dict[str, Any] = worker_limits(Settings())
 
 
 def build_noop_worker(client: Client, task_queue: str) -> Worker:

@@ -191,7 +191,7 @@ class Harness:
     _run: asyncio.Task[None] | None = None
 
     async def start_worker(self) -> None:
-        self.worker = build_worker(self.client, self.engine, self.settings.task_queue)
+        self.worker = build_worker(self.client, self.engine, self.settings.task_queue, self.settings)
         self._run = asyncio.create_task(self.worker.run())
 
     async def stop_worker(self) -> None:
