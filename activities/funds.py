@@ -37,6 +37,7 @@ from models.domain import (
 )
 from models.requests import RequestRefused, revalidate
 from models.tables import Withdrawal, utcnow
+from models.views import withdrawal_object
 from models.webhooks import queued_in
 from settings import EngineConfig, NetworkConfig
 
@@ -144,7 +145,9 @@ class FundsActivities:
             ErrorInfo(code=ErrorCode(w.error_code), message=w.error_message or "") if w.error_code else None
         )
         if cfg is None:  # refused: its network is not configured
-            return Admission(accepted=False, status=status, status_seq=w.status_seq, error=error)
+            return Admission(
+                accepted=False, status=status, status_seq=w.status_seq, error=error, view=withdrawal_object(w)
+            )
         limits = cfg.limits.get(w.asset)
         threshold = to_units(limits.approval_threshold, w.decimals) if limits else None
         four_eyes = (
@@ -166,6 +169,7 @@ class FundsActivities:
             approval_timeout_seconds=self.config.approval_timeout_seconds,
             funds_retry_seconds=self.config.funds_retry_seconds,
             stuck_after_seconds=cfg.stuck_after_blocks * cfg.block_time_seconds,
+            view=withdrawal_object(w, native_decimals=cfg.native_decimals),
         )
 
     async def _try_reserve(

@@ -198,6 +198,10 @@ async def submit(
     if not adm.accepted:
         code = adm.error.code if adm.error else ErrorCode.LIMIT_EXCEEDED
         raise REFUSALS.get(code, LimitExceeded)(adm.error.message if adm.error else "refused")
+    if result.created and adm.view is not None and not adm.requires_approval:
+        # The row as admission wrote it, from the update's answer: no read. (A withdrawal that needs
+        # an approval has moved to AWAITING_APPROVAL by now, and a repeat may have moved on: read.)
+        return 201, WithdrawalOut(**adm.view).model_dump()
     row = await _read(state, wid)
     if row is None:
         raise ServiceUnavailable("withdrawal state unavailable", headers={"Retry-After": "5"})

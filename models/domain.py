@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import NewType
+from typing import Any, NewType
 
 from models.errors import ErrorCode
 from models.lifecycle import WithdrawalStatus
@@ -144,6 +144,9 @@ class Admission:
     approval_timeout_seconds: int = 86_400
     funds_retry_seconds: int = 15
     stuck_after_seconds: float = 0.0  # not mined for this long: replace with bumped fees (0 = never)
+    # The client's view of the row as admission left it (`models.views.withdrawal_object`): the POST
+    # is answered from it without reading the row again. The workflow never looks at it.
+    view: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

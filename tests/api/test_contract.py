@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import update
 
+from models import repo
 from models.tables import ApiClient
 from tests.stack import Harness, native_body, new_wallet
 
@@ -180,6 +181,35 @@ async def test_same_key_same_body_is_the_same_withdrawal_and_different_body_is_4
 
     bal = int(processes.rpc(harness.stack.rpc_urls["polygon"], "eth_getBalance", [to, "latest"]), 16)
     assert bal == 3 * 10**17
+
+
+async def test_the_post_answers_the_row_as_admission_wrote_it(harness: Harness) -> None:
+    """The 201 is built from the update's answer (no read of the row): it must be the row as admission
+    left it, field for field; one that needs an approval answers AWAITING_APPROVAL as before."""
+    to, _ = new_wallet()
+    body = native_body("polygon", to, "0.2") | {"client_reference": "ref-7"}
+    posted = await harness.request(body)
+    assert posted.status_code == 201, posted.text
+    out = posted.json()
+    async with harness.db.read() as s:
+        first = (await repo.status_events(s, out["id"]))[0]
+    assert out["status"] == first.status == "PENDING"
+    status = await harness.status(out["id"])
+    same = ("id", "network", "asset", "amount", "to_address", "user_id", "client_reference", "created_at")
+    assert {k: out[k] for k in same} == {k: status[k] for k in same}
+    assert out["amount"] == "0.2" and out["client_reference"] == "ref-7" and out["error"] is None
+    assert out["tx_hash"] is None and out["fee"] is None and out["confirmations"] == 0
+    assert out["required_confirmations"] == status["required_confirmations"]
+    assert datetime.fromisoformat(out["updated_at"]) <= datetime.fromisoformat(status["updated_at"])
+    big = await harness.request(native_body("polygon", new_wallet()[0], "150"))  # above the threshold
+    assert big.status_code == 201, big.text
+    assert big.json()["status"] == "AWAITING_APPROVAL"
+    rejected = await harness.http.post(
+        f"/admin/transactions/{big.json()['id']}/reject",
+        json={"reason": "test over"},
+        headers=await harness.operator_headers("APPROVER"),
+    )
+    assert rejected.status_code == 200, rejected.text
 
 
 async def test_concurrent_replays_of_one_key_create_one_withdrawal(harness: Harness) -> None:
