@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     rate_limit_per_minute: int = 600
+    # An API key found by its secret is read again after this long: a key revoked in another API
+    # process is refused within it (in the same process at once). 0: read on every request.
+    api_key_cache_seconds: float = Field(default=2.0, ge=0, le=60)
     # Per client IP before authentication, and per (API key, user_id) for withdrawal creation; unset:
     # 5x and 1/10 of rate_limit_per_minute (api/ratelimit.py).
     rate_limit_per_ip_per_minute: int | None = Field(default=None, ge=1)

@@ -8,7 +8,7 @@ import hashlib
 import ipaddress
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import jwt
@@ -58,6 +58,33 @@ class TemporalConnector:
         return self._client
 
 
+class KeyCache:
+    """API keys found by the hash of their secret, kept `ttl` seconds: a key revoked, rotated or
+    changed in another API process is refused within `ttl`; in this one at once (the routes that
+    change a key call `clear`). Only found keys are kept: an unknown secret is looked up every time,
+    so a key created anywhere works at once and guessing gains nothing."""
+
+    def __init__(self, ttl: float, *, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._found: dict[str, tuple[float, ApiClient]] = {}
+
+    def get(self, key_hash: str) -> ApiClient | None:
+        hit = self._found.get(key_hash)
+        if hit is None or time.monotonic() - hit[0] > self.ttl:
+            return None
+        return hit[1]
+
+    def put(self, key_hash: str, client: ApiClient) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._found) >= self.size:
+            self._found.clear()
+        self._found[key_hash] = (time.monotonic(), client)
+
+    def clear(self) -> None:
+        self._found.clear()
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -65,6 +92,10 @@ class AppState:
     db: Database
     temporal: TemporalConnector
     limiter: RateLimiter
+    keys: KeyCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyCache(self.settings.api_key_cache_seconds)
 
 
 def get_state(request: Request) -> AppState:
@@ -127,13 +158,19 @@ async def authenticate_client(
     """The API key of the request. One 401 for a missing, unknown, revoked or expired key and for an
     old secret after its rotation overlap; 403 from an address outside the key's allowlist (checked
     before the key's rate limit, so requests from elsewhere never spend the owner's quota); then the
-    per-key limit. Read from the database on every request: a revoked key is refused at once."""
+    per-key limit. The key is read from the database at most every `api_key_cache_seconds`
+    (`KeyCache`): a key revoked elsewhere is refused within that; expiry and the rotation overlap are
+    checked on every request."""
     denied = Unauthorized("missing or invalid API key")
     if not x_api_key or len(x_api_key) > 200:
         raise denied
     key_hash = hash_api_key(x_api_key)
-    async with state.db.read() as s:
-        client = await api_keys.find_by_hash(s, key_hash)
+    client = state.keys.get(key_hash)
+    if client is None:
+        async with state.db.read() as s:
+            client = await api_keys.find_by_hash(s, key_hash)
+        if client is not None:
+            state.keys.put(key_hash, client)
     if client is None or not api_keys.usable(client, key_hash, utcnow()):
         raise denied
     request.state.api_client_id = client.id  # from here on the request counts in the key's usage

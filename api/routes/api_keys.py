@@ -229,6 +229,7 @@ async def rotate_api_key(
             after=view | {"overlap_seconds": overlap},
             **_audit_fields(op),
         )
+    state.keys.clear()  # this process refuses a stopped secret at once (others within the cache's TTL)
     return view | {"api_key": secret}
 
 
@@ -241,6 +242,7 @@ async def deactivate_api_key(client_id: str, state: StateDep, op: AdminDep) -> d
             raise NotFound("API key not found")
         before = key_view(client)  # now: the UPDATE below also refreshes `client` in this session
         if not await api_keys.deactivate(s, client_id, at=utcnow()):
+            state.keys.clear()
             return before
         after = await api_keys.get(s, client_id)
         assert after is not None
@@ -248,6 +250,7 @@ async def deactivate_api_key(client_id: str, state: StateDep, op: AdminDep) -> d
         await audit.record(
             s, action="api_key.deactivate", target=client_id, before=before, after=view, **_audit_fields(op)
         )
+    state.keys.clear()  # refused from the next request on in this process (others within the TTL)
     return view
 
 

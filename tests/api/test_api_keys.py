@@ -336,6 +336,26 @@ async def test_deactivation_is_immediate_and_audited(h: Harness, admin: dict[str
     assert '"active": true' in (deactivated.before or "") and '"active": false' in (deactivated.after or "")
 
 
+async def test_a_key_revoked_in_another_api_process_is_refused_within_the_cache_ttl(
+    h: Harness, admin: dict[str, str]
+) -> None:
+    """Two API processes on one database (two app states, each with its own key cache): a key
+    created in one works in the other at once (unknown keys are never cached); revoked in one, the
+    other refuses it within `api_key_cache_seconds`."""
+    one, other = make_app(h), make_app(h, api_key_cache_seconds=1.0)
+    async with via(one) as a, via(other) as b:
+        created = await new_key(a, admin)
+        secret = created["api_key"]
+        assert (await b.get(STATUS, headers=key(secret))).status_code == 200  # at once, and now cached
+        assert (await b.get(STATUS, headers=key(secret))).status_code == 200
+        assert (await a.delete(f"/admin/api-keys/{created['id']}", headers=admin)).status_code == 200
+        assert (await a.get(STATUS, headers=key(secret))).status_code == 401  # its own process: at once
+        revoked_at = asyncio.get_running_loop().time()
+        while (await b.get(STATUS, headers=key(secret))).status_code == 200:
+            assert asyncio.get_running_loop().time() - revoked_at < 1.5, "still accepted after the TTL"
+            await asyncio.sleep(0.05)
+
+
 async def test_every_bad_key_gets_the_same_401(h: Harness, admin: dict[str, str]) -> None:
     revoked = await new_key(h.http, admin)
     await h.http.delete(f"/admin/api-keys/{revoked['id']}", headers=admin)
