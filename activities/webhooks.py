@@ -78,6 +78,7 @@ class DeliveryPolicy:
     batch_limit: int = 100  # withdrawals per batch (one delivery each)
     concurrency: int = 16  # requests in flight per batch
     idle_seconds: float = 60.0  # the workflow ends after this long with nothing pending and no kick
+    batches_per_run: int = 200  # then the workflow continues as new (a short history)
 
     def backoff(self, failures: int) -> timedelta:
         """The wait after the `failures`-th failed attempt in the window: initial, doubling, capped."""

@@ -7,7 +7,7 @@ costs no workflow of its own. Between batches it waits for a `kick` (new deliver
 until the next delivery is due, at most `idle_seconds` (so a lost kick costs at most that much).
 With nothing pending and no kick for `idle_seconds` it ends; the next kick (signal-with-start)
 starts it again, and the sweeper (`WebhookSweeperWorkflow`, on a Schedule) starts it for an
-endpoint whose due deliveries nobody is sending. It continues as new every `BATCHES_PER_RUN`
+endpoint whose due deliveries nobody is sending. It continues as new every `batches_per_run`
 batches, or earlier when Temporal suggests it.
 """
 
@@ -31,7 +31,6 @@ with workflow.unsafe.imports_passed_through():
 
 BATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 BATCH_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-BATCHES_PER_RUN = 200
 MIN_WAIT_SECONDS = 0.05
 
 
@@ -55,7 +54,7 @@ class WebhookDeliveryWorkflow:
         """Send until idle; returns how many deliveries this run settled."""
         policy = inp.policy
         settled = 0
-        for _ in range(BATCHES_PER_RUN):
+        for _ in range(max(policy.batches_per_run, 1)):
             self._kicked = False
             r: BatchResult = await workflow.execute_activity_method(
                 WebhookActivities.send_due_deliveries,
