@@ -92,9 +92,7 @@ class Engine:
             self.confirmations.await_transaction,
             self.reconcile.reconcile_wallet,
             *self.alerting.activities,
-            self.webhooks.next_pending_delivery,
-            self.webhooks.send_delivery,
-            self.webhooks.fail_delivery,
+            self.webhooks.send_due_deliveries,
             self.webhooks.sweep_webhooks,
         ]
 

@@ -1,10 +1,13 @@
-"""Webhook delivery: the URL guard, the signed HTTP send, the delivery log, and the kicks that start
-the delivery workflow (workflows/webhooks.py).
+"""Webhook delivery: the URL guard, the signed HTTP send, the delivery log, the batches of an
+endpoint's delivery workflow (workflows/webhooks.py) and the kicks that start or wake it.
 
-A delivery row is the outbox (written with the status change, models/webhooks.py). One workflow per
-(endpoint, withdrawal) sends that withdrawal's pending deliveries in order; each send is one attempt
-of `send_delivery`, retried by Temporal with exponential backoff for the retry window. Signing
-follows Standard Webhooks: `webhook-id` (the event id), `webhook-timestamp` (Unix seconds) and
+A delivery row is the outbox (written with the status change, models/webhooks.py) and holds its own
+retry state: `next_attempt_at` (pushed back after each failed attempt, exponential backoff) and
+`window_start` (the retry window runs from when it was queued or re-queued). One workflow per
+endpoint, `webhook-<endpoint>`, runs `send_due_deliveries` in a loop: each batch sends, for up to
+`batch_limit` withdrawals, that withdrawal's first pending delivery if it is due, so the order per
+withdrawal holds and a withdrawal that keeps failing holds up nobody else. Signing follows Standard
+Webhooks: `webhook-id` (the event id), `webhook-timestamp` (Unix seconds) and
 `webhook-signature: v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">` keyed with the secret's
 bytes (the base64 after `whsec_`). Delivery is at least once: a receiver deduplicates on
 `webhook-id`.
@@ -18,7 +21,7 @@ import ipaddress
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -40,6 +43,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from models import webhooks
 from models.db import Database
+from models.tables import WebhookDelivery, WebhookEndpoint, utcnow
 from models.webhooks import DeliveryState
 from settings import Settings
 
@@ -51,6 +55,11 @@ KICK_SIGNAL = "kick"
 USER_AGENT = "withdrawal-engine-webhooks/1"
 EXCERPT_CHARS = 200
 MAX_URL_LENGTH = 2000
+KICK_COALESCE_SECONDS = 0.05  # kicks to one endpoint within this window become one signal
+KICK_CONCURRENCY = 32  # signals in flight at once when a flush wakes many endpoints
+HEARTBEAT_EVERY_SECONDS = 5.0  # a batch that runs longer heartbeats (a short one never needs to)
+WINDOW_CLOSED = "not delivered within the retry window"
+ENDPOINT_GONE = "the endpoint was deleted"
 
 # `ApplicationError.type`s of a send: NOT_ACCEPTED is retried, URL_REFUSED is final.
 WEBHOOK_NOT_ACCEPTED = "WEBHOOK_NOT_ACCEPTED"
@@ -66,32 +75,37 @@ class DeliveryPolicy:
     retry_initial_seconds: float = 5.0
     retry_max_interval_seconds: float = 3600.0
     window_seconds: int = 3 * 86_400
+    batch_limit: int = 100  # withdrawals per batch (one delivery each)
+    concurrency: int = 16  # requests in flight per batch
+    idle_seconds: float = 60.0  # the workflow ends after this long with nothing pending and no kick
+    batches_per_run: int = 200  # then the workflow continues as new (a short history)
 
-
-@dataclass(frozen=True, kw_only=True)
-class DeliveryTarget:
-    endpoint_id: str
-    withdrawal_id: str
+    def backoff(self, failures: int) -> timedelta:
+        """The wait after the `failures`-th failed attempt in the window: initial, doubling, capped."""
+        seconds = self.retry_initial_seconds * 2.0 ** min(max(failures - 1, 0), 64)
+        return timedelta(seconds=min(seconds, self.retry_max_interval_seconds))
 
 
 @dataclass(frozen=True, kw_only=True)
 class DeliveryRunInput:
-    target: DeliveryTarget
+    endpoint_id: str
     policy: DeliveryPolicy
-    # Redelivered delivery id -> when it was re-queued (its retry window starts there).
-    requeued: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
-class KickInput:
-    redelivered: str | None = None  # a delivery re-queued by POST /webhook/deliveries/{id}/redeliver
+class BatchInput:
+    endpoint_id: str
+    limit: int
+    policy: DeliveryPolicy
 
 
 @dataclass(frozen=True, kw_only=True)
-class PendingDelivery:
-    delivery_id: str
-    event_id: str
-    created_at: datetime
+class BatchResult:
+    settled: int  # deliveries that ended in this batch (DELIVERED or FAILED)
+    attempted: int  # HTTP attempts made
+    more: bool  # another delivery is due now
+    next_due_in_seconds: float | None  # when the next one is due (None: nothing pending)
+    endpoint_gone: bool = False  # the endpoint was deleted: its pending deliveries were FAILED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,18 +115,12 @@ class SendInput:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FailInput:
-    delivery_id: str
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True)
 class SweepInput:
     older_than_seconds: int
 
 
-def delivery_workflow_id(endpoint_id: str, withdrawal_id: str) -> str:
-    return f"webhook-{endpoint_id}-{withdrawal_id}"
+def delivery_workflow_id(endpoint_id: str) -> str:
+    return f"webhook-{endpoint_id}"
 
 
 def policy_of(settings: Settings) -> DeliveryPolicy:
@@ -240,58 +248,107 @@ class UrlGuard:
 
 
 class WebhookKicker:
-    """Signal-with-start of the delivery workflow of each (endpoint, withdrawal) that got deliveries.
-    A kick that fails is logged and left to the sweeper, which finds the pending rows."""
+    """Signal-with-start of `kick` to the delivery workflow of each endpoint that got deliveries.
 
-    def __init__(self, client: Client, settings: Settings) -> None:
+    Kicks coalesce: the endpoints kicked within `coalesce_seconds` are signalled once each, by a flush
+    task started with the first of them (a status change returns without waiting for Temporal). A
+    kick that fails, or is still unsent when the process dies, is logged or lost and left to the
+    workflow's own polling and to the sweeper, which find the pending rows. `aclose` flushes."""
+
+    def __init__(
+        self, client: Client, settings: Settings, *, coalesce_seconds: float = KICK_COALESCE_SECONDS
+    ) -> None:
         self.client, self.task_queue, self.policy = client, settings.task_queue, policy_of(settings)
+        self.coalesce_seconds = coalesce_seconds
+        self._due: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._now = asyncio.Event()  # set by aclose: flush without waiting
 
-    def _input(self, endpoint_id: str, withdrawal_id: str) -> DeliveryRunInput:
-        target = DeliveryTarget(endpoint_id=endpoint_id, withdrawal_id=withdrawal_id)
-        return DeliveryRunInput(target=target, policy=self.policy)
+    def _input(self, endpoint_id: str) -> DeliveryRunInput:
+        return DeliveryRunInput(endpoint_id=endpoint_id, policy=self.policy)
 
     async def kick(self, pairs: Iterable[tuple[str, str]], *, redelivered: str | None = None) -> int:
-        kicked = 0
-        for endpoint_id, withdrawal_id in sorted(pairs):
+        """Wake the delivery workflows of these (endpoint, withdrawal) pairs' endpoints; returns how
+        many endpoints. Never raises, except for a redelivery (`redelivered`: a delivery id), which
+        is signalled at once and raises if it could not be (the API answers 503: retry)."""
+        endpoints = sorted({endpoint_id for endpoint_id, _ in pairs})
+        if redelivered is not None:
+            for endpoint_id in endpoints:
+                await self._signal(endpoint_id)
+            return len(endpoints)
+        if not endpoints:
+            return 0
+        self._due.update(endpoints)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon(), name="webhook-kicks")
+        return len(endpoints)
+
+    async def _flush_soon(self) -> None:
+        while self._due:
+            if not self._now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.coalesce_seconds):
+                        await self._now.wait()
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Signal every endpoint kicked since the last flush; returns how many were signalled."""
+        due, self._due = sorted(self._due), set()
+        if not due:
+            return 0
+        limit = asyncio.Semaphore(KICK_CONCURRENCY)
+
+        async def one(endpoint_id: str) -> bool:
+            async with limit:
+                try:
+                    await self._signal(endpoint_id)
+                except Exception as e:  # the workflow's polling or the sweeper catches up
+                    log.warning("webhook.kick.failed", endpoint_id=endpoint_id, error_type=type(e).__name__)
+                    return False
+                return True
+
+        return sum(await asyncio.gather(*(one(e) for e in due)))
+
+    async def _signal(self, endpoint_id: str) -> None:
+        await self.client.start_workflow(
+            DELIVERY_WORKFLOW,
+            self._input(endpoint_id),
+            id=delivery_workflow_id(endpoint_id),
+            task_queue=self.task_queue,
+            start_signal=KICK_SIGNAL,
+            static_summary=f"webhooks of endpoint {endpoint_id}",
+            rpc_timeout=timedelta(seconds=5),
+        )
+
+    async def ensure_running(self, endpoint_ids: Iterable[str]) -> int:
+        """Start the workflow of each endpoint that has none running (a running one is left alone:
+        it polls its rows). Returns how many endpoints were checked without an error."""
+        ok = 0
+        for endpoint_id in endpoint_ids:
             try:
                 await self.client.start_workflow(
                     DELIVERY_WORKFLOW,
-                    self._input(endpoint_id, withdrawal_id),
-                    id=delivery_workflow_id(endpoint_id, withdrawal_id),
+                    self._input(endpoint_id),
+                    id=delivery_workflow_id(endpoint_id),
                     task_queue=self.task_queue,
-                    start_signal=KICK_SIGNAL,
-                    start_signal_args=[KickInput(redelivered=redelivered)],
-                    static_summary=f"webhooks of withdrawal {withdrawal_id}",
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    static_summary=f"webhooks of endpoint {endpoint_id}",
                     rpc_timeout=timedelta(seconds=5),
                 )
-                kicked += 1
-            except Exception as e:  # the sweeper retries
+                ok += 1
+            except Exception as e:  # the next sweep tries again
                 log.warning(
-                    "webhook.kick.failed",
-                    endpoint_id=endpoint_id,
-                    withdrawal_id=withdrawal_id,
-                    error_type=type(e).__name__,
+                    "webhook.sweep.start_failed", endpoint_id=endpoint_id, error_type=type(e).__name__
                 )
-                if redelivered is not None:
-                    raise
-        return kicked
+        return ok
 
-    async def ensure_running(self, pairs: Iterable[tuple[str, str]]) -> int:
-        """Start the workflow of each pair that has none running (a running one is left alone: it
-        sends everything pending before it ends)."""
-        started = 0
-        for endpoint_id, withdrawal_id in pairs:
-            await self.client.start_workflow(
-                DELIVERY_WORKFLOW,
-                self._input(endpoint_id, withdrawal_id),
-                id=delivery_workflow_id(endpoint_id, withdrawal_id),
-                task_queue=self.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                static_summary=f"webhooks of withdrawal {withdrawal_id}",
-                rpc_timeout=timedelta(seconds=5),
-            )
-            started += 1
-        return started
+    async def aclose(self) -> None:
+        """Send the kicks still waiting for their window (worker shutdown)."""
+        self._now.set()
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._flusher), timeout=10)
+        await self.flush()
 
 
 async def ensure_sweeper_schedule(client: Client, settings: Settings) -> None:
@@ -319,13 +376,59 @@ async def ensure_sweeper_schedule(client: Client, settings: Settings) -> None:
 # --- the activities --------------------------------------------------------------------------------
 
 
-def _aware(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
-
-
 def _excerpt(text: str) -> str:
     clean = "".join(c if c.isprintable() else " " for c in text)
     return clean[:EXCERPT_CHARS]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Due:
+    """What a batch needs of a delivery row, read before the sends (no ORM row outlives its session)."""
+
+    id: str
+    event_id: str
+    withdrawal_id: str
+    payload: str
+    window_start: datetime
+
+    @classmethod
+    def of(cls, d: WebhookDelivery) -> _Due:
+        return cls(
+            id=d.id,
+            event_id=d.event_id,
+            withdrawal_id=d.withdrawal_id,
+            payload=d.payload,
+            window_start=d.window_start,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Target:
+    id: str
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Attempt:
+    """One HTTP attempt's outcome. `error` None: a 2xx. `refused`: the URL guard refused the URL
+    (final); a host that does not resolve is an ordinary failed attempt (retried)."""
+
+    at: datetime
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    refused: bool = False
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+
+def _live(endpoint: WebhookEndpoint | None) -> _Target | None:
+    if endpoint is None or not endpoint.active or endpoint.deleted_at is not None:
+        return None
+    return _Target(id=endpoint.id, url=endpoint.url, secret=endpoint.secret)
 
 
 class WebhookActivities:
@@ -339,84 +442,52 @@ class WebhookActivities:
         )
 
     async def aclose(self) -> None:
+        """Close the HTTP client and flush the kicker's waiting kicks (the worker's shutdown)."""
+        if self.kicker is not None:
+            await self.kicker.aclose()
         await self.http.aclose()
 
-    @activity.defn
-    async def next_pending_delivery(self, target: DeliveryTarget) -> PendingDelivery | None:
-        async with self.db.read() as s:
-            d = await webhooks.next_pending(s, target.endpoint_id, target.withdrawal_id)
-        if d is None:
-            return None
-        return PendingDelivery(delivery_id=d.id, event_id=d.event_id, created_at=_aware(d.created_at))
-
-    @activity.defn
-    async def send_delivery(self, inp: SendInput) -> None:
-        """One signed POST of the delivery's body. A 2xx within the timeout marks it DELIVERED; any
-        other answer (a redirect too), a timeout or a connection error is recorded and raised for
-        Temporal to retry. A URL the guard refuses fails for good."""
-        async with self.db.read() as s:
-            d = await webhooks.get_delivery(s, inp.delivery_id)
-            endpoint = await webhooks.get_endpoint(s, d.endpoint_id) if d is not None else None
-        if d is None or d.state != DeliveryState.PENDING:
-            return  # delivered meanwhile, or given up
-        if endpoint is None or not endpoint.active or endpoint.deleted_at is not None:
-            async with self.db.transaction() as s:
-                await webhooks.mark_failed(s, d.id, "the endpoint was deleted")
-            return
-        started, at = time.monotonic(), datetime.now(UTC).replace(tzinfo=None)
-        status_code: int | None = None
+    async def _attempt(
+        self, target: _Target, event_id: str, payload: str, timeout_seconds: float
+    ) -> _Attempt:
+        """One signed POST of the body. A 2xx within the timeout is a delivery; any other answer (a
+        redirect too), a timeout or a connection error is a failed attempt; a URL the guard refuses
+        is refused (nothing is sent)."""
+        started, at = time.monotonic(), utcnow()
         try:
-            pinned = await self.guard.resolve(endpoint.url)
+            pinned = await self.guard.resolve(target.url)
         except UrlRefused as e:
-            await self._record(d.id, at, None, 0, str(e), delivered=False)
-            raise ApplicationError(str(e), type=WEBHOOK_URL_REFUSED, non_retryable=True) from e
+            return _Attempt(at=at, status_code=None, latency_ms=0, error=str(e), refused=True)
         except HostUnresolved as e:
-            await self._record(d.id, at, None, 0, str(e), delivered=False)
-            raise ApplicationError(
-                str(e), type=WEBHOOK_NOT_ACCEPTED, category=ApplicationErrorCategory.BENIGN
-            ) from e
+            return _Attempt(at=at, status_code=None, latency_ms=0, error=str(e))  # retried
         timestamp = int(time.time())
-        signature = Webhook(endpoint.secret).sign(
-            d.event_id, datetime.fromtimestamp(timestamp, UTC), d.payload
-        )
+        signature = Webhook(target.secret).sign(event_id, datetime.fromtimestamp(timestamp, UTC), payload)
         headers = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             "host": pinned.host_header,
-            "webhook-id": d.event_id,
+            "webhook-id": event_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
         extensions = {"sni_hostname": pinned.sni_hostname} if pinned.sni_hostname else {}
+        status_code: int | None = None
         error: str | None = None
         try:
-            async with asyncio.timeout(inp.timeout_seconds):
+            async with asyncio.timeout(timeout_seconds):
                 async with self.http.stream(
-                    "POST", pinned.url, content=d.payload.encode(), headers=headers, extensions=extensions
+                    "POST", pinned.url, content=payload.encode(), headers=headers, extensions=extensions
                 ) as r:
                     status_code = r.status_code
                     if not 200 <= status_code < 300:
                         body = await self._head_of(r)
                         error = f"HTTP {status_code}" + (f": {body}" if body else "")
         except TimeoutError:
-            status_code, error = None, f"no answer within {inp.timeout_seconds:g} s"
+            status_code, error = None, f"no answer within {timeout_seconds:g} s"
         except httpx.HTTPError as e:
             status_code, error = None, _excerpt(f"{type(e).__name__}: {e}")
         latency_ms = int((time.monotonic() - started) * 1000)
-        attempt = await self._record(d.id, at, status_code, latency_ms, error, delivered=error is None)
-        log.info(
-            "webhook.attempt",
-            delivery_id=d.id,
-            event_id=d.event_id,
-            endpoint_id=endpoint.id,
-            withdrawal_id=d.withdrawal_id,
-            attempt=attempt,
-            status_code=status_code,
-            latency_ms=latency_ms,
-            delivered=error is None,
-        )
-        if error is not None:
-            raise ApplicationError(error, type=WEBHOOK_NOT_ACCEPTED, category=ApplicationErrorCategory.BENIGN)
+        return _Attempt(at=at, status_code=status_code, latency_ms=latency_ms, error=error)
 
     @staticmethod
     async def _head_of(r: httpx.Response) -> str:
@@ -428,44 +499,169 @@ class WebhookActivities:
                 break
         return _excerpt(head.decode("utf-8", errors="replace").strip())
 
-    async def _record(
-        self,
-        delivery_id: str,
-        at: datetime,
-        status_code: int | None,
-        latency_ms: int,
-        error: str | None,
-        *,
-        delivered: bool,
-    ) -> int:
+    @staticmethod
+    def _logged(target: _Target, d: _Due, a: _Attempt, number: int) -> None:
+        log.info(
+            "webhook.attempt",
+            delivery_id=d.id,
+            event_id=d.event_id,
+            endpoint_id=target.id,
+            withdrawal_id=d.withdrawal_id,
+            attempt=number,
+            status_code=a.status_code,
+            latency_ms=a.latency_ms,
+            delivered=a.delivered,
+        )
+
+    @activity.defn
+    async def send_due_deliveries(self, inp: BatchInput) -> BatchResult:
+        """One batch of an endpoint: per withdrawal its first PENDING delivery, if due, for up to
+        `inp.limit` withdrawals, sent `policy.concurrency` at a time; then, in one transaction, each
+        attempt recorded and its delivery settled: a 2xx DELIVERED, a refused URL FAILED, another
+        failure due again after the backoff, or FAILED if that falls after its retry window. A
+        delivery whose window closed while it waited its turn is FAILED unsent; the next of its
+        withdrawal is then due. Safe to retry: what a previous try settled is not picked again
+        (at worst an attempt whose answer was not recorded is sent again, under the same id)."""
+        policy = inp.policy
+        now = utcnow()
+        async with self.db.read() as s:
+            target = _live(await webhooks.get_endpoint(s, inp.endpoint_id))
+            heads = (
+                [_Due.of(d) for d in await webhooks.due_heads(s, inp.endpoint_id, now, inp.limit)]
+                if target is not None
+                else []
+            )
+        if target is None:
+            async with self.db.transaction() as s:
+                failed = await webhooks.fail_pending_of_endpoint(s, inp.endpoint_id, ENDPOINT_GONE)
+            if failed:
+                log.warning("webhook.endpoint.gone", endpoint_id=inp.endpoint_id, failed=failed)
+            return BatchResult(
+                settled=failed, attempted=0, more=False, next_due_in_seconds=None, endpoint_gone=True
+            )
+        window = timedelta(seconds=policy.window_seconds)
+        expired = [d for d in heads if now >= d.window_start + window]
+        sending = [d for d in heads if now < d.window_start + window]
+        slots = asyncio.Semaphore(policy.concurrency)
+
+        async def send(d: _Due) -> _Attempt:
+            async with slots:
+                return await self._attempt(target, d.event_id, d.payload, policy.timeout_seconds)
+
+        outcomes: list[_Attempt] = []
+        if sending:
+            beating = asyncio.create_task(_heartbeat_every(HEARTBEAT_EVERY_SECONDS))
+            try:
+                outcomes = await asyncio.gather(*(send(d) for d in sending))
+            finally:
+                beating.cancel()
+        settled = 0
+        failed_now: list[tuple[_Due, str]] = []
         async with self.db.transaction() as s:
-            return await webhooks.record_attempt(
+            for d in expired:
+                if await webhooks.mark_failed(s, d.id, WINDOW_CLOSED):
+                    settled += 1
+                    failed_now.append((d, WINDOW_CLOSED))
+            for d, a in zip(sending, outcomes, strict=True):
+                number = await webhooks.record_attempt(
+                    s,
+                    d.id,
+                    at=a.at,
+                    status_code=a.status_code,
+                    latency_ms=a.latency_ms,
+                    error=a.error,
+                    delivered=a.delivered,
+                )
+                self._logged(target, d, a, number)
+                if a.delivered:
+                    settled += 1
+                    continue
+                if a.refused and a.error is not None:
+                    reason = a.error
+                else:
+                    failures = await webhooks.failures_since(s, d.id, d.window_start)
+                    retry_at = utcnow() + policy.backoff(failures)
+                    if retry_at < d.window_start + window:
+                        await webhooks.schedule_retry(s, d.id, retry_at)
+                        continue
+                    reason = WINDOW_CLOSED
+                if await webhooks.mark_failed(s, d.id, reason):
+                    settled += 1
+                    failed_now.append((d, reason))
+            next_due = await webhooks.next_due_at(s, inp.endpoint_id)
+        for d, why in failed_now:
+            log.warning(
+                "webhook.delivery.failed",
+                delivery_id=d.id,
+                event_id=d.event_id,
+                endpoint_id=target.id,
+                withdrawal_id=d.withdrawal_id,
+                reason=why,
+            )
+        after = utcnow()
+        due_in = None if next_due is None else max((next_due - after).total_seconds(), 0.0)
+        return BatchResult(
+            settled=settled,
+            attempted=len(sending),
+            more=due_in is not None and due_in <= 0.0,
+            next_due_in_seconds=due_in,
+        )
+
+    async def send_delivery(self, inp: SendInput) -> None:
+        """One attempt of one delivery, outside the batches (an operator's or a test's probe): recorded
+        like any other; a 2xx marks it DELIVERED. A failure raises `WEBHOOK_NOT_ACCEPTED`, a URL the
+        guard refuses `WEBHOOK_URL_REFUSED` (non-retryable); neither changes the delivery's state."""
+        async with self.db.read() as s:
+            row = await webhooks.get_delivery(s, inp.delivery_id)
+            target = _live(await webhooks.get_endpoint(s, row.endpoint_id)) if row is not None else None
+            d = _Due.of(row) if row is not None and row.state == DeliveryState.PENDING else None
+        if d is None:
+            return  # delivered meanwhile, or given up
+        if target is None:
+            async with self.db.transaction() as s:
+                await webhooks.mark_failed(s, d.id, ENDPOINT_GONE)
+            return
+        a = await self._attempt(target, d.event_id, d.payload, inp.timeout_seconds)
+        async with self.db.transaction() as s:
+            number = await webhooks.record_attempt(
                 s,
-                delivery_id,
-                at=at,
-                status_code=status_code,
-                latency_ms=latency_ms,
-                error=error,
-                delivered=delivered,
+                d.id,
+                at=a.at,
+                status_code=a.status_code,
+                latency_ms=a.latency_ms,
+                error=a.error,
+                delivered=a.delivered,
+            )
+        self._logged(target, d, a, number)
+        if a.refused:
+            raise ApplicationError(str(a.error), type=WEBHOOK_URL_REFUSED, non_retryable=True)
+        if a.error is not None:
+            raise ApplicationError(
+                a.error, type=WEBHOOK_NOT_ACCEPTED, category=ApplicationErrorCategory.BENIGN
             )
 
     @activity.defn
-    async def fail_delivery(self, inp: FailInput) -> None:
-        async with self.db.transaction() as s:
-            failed = await webhooks.mark_failed(s, inp.delivery_id, inp.reason)
-        if failed:
-            log.warning("webhook.delivery.failed", delivery_id=inp.delivery_id, reason=inp.reason)
-
-    @activity.defn
     async def sweep_webhooks(self, inp: SweepInput) -> int:
-        """Start a delivery workflow for every (endpoint, withdrawal) with deliveries pending for
-        longer than `older_than_seconds` and none running: a kick lost to a crash loses nothing."""
+        """Start the delivery workflow of every endpoint where a withdrawal's next delivery has been
+        due for longer than `older_than_seconds` (USE_EXISTING: a running one is left alone): a kick
+        lost to a crash loses nothing. Returns how many endpoints were checked."""
         if self.kicker is None:
             return 0
-        cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=inp.older_than_seconds)
+        due_before = utcnow() - timedelta(seconds=inp.older_than_seconds)
         async with self.db.read() as s:
-            pairs = await webhooks.stale_pending(s, cutoff)
-        started = await self.kicker.ensure_running(pairs)
-        if started:
-            log.info("webhook.sweep", pending_pairs=len(pairs))
+            endpoints = await webhooks.stale_endpoints(s, due_before)
+        if not endpoints:
+            return 0
+        started = await self.kicker.ensure_running(endpoints)
+        log.info("webhook.sweep", endpoints=len(endpoints), started=started)
         return started
+
+
+async def _heartbeat_every(seconds: float) -> None:
+    """Heartbeat while a batch runs (a worker that dies mid-batch is noticed by the heartbeat
+    timeout, not the whole start-to-close)."""
+    if not activity.in_activity():
+        return
+    while True:
+        await asyncio.sleep(seconds)
+        activity.heartbeat()

@@ -288,13 +288,16 @@ class WebhookEndpoint(SQLModel, table=True):
 
 class WebhookDelivery(SQLModel, table=True):
     """One event for one endpoint: written with the status change (the outbox), sent in order per
-    (endpoint, withdrawal). `event_id` is stable across retries and redeliveries."""
+    (endpoint, withdrawal). `event_id` is stable across retries and redeliveries. The retry state is
+    in the row: `next_attempt_at` (when it may be sent, pushed back after each failed attempt) and
+    `window_start` (queued or re-queued: the retry window runs from there)."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_delivery_event"),
         Index("ix_webhook_delivery_queue", "endpoint_id", "withdrawal_id", "state", "seq"),
         Index("ix_webhook_delivery_pending", "state", "created_at"),  # the sweeper's scan
+        Index("ix_webhook_delivery_due", "endpoint_id", "state", "next_attempt_at"),  # an endpoint's batch
     )
     id: str = Field(primary_key=True, max_length=36)
     event_id: str = Field(max_length=64, index=True)
@@ -311,6 +314,8 @@ class WebhookDelivery(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=500)  # a short excerpt, never a full body
     created_at: datetime = _ts()
     delivered_at: datetime | None = Field(default=None, sa_column=Column(Timestamp, nullable=True))
+    next_attempt_at: datetime = _ts()
+    window_start: datetime = _ts()
 
 
 class WebhookAttempt(SQLModel, table=True):

@@ -3,8 +3,9 @@
 The outbox: `enqueue_event` runs inside the transaction that changes a withdrawal's status
 (`repo.transition`, `repo.insert_withdrawal`, `repo.record_reorg`) and inserts one `WebhookDelivery`
 per active endpoint of the withdrawal's client subscribed to the event, with the exact JSON body that
-will be signed. The move and its deliveries commit together or not at all; the delivery workflow
-(workflows/webhooks.py) then sends them in `seq` order per (endpoint, withdrawal).
+will be signed. The move and its deliveries commit together or not at all; the delivery workflow of
+the endpoint (workflows/webhooks.py) then sends them in batches, in `seq` order per withdrawal:
+`due_heads` gives, per withdrawal, only its first PENDING delivery and only once it is due.
 
 An event's id is derived from (withdrawal, seq, type), so the same event has the same id for every
 endpoint, on every retry and on every redelivery.
@@ -19,7 +20,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, update
+from sqlalchemy import and_, case, func, or_, update
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -72,7 +74,7 @@ _KICK = "webhooks.kick"
 
 def queued_in(s: AsyncSession) -> set[tuple[str, str]]:
     """The (endpoint, withdrawal) pairs that got a delivery in this session's transaction: after it
-    commits, their delivery workflows are kicked (activities/lifecycle.py)."""
+    commits, their endpoints' delivery workflows are kicked (activities/lifecycle.py)."""
     pairs: set[tuple[str, str]] = s.info.get(_KICK, set())
     return pairs
 
@@ -124,6 +126,7 @@ async def enqueue_event(s: AsyncSession, withdrawal_id: str, *, seq: int, event_
     )
     pairs = s.info.setdefault(_KICK, set())
     queued = 0
+    now = utcnow()
     for e in endpoints:
         if e.id in have:
             continue
@@ -137,6 +140,9 @@ async def enqueue_event(s: AsyncSession, withdrawal_id: str, *, seq: int, event_
                 seq=seq,
                 event_type=event_type,
                 payload=body,
+                created_at=now,
+                next_attempt_at=now,
+                window_start=now,
             )
         )
         pairs.add((e.id, withdrawal_id))
@@ -246,25 +252,100 @@ async def attempts_of(s: AsyncSession, delivery_ids: list[str]) -> dict[str, lis
 
 
 async def requeue(s: AsyncSession, delivery_id: str) -> None:
-    """Redelivery: the same event (same id and body) goes back in its endpoint's queue."""
+    """Redelivery: the same event (same id and body) goes back in its endpoint's queue, due now, with
+    a retry window of its own from now."""
+    now = utcnow()
     await s.exec(
         update(WebhookDelivery)
         .where(col(WebhookDelivery.id) == delivery_id)
-        .values(state=DeliveryState.PENDING, delivered_at=None)
+        .values(state=DeliveryState.PENDING, delivered_at=None, next_attempt_at=now, window_start=now)
     )
 
 
 # --- sending -------------------------------------------------------------------------------------
 
-# Status events by their move's number; a reorg event after the move it follows (same number).
+
+def _reorg_last(d: Any) -> Any:
+    return case((d.event_type == REORGED, 1), else_=0)
+
+
+# Status events by their move's number; a reorg event after the move it follows (same number); then
+# by when it was queued, and by id so that the order is total.
 _SEND_ORDER = (
     col(WebhookDelivery.seq),
-    case((col(WebhookDelivery.event_type) == REORGED, 1), else_=0),
+    _reorg_last(WebhookDelivery),
     col(WebhookDelivery.created_at),
+    col(WebhookDelivery.id),
 )
 
 
+def _is_head() -> Any:
+    """No PENDING delivery of the same (endpoint, withdrawal) comes before this one in `_SEND_ORDER`:
+    it is the one that withdrawal sends next (a seek on `ix_webhook_delivery_queue`)."""
+    d, p = WebhookDelivery, aliased(WebhookDelivery)
+    p_seq, d_seq = col(p.seq), col(d.seq)
+    p_last, d_last = _reorg_last(p), _reorg_last(d)
+    p_at, d_at = col(p.created_at), col(d.created_at)
+    before = or_(
+        p_seq < d_seq,
+        and_(
+            p_seq == d_seq,
+            or_(
+                p_last < d_last,
+                and_(p_last == d_last, or_(p_at < d_at, and_(p_at == d_at, col(p.id) < col(d.id)))),
+            ),
+        ),
+    )
+    earlier = (
+        select(col(p.id))
+        .where(
+            col(p.endpoint_id) == col(d.endpoint_id),
+            col(p.withdrawal_id) == col(d.withdrawal_id),
+            col(p.state) == DeliveryState.PENDING,
+            before,
+        )
+        .exists()
+    )
+    return ~earlier
+
+
+async def due_heads(s: AsyncSession, endpoint_id: str, now: datetime, limit: int) -> list[WebhookDelivery]:
+    """The endpoint's next batch: per withdrawal only its first PENDING delivery, and only when it is
+    due (`next_attempt_at <= now`), longest due first. A withdrawal whose first delivery is backing
+    off sends nothing else meanwhile; the others are not held up by it."""
+    q = (
+        select(WebhookDelivery)
+        .where(
+            col(WebhookDelivery.endpoint_id) == endpoint_id,
+            col(WebhookDelivery.state) == DeliveryState.PENDING,
+            col(WebhookDelivery.next_attempt_at) <= now,
+            _is_head(),
+        )
+        .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
+        .limit(limit)
+    )
+    return list((await s.exec(q)).all())
+
+
+async def next_due_at(s: AsyncSession, endpoint_id: str) -> datetime | None:
+    """When the endpoint's next delivery may go: the earliest `next_attempt_at` of a withdrawal's first
+    PENDING delivery (those queued behind it wait for it, not for their own time). None: nothing."""
+    q = (
+        select(WebhookDelivery.next_attempt_at)
+        .where(
+            col(WebhookDelivery.endpoint_id) == endpoint_id,
+            col(WebhookDelivery.state) == DeliveryState.PENDING,
+            _is_head(),
+        )
+        .order_by(col(WebhookDelivery.next_attempt_at))
+        .limit(1)
+    )
+    at: datetime | None = (await s.exec(q)).first()
+    return at
+
+
 async def next_pending(s: AsyncSession, endpoint_id: str, withdrawal_id: str) -> WebhookDelivery | None:
+    """The delivery that (endpoint, withdrawal) sends next, due or not."""
     q = (
         select(WebhookDelivery)
         .where(
@@ -317,6 +398,40 @@ async def record_attempt(
     return number
 
 
+async def failures_since(s: AsyncSession, delivery_id: str, since: datetime) -> int:
+    """Attempts of the delivery recorded since `since` (its window's start): the backoff's exponent."""
+    n: int = (
+        await s.exec(
+            select(func.count())
+            .select_from(WebhookAttempt)
+            .where(col(WebhookAttempt.delivery_id) == delivery_id, col(WebhookAttempt.at) >= since)
+        )
+    ).one()
+    return int(n)
+
+
+async def schedule_retry(s: AsyncSession, delivery_id: str, at: datetime) -> None:
+    """A PENDING delivery whose attempt failed is not due again before `at`."""
+    await s.exec(
+        update(WebhookDelivery)
+        .where(col(WebhookDelivery.id) == delivery_id, col(WebhookDelivery.state) == DeliveryState.PENDING)
+        .values(next_attempt_at=at)
+    )
+
+
+async def fail_pending_of_endpoint(s: AsyncSession, endpoint_id: str, error: str) -> int:
+    """Every PENDING delivery of an endpoint that was deleted is given up. Returns how many."""
+    result: Any = await s.exec(
+        update(WebhookDelivery)
+        .where(
+            col(WebhookDelivery.endpoint_id) == endpoint_id,
+            col(WebhookDelivery.state) == DeliveryState.PENDING,
+        )
+        .values(state=DeliveryState.FAILED, last_error=error[:500])
+    )
+    return int(result.rowcount or 0)
+
+
 async def mark_failed(s: AsyncSession, delivery_id: str, error: str) -> bool:
     """A PENDING delivery given up (its retry window ended, or its endpoint is gone)."""
     result: Any = await s.exec(
@@ -328,8 +443,8 @@ async def mark_failed(s: AsyncSession, delivery_id: str, error: str) -> bool:
 
 
 async def stale_pending(s: AsyncSession, older_than: datetime, limit: int = 500) -> list[tuple[str, str]]:
-    """(endpoint, withdrawal) pairs with a PENDING delivery queued before `older_than`: a kick that
-    was lost (a crash between the commit and the kick) or a workflow that ended too early."""
+    """(endpoint, withdrawal) pairs with a PENDING delivery queued before `older_than`: what is late,
+    per withdrawal (the sweeper itself asks `stale_endpoints`)."""
     q = (
         select(WebhookDelivery.endpoint_id, WebhookDelivery.withdrawal_id)
         .where(
@@ -340,3 +455,21 @@ async def stale_pending(s: AsyncSession, older_than: datetime, limit: int = 500)
         .limit(limit)
     )
     return [(str(e), str(w)) for e, w in (await s.exec(q)).all()]
+
+
+async def stale_endpoints(s: AsyncSession, due_before: datetime, limit: int = 500) -> list[str]:
+    """Endpoints where a withdrawal's next delivery has been due since before `due_before`: a running
+    workflow would have sent it, so none is (a lost kick, or it ended too early). Seeks on
+    `ix_webhook_delivery_pending` (`next_attempt_at` is never before `created_at`)."""
+    q = (
+        select(WebhookDelivery.endpoint_id)
+        .where(
+            col(WebhookDelivery.state) == DeliveryState.PENDING,
+            col(WebhookDelivery.created_at) < due_before,
+            col(WebhookDelivery.next_attempt_at) < due_before,
+            _is_head(),
+        )
+        .group_by(col(WebhookDelivery.endpoint_id))
+        .limit(limit)
+    )
+    return [str(e) for e in (await s.exec(q)).all()]

@@ -1,12 +1,16 @@
 """Webhooks end to end: a real engine (dev server, anvils, worker) sending to a local receiver, a real
 HTTP server on a free loopback port. Every status arrives, signed, in order, at least once: through
-a receiver that fails for a while, a worker SIGKILLed mid-delivery, and a lost kick (the sweeper)."""
+a receiver that fails for a while, a worker SIGKILLed mid-delivery, and a lost kick (the sweeper).
+One delivery workflow per endpoint: order per withdrawal under failures across many withdrawals, a
+failing withdrawal holding up no other, kicks coalesced, the retry window, the idle end; the batch
+and the migration on SQLite and MariaDB."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -14,7 +18,7 @@ import secrets
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,19 +26,29 @@ from typing import Any
 
 import pytest
 import uvicorn
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import column, insert, table
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
 from activities.webhooks import (
     WEBHOOK_URL_REFUSED,
+    WINDOW_CLOSED,
+    BatchInput,
+    DeliveryPolicy,
     SendInput,
     UrlGuard,
     UrlRefused,
     WebhookActivities,
+    WebhookKicker,
+    delivery_workflow_id,
     ensure_sweeper_schedule,
 )
 from api.withdrawals import withdrawal_view
@@ -44,7 +58,7 @@ from models import repo, webhooks
 from models.db import Database
 from models.domain import WithdrawalStatus
 from models.tables import WebhookEndpoint, Withdrawal, utcnow
-from settings import EngineConfig
+from settings import ROOT, EngineConfig
 from tests.databases import create_database, start_mariadb
 from tests.e2e.test_crash import start_worker_process, stop_worker_process
 from tests.stack import (
@@ -73,6 +87,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    status: int = 0  # what the receiver answered (0 while unanswered)
 
     @property
     def event(self) -> dict[str, Any]:
@@ -82,7 +97,8 @@ class Received:
 
 class Receiver:
     """A client's webhook endpoint: records every request it answered 2xx (`accepted`) and every one
-    it got (`seen`); can answer 500 for a while (`failing`) or hold requests unanswered (`holding`)."""
+    it got (`seen`); can answer 500 for a while (`failing`), to the requests `fail_when` picks, or
+    hold requests unanswered (`holding`)."""
 
     def __init__(self) -> None:
         self.port = processes.free_port()
@@ -90,6 +106,7 @@ class Receiver:
         self.accepted: list[Received] = []
         self.seen: list[Received] = []
         self.failing = False
+        self.fail_when: Callable[[Received], bool] | None = None
         self.holding = False
         self.release = asyncio.Event()
         app = Starlette(routes=[Route("/hooks", self._handle, methods=["POST"])])
@@ -103,8 +120,10 @@ class Receiver:
         self.seen.append(got)
         if self.holding:
             await self.release.wait()
-        if self.failing:
+        if self.failing or (self.fail_when is not None and self.fail_when(got)):
+            got.status = 500
             return PlainTextResponse("receiver down: " + "x" * 1000, 500)
+        got.status = 200
         self.accepted.append(got)
         return PlainTextResponse("ok")
 
@@ -144,10 +163,10 @@ async def rx() -> AsyncIterator[Receiver]:
         yield r
 
 
-async def webhook_harness(stack: Stack, **kw: Any) -> Harness:
+async def webhook_harness(stack: Stack, settings: dict[str, Any] | None = None, **kw: Any) -> Harness:
     """An engine with a database of its own (the sweeper sees only this test's deliveries)."""
     db_url = await asyncio.to_thread(new_sqlite_db, stack.tmp)
-    return await make_harness(stack, db_url, settings_overrides=FAST, **kw)
+    return await make_harness(stack, db_url, settings_overrides=FAST | (settings or {}), **kw)
 
 
 @pytest.fixture
@@ -556,8 +575,11 @@ async def _endpoint(s: Any, client_id: str, events: str, url: str = "http://127.
     return e.id
 
 
-async def _insert_withdrawal(db: Database, client_id: str, config: EngineConfig) -> str:
-    """A withdrawal row without a workflow: its moves are made by the test through `repo`."""
+async def _insert_withdrawal(
+    db: Database, client_id: str, config: EngineConfig, kicker: WebhookKicker | None = None
+) -> str:
+    """A withdrawal row without a workflow: its moves are made by the test through `repo` (and its
+    deliveries kicked with `kicker`, as the status activity does after its commit)."""
     wid = str(uuid.uuid4())
     row = Withdrawal(
         id=wid,
@@ -575,4 +597,423 @@ async def _insert_withdrawal(db: Database, client_id: str, config: EngineConfig)
     )
     async with db.transaction() as s:
         await repo.insert_withdrawal(s, row)
+        queued = set(webhooks.queued_in(s))
+    if kicker is not None:
+        await kicker.kick(queued)
     return wid
+
+
+# --- one delivery workflow per endpoint ------------------------------------------------------------
+
+LIFE = (S.PROCESSING, S.BROADCAST, S.CONFIRMING, S.CONFIRMED)
+LIFE_TYPES = ["withdrawal.pending", *(webhooks.status_event_type(s) for s in LIFE)]
+
+
+async def _move(h: Harness, wid: str, to: WithdrawalStatus, seq: int) -> None:
+    """One move of a withdrawal without a workflow, kicked after its commit as `record_transition` is."""
+    async with h.db.transaction() as s:
+        assert await repo.transition(s, wid, to, seq=seq)
+        queued = set(webhooks.queued_in(s))
+    await h.engine.kicker.kick(queued)
+
+
+async def _lives(h: Harness, n: int) -> list[str]:
+    """n withdrawals through PENDING ... CONFIRMED, a move of each in turn (their events interleave)."""
+    wids = [await _insert_withdrawal(h.db, h.client_id, h.config, h.engine.kicker) for _ in range(n)]
+    for seq, to in enumerate(LIFE, start=1):
+        for wid in wids:
+            await _move(h, wid, to, seq)
+    return wids
+
+
+async def _until(check: Callable[[], Awaitable[bool]], limit: float, what: str) -> None:
+    deadline = time.monotonic() + limit
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+async def _none_pending(h: Harness) -> bool:
+    async with h.db.read() as s:
+        _, total = await webhooks.list_deliveries(s, h.client_id, state="PENDING", limit=1)
+    return total == 0
+
+
+async def _send_order(h: Harness, wids: Iterable[str], endpoint_id: str) -> dict[str, list[str]]:
+    """Each withdrawal's event ids for one endpoint, in the order they must arrive."""
+    return {
+        w: [d["event_id"] for d in await deliveries(h, w) if d["endpoint_id"] == endpoint_id] for w in wids
+    }
+
+
+def _assert_in_order(rx: Receiver, order: dict[str, list[str]]) -> None:
+    """Request by request, as they arrived: no event of a withdrawal (of those in `order`) was tried
+    before every event before it had been accepted; in the end every event was accepted."""
+    accepted: dict[str, set[str]] = {w: set() for w in order}
+    for r in rx.seen:
+        w, eid = r.event["data"]["id"], r.event["id"]
+        if w not in order:
+            continue
+        earlier = set(order[w][: order[w].index(eid)])
+        assert earlier <= accepted[w], (w, r.event["type"], "tried before", earlier - accepted[w])
+        if r.status == 200:
+            accepted[w].add(eid)
+    assert accepted == {w: set(ids) for w, ids in order.items()}
+
+
+async def _runs(h: Harness, endpoint_id: str) -> list[str]:
+    """Run ids of the endpoint's delivery workflow (visibility is eventually consistent: callers poll)."""
+    query = f'WorkflowId = "{delivery_workflow_id(endpoint_id)}"'
+    return [wf.run_id async for wf in h.client.list_workflows(query)]
+
+
+async def test_order_per_withdrawal_holds_across_many_withdrawals_while_the_receiver_fails_some(
+    stack: Stack, rx: Receiver
+) -> None:
+    h = await webhook_harness(stack, fund_wallets=False)
+    # A new run every 3 batches: order and delivery hold across continue-as-new too.
+    h.engine.kicker.policy = dataclasses.replace(h.engine.kicker.policy, batches_per_run=3)
+    try:
+        endpoint = await register(h, rx.url)
+        refusing_until = time.monotonic() + 4
+        # Two requests out of three refused for 4 s, whichever events they carry.
+        rx.fail_when = lambda _: time.monotonic() < refusing_until and len(rx.seen) % 3 != 0
+        wids = await _lives(h, 12)
+        await _until(lambda: _none_pending(h), 60, "deliveries still pending")
+        order = await _send_order(h, wids, endpoint["id"])
+        assert {len(ids) for ids in order.values()} == {5}
+        _assert_in_order(rx, order)
+        assert len([r for r in rx.seen if r.status == 500]) >= 12, "the receiver refused too little"
+        assert {w: rx.types(w) for w in wids} == {w: LIFE_TYPES for w in wids}
+        for got in rx.accepted:
+            verify(endpoint["secret"], got)
+        logs = [d for w in wids for d in await deliveries(h, w)]
+        assert {d["state"] for d in logs} == {"DELIVERED"}
+        assert sum(len(d["attempts"]) for d in logs) == len(rx.seen)  # every attempt is in the log
+        retried = [d for d in logs if len(d["attempts"]) > 1]
+        assert retried and all(a["status_code"] == 500 for d in retried for a in d["attempts"][:-1])
+        for _ in range(100):
+            if len(await _runs(h, endpoint["id"])) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert len(await _runs(h, endpoint["id"])) >= 3  # it did continue as new, more than once
+    finally:
+        await close_harness(h)
+
+
+async def test_a_withdrawal_whose_deliveries_keep_failing_holds_up_no_other_on_the_endpoint(
+    stack: Stack, rx: Receiver
+) -> None:
+    """The failing withdrawal's next try is 30 s away; the others' events all arrive long before."""
+    slow_retries = {"webhook_retry_initial_seconds": 30.0, "webhook_retry_max_interval_seconds": 60.0}
+    h = await webhook_harness(stack, slow_retries, fund_wallets=False)
+    try:
+        endpoint = await register(h, rx.url)
+        stuck = await _insert_withdrawal(h.db, h.client_id, h.config)  # kicked below, with its moves
+        rx.fail_when = lambda r: r.event["data"]["id"] == stuck
+        await _move(h, stuck, S.PROCESSING, 1)
+        await _move(h, stuck, S.BROADCAST, 2)
+
+        async def tried() -> bool:
+            return bool((await deliveries(h, stuck))[0]["attempts"])
+
+        await _until(tried, 30, "the stuck withdrawal's first event was never tried")
+        started = time.monotonic()
+        others = await _lives(h, 6)
+        for w in others:
+            await rx.wait_for(w, "withdrawal.confirmed", limit=25)
+        assert time.monotonic() - started < 20
+        assert {w: rx.types(w) for w in others} == {w: LIFE_TYPES for w in others}
+        _assert_in_order(rx, await _send_order(h, others, endpoint["id"]))
+
+        log = await deliveries(h, stuck)
+        assert [(d["event_type"], d["state"], len(d["attempts"])) for d in log] == [
+            ("withdrawal.pending", "PENDING", 1),  # the kicks of the others did not retry it early
+            ("withdrawal.processing", "PENDING", 0),
+            ("withdrawal.broadcast", "PENDING", 0),
+        ]
+        assert [r.event["type"] for r in rx.seen if r.event["data"]["id"] == stuck] == ["withdrawal.pending"]
+        async with h.db.read() as s:
+            first = await webhooks.get_delivery(s, log[0]["id"])
+        assert first is not None
+        attempted = (await deliveries(h, stuck))[0]["attempts"][0]["at"]
+        assert first.next_attempt_at.isoformat() >= attempted[:19]  # backing off in the row, ...
+        assert (first.next_attempt_at - first.created_at) >= timedelta(seconds=29)  # ... by 30 s
+    finally:
+        await close_harness(h)
+
+
+async def test_kicks_coalesce_into_one_workflow_per_endpoint_and_each_event_arrives_once(
+    stack: Stack, rx: Receiver
+) -> None:
+    h = await webhook_harness(stack, fund_wallets=False)
+    try:
+        async with Receiver() as rx2:
+            endpoints = [await register(h, rx.url), await register(h, rx2.url)]
+            n = 20
+            wids = await _lives(h, n)  # n * 5 kicks, each naming both endpoints
+            kicks = n * len(LIFE_TYPES)
+            await _until(lambda: _none_pending(h), 60, "deliveries still pending")
+            for receiver, endpoint in zip((rx, rx2), endpoints, strict=True):
+                ids = [r.headers["webhook-id"] for r in receiver.seen]
+                assert len(ids) == len(set(ids)) == kicks  # each event once, none refused, none again
+                assert all(r.status == 200 for r in receiver.seen)
+                _assert_in_order(receiver, await _send_order(h, wids, endpoint["id"]))
+
+            tq = h.settings.task_queue
+            query = f'WorkflowType = "WebhookDeliveryWorkflow" AND TaskQueue = "{tq}"'
+            expected = {delivery_workflow_id(e["id"]) for e in endpoints}
+            for _ in range(100):
+                found = [wf.id async for wf in h.client.list_workflows(query)]
+                if set(found) == expected:
+                    break
+                await asyncio.sleep(0.1)
+            assert sorted(found) == sorted(expected)  # one per endpoint, one run each
+            for endpoint in endpoints:
+                handle = h.client.get_workflow_handle(delivery_workflow_id(endpoint["id"]))
+                assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+                history = await handle.fetch_history()
+                signals = [
+                    e
+                    for e in history.events
+                    if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+                ]
+                assert 1 <= len(signals) <= kicks // 2, len(signals)
+
+            # A burst: kicks in one window are one signal per endpoint.
+            before = [await _signals(h, e["id"]) for e in endpoints]
+            pairs = [(e["id"], w) for e in endpoints for w in wids]
+            for _ in range(50):
+                await h.engine.kicker.kick(pairs)
+            await asyncio.sleep(0.5)
+            assert [await _signals(h, e["id"]) for e in endpoints] == [b + 1 for b in before]
+    finally:
+        await close_harness(h)
+
+
+async def _signals(h: Harness, endpoint_id: str) -> int:
+    history = await h.client.get_workflow_handle(delivery_workflow_id(endpoint_id)).fetch_history()
+    return sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED for e in history.events)
+
+
+async def test_the_endpoint_workflow_ends_when_idle_and_the_next_kick_starts_it_again(
+    stack: Stack, rx: Receiver
+) -> None:
+    h = await webhook_harness(stack, fund_wallets=False)
+    h.engine.kicker.policy = dataclasses.replace(h.engine.kicker.policy, idle_seconds=1.0)
+    try:
+        endpoint = await register(h, rx.url)
+        wid = await _insert_withdrawal(h.db, h.client_id, h.config, h.engine.kicker)
+        await rx.wait_for(wid, "withdrawal.pending", limit=30)
+        handle = h.client.get_workflow_handle(delivery_workflow_id(endpoint["id"]))
+        assert await asyncio.wait_for(handle.result(), 20) == 1  # one delivery settled, then idle
+        first = (await handle.describe()).run_id
+        await _move(h, wid, S.PROCESSING, 1)
+        await rx.wait_for(wid, "withdrawal.processing", limit=30)
+        second = (await handle.describe()).run_id
+        assert second != first
+        assert rx.types(wid) == LIFE_TYPES[:2]
+        assert len(rx.seen) == 2
+        for _ in range(100):
+            if len(await _runs(h, endpoint["id"])) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(await _runs(h, endpoint["id"])) == sorted([first, second])
+    finally:
+        await close_harness(h)
+
+
+async def test_a_delivery_past_its_retry_window_ends_failed_and_the_next_of_its_withdrawal_goes(
+    stack: Stack, rx: Receiver
+) -> None:
+    h = await webhook_harness(stack, {"webhook_retry_window_seconds": 4}, fund_wallets=False)
+    try:
+        endpoint = await register(h, rx.url)
+        rx.fail_when = lambda r: r.event["type"] == "withdrawal.pending"
+        wid = await _insert_withdrawal(h.db, h.client_id, h.config, h.engine.kicker)
+        await asyncio.sleep(1.5)
+        await _move(h, wid, S.PROCESSING, 1)  # queued behind it, with a window of its own
+        await _move(h, wid, S.BROADCAST, 2)
+        await rx.wait_for(wid, "withdrawal.broadcast", limit=30)
+        log = await deliveries(h, wid)
+        assert [(d["event_type"], d["state"]) for d in log] == [
+            ("withdrawal.pending", "FAILED"),
+            ("withdrawal.processing", "DELIVERED"),
+            ("withdrawal.broadcast", "DELIVERED"),
+        ]
+        assert log[0]["last_error"] == WINDOW_CLOSED
+        assert len(log[0]["attempts"]) >= 3 and {a["status_code"] for a in log[0]["attempts"]} == {500}
+        assert [len(d["attempts"]) for d in log[1:]] == [1, 1]
+        seen = [r.event["type"] for r in rx.seen]
+        last_try = max(i for i, t in enumerate(seen) if t == "withdrawal.pending")
+        assert seen[last_try + 1 :] == ["withdrawal.processing", "withdrawal.broadcast"]
+
+        # A redelivery opens a new window: the same event, now accepted.
+        rx.fail_when = None
+        r = await h.http.post(
+            f"/webhook/deliveries/{log[0]['id']}/redeliver", headers={"X-API-Key": h.api_key}
+        )
+        assert r.status_code == 202, r.text
+        await rx.wait_for(wid, "withdrawal.pending", limit=30)
+        assert rx.accepted[-1].headers["webhook-id"] == log[0]["event_id"]
+        verify(endpoint["secret"], rx.accepted[-1])
+        again = (await deliveries(h, wid))[0]
+        assert again["state"] == "DELIVERED" and len(again["attempts"]) == len(log[0]["attempts"]) + 1
+    finally:
+        await close_harness(h)
+
+
+async def test_a_batch_sends_each_withdrawals_first_due_delivery_and_keeps_backoff_and_window_in_rows(
+    db: Database, stack: Stack, rx: Receiver
+) -> None:
+    """`send_due_deliveries` itself, batch by batch (SQLite and MariaDB), without Temporal."""
+    config = engine_config(stack, [new_wallet()[0]])
+    client_id = await ensure_api_client(db, "we_test_" + secrets.token_hex(16), name="batch")
+    async with db.transaction() as s:
+        endpoint = await _endpoint(s, client_id, "*", url=rx.url)
+    slow = await _insert_withdrawal(db, client_id, config)
+    fine = await _insert_withdrawal(db, client_id, config)
+    for wid in (slow, fine):
+        async with db.transaction() as s:
+            await repo.transition(s, wid, S.PROCESSING, seq=1)
+    rx.fail_when = lambda r: r.event["data"]["id"] == slow
+    policy = DeliveryPolicy(
+        timeout_seconds=2, retry_initial_seconds=0.4, retry_max_interval_seconds=0.6, window_seconds=3
+    )
+    batch = BatchInput(endpoint_id=endpoint, limit=100, policy=policy)
+    acts = WebhookActivities(db, UrlGuard.for_env("test"), None)
+
+    async def rows(wid: str) -> list[Any]:
+        async with db.read() as s:
+            found, _ = await webhooks.list_deliveries(s, client_id, withdrawal_id=wid)
+            attempts = await webhooks.attempts_of(s, [d.id for d in found])
+        return [(d, attempts[d.id]) for d in found]
+
+    def waited(d: Any, attempts: list[Any]) -> float:
+        seconds: float = (d.next_attempt_at - attempts[-1].at).total_seconds()
+        return seconds
+
+    try:
+        first = await acts.send_due_deliveries(batch)  # each withdrawal's first event, nothing more
+        assert (first.attempted, first.settled, first.more) == (2, 1, True)
+        assert sorted((r.event["data"]["id"], r.event["type"]) for r in rx.seen) == sorted(
+            [(slow, "withdrawal.pending"), (fine, "withdrawal.pending")]
+        )
+        [(head, tries), (behind, none)] = await rows(slow)
+        assert head.state == "PENDING" and len(tries) == 1 and not none and behind.state == "PENDING"
+        assert 0.4 <= waited(head, tries) < 1.4
+
+        second = await acts.send_due_deliveries(batch)  # fine's second; slow's first is not due
+        assert (second.attempted, second.settled, second.more) == (1, 1, False)
+        assert second.next_due_in_seconds is not None and 0 < second.next_due_in_seconds <= 0.4
+        idle = await acts.send_due_deliveries(batch)  # again at once: nothing due, nothing sent twice
+        assert (idle.attempted, idle.settled) == (0, 0) and len(rx.seen) == 3
+
+        await asyncio.sleep(second.next_due_in_seconds + 0.05)
+        third = await acts.send_due_deliveries(batch)
+        assert (third.attempted, third.settled) == (1, 0)
+        [(head, tries), _] = await rows(slow)
+        assert len(tries) == 2 and 0.6 <= waited(head, tries) < 1.6  # 0.4 doubled, capped at 0.6
+
+        # Past the window (3 s from when both were queued): the first ends FAILED unsent, then the one
+        # behind it, which waited its turn for as long.
+        await asyncio.sleep(max(0.0, 3.1 - (utcnow() - head.window_start).total_seconds()))
+        expired = await acts.send_due_deliveries(batch)
+        assert (expired.attempted, expired.settled, expired.more) == (0, 1, True)
+        behind_too = await acts.send_due_deliveries(batch)
+        assert (behind_too.attempted, behind_too.settled, behind_too.more) == (0, 1, False)
+        assert behind_too.next_due_in_seconds is None
+        assert [(d.state, d.last_error, len(a)) for d, a in await rows(slow)] == [
+            ("FAILED", WINDOW_CLOSED, 2),
+            ("FAILED", WINDOW_CLOSED, 0),
+        ]
+        assert len(rx.seen) == 4
+
+        # The withdrawal's next event has a window of its own and goes.
+        rx.fail_when = None
+        async with db.transaction() as s:
+            await repo.transition(s, slow, S.BROADCAST, seq=2)
+        sent = await acts.send_due_deliveries(batch)
+        assert (sent.attempted, sent.settled, sent.more, sent.next_due_in_seconds) == (1, 1, False, None)
+        assert rx.accepted[-1].event["type"] == "withdrawal.broadcast"
+
+        # A deleted endpoint: what is pending ends FAILED, and the workflow is told to end.
+        async with db.transaction() as s:
+            await repo.transition(s, slow, S.CONFIRMING, seq=3)
+            assert await webhooks.delete_endpoint(s, endpoint, client_id)
+        gone = await acts.send_due_deliveries(batch)
+        assert gone.endpoint_gone and gone.settled == 1 and gone.attempted == 0
+        last, attempts = (await rows(slow))[-1]
+        assert (last.state, last.last_error, attempts) == ("FAILED", "the endpoint was deleted", [])
+        assert len(rx.seen) == 5
+    finally:
+        await acts.aclose()
+
+
+_COLUMNS_0007 = (
+    "id",
+    "event_id",
+    "endpoint_id",
+    "client_id",
+    "withdrawal_id",
+    "seq",
+    "event_type",
+    "payload",
+    "state",
+    "attempts",
+    "created_at",
+)
+
+
+def _alembic(url: str, action: str, revision: str) -> None:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.attributes["url"] = url
+    (command.upgrade if action == "upgrade" else command.downgrade)(cfg, revision)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+async def test_migration_0008_makes_queued_deliveries_due_with_a_window_from_when_they_were_queued(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    else:
+        url = create_database(request.getfixturevalue("mariadb_port"), f"t_{uuid.uuid4().hex[:12]}")
+    await asyncio.to_thread(_alembic, url, "upgrade", "0007")
+    queued_at = (utcnow() - timedelta(hours=5)).replace(microsecond=123456)
+    endpoint, delivery = str(uuid.uuid4()), str(uuid.uuid4())
+    before = Database(url)
+    try:
+        async with before.transaction() as s:
+            # The table as 0007 left it: no next_attempt_at, no window_start.
+            old = table("webhook_deliveries", *(column(c) for c in _COLUMNS_0007))
+            await s.exec(
+                insert(old).values(
+                    id=delivery,
+                    event_id="evt_1",
+                    endpoint_id=endpoint,
+                    client_id="c",
+                    withdrawal_id="w",
+                    seq=0,
+                    event_type="withdrawal.pending",
+                    payload="{}",
+                    state="PENDING",
+                    attempts=0,
+                    created_at=queued_at,
+                )
+            )
+    finally:
+        await before.dispose()
+    await asyncio.to_thread(_alembic, url, "upgrade", "head")
+    await asyncio.to_thread(_alembic, url, "downgrade", "0007")  # reversible ...
+    await asyncio.to_thread(_alembic, url, "upgrade", "head")  # ... and again
+    after = Database(url)
+    try:
+        async with after.read() as s:
+            d = await webhooks.get_delivery(s, delivery)
+            due = await webhooks.due_heads(s, endpoint, utcnow(), 10)
+            stale = await webhooks.stale_endpoints(s, utcnow())
+        assert d is not None and d.created_at == d.next_attempt_at == d.window_start == queued_at
+        assert [x.id for x in due] == [delivery] and stale == [endpoint]
+    finally:
+        await after.dispose()
