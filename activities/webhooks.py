@@ -39,12 +39,10 @@ from temporalio.client import (
     ScheduleSpec,
 )
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from models import webhooks
 from models.db import Database
 from models.tables import WebhookDelivery, WebhookEndpoint, utcnow
-from models.webhooks import DeliveryState
 from settings import Settings
 
 log = structlog.get_logger()
@@ -60,10 +58,6 @@ KICK_CONCURRENCY = 32  # signals in flight at once when a flush wakes many endpo
 HEARTBEAT_EVERY_SECONDS = 5.0  # a batch that runs longer heartbeats (a short one never needs to)
 WINDOW_CLOSED = "not delivered within the retry window"
 ENDPOINT_GONE = "the endpoint was deleted"
-
-# `ApplicationError.type`s of a send: NOT_ACCEPTED is retried, URL_REFUSED is final.
-WEBHOOK_NOT_ACCEPTED = "WEBHOOK_NOT_ACCEPTED"
-WEBHOOK_URL_REFUSED = "WEBHOOK_URL_REFUSED"
 
 
 # --- inputs (one per workflow, signal and activity) ------------------------------------------------
@@ -106,12 +100,6 @@ class BatchResult:
     more: bool  # another delivery is due now
     next_due_in_seconds: float | None  # when the next one is due (None: nothing pending)
     endpoint_gone: bool = False  # the endpoint was deleted: its pending deliveries were FAILED
-
-
-@dataclass(frozen=True, kw_only=True)
-class SendInput:
-    delivery_id: str
-    timeout_seconds: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -606,39 +594,6 @@ class WebhookActivities:
             more=due_in is not None and due_in <= 0.0,
             next_due_in_seconds=due_in,
         )
-
-    async def send_delivery(self, inp: SendInput) -> None:
-        """One attempt of one delivery, outside the batches (an operator's or a test's probe): recorded
-        like any other; a 2xx marks it DELIVERED. A failure raises `WEBHOOK_NOT_ACCEPTED`, a URL the
-        guard refuses `WEBHOOK_URL_REFUSED` (non-retryable); neither changes the delivery's state."""
-        async with self.db.read() as s:
-            row = await webhooks.get_delivery(s, inp.delivery_id)
-            target = _live(await webhooks.get_endpoint(s, row.endpoint_id)) if row is not None else None
-            d = _Due.of(row) if row is not None and row.state == DeliveryState.PENDING else None
-        if d is None:
-            return  # delivered meanwhile, or given up
-        if target is None:
-            async with self.db.transaction() as s:
-                await webhooks.mark_failed(s, d.id, ENDPOINT_GONE)
-            return
-        a = await self._attempt(target, d.event_id, d.payload, inp.timeout_seconds)
-        async with self.db.transaction() as s:
-            number = await webhooks.record_attempt(
-                s,
-                d.id,
-                at=a.at,
-                status_code=a.status_code,
-                latency_ms=a.latency_ms,
-                error=a.error,
-                delivered=a.delivered,
-            )
-        self._logged(target, d, a, number)
-        if a.refused:
-            raise ApplicationError(str(a.error), type=WEBHOOK_URL_REFUSED, non_retryable=True)
-        if a.error is not None:
-            raise ApplicationError(
-                a.error, type=WEBHOOK_NOT_ACCEPTED, category=ApplicationErrorCategory.BENIGN
-            )
 
     @activity.defn
     async def sweep_webhooks(self, inp: SweepInput) -> int:

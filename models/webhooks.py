@@ -344,22 +344,6 @@ async def next_due_at(s: AsyncSession, endpoint_id: str) -> datetime | None:
     return at
 
 
-async def next_pending(s: AsyncSession, endpoint_id: str, withdrawal_id: str) -> WebhookDelivery | None:
-    """The delivery that (endpoint, withdrawal) sends next, due or not."""
-    q = (
-        select(WebhookDelivery)
-        .where(
-            WebhookDelivery.endpoint_id == endpoint_id,
-            WebhookDelivery.withdrawal_id == withdrawal_id,
-            WebhookDelivery.state == DeliveryState.PENDING,
-        )
-        .order_by(*_SEND_ORDER)
-        .limit(1)
-    )
-    d: WebhookDelivery | None = (await s.exec(q)).first()
-    return d
-
-
 async def record_attempt(
     s: AsyncSession,
     delivery_id: str,
@@ -440,21 +424,6 @@ async def mark_failed(s: AsyncSession, delivery_id: str, error: str) -> bool:
         .values(state=DeliveryState.FAILED, last_error=error[:500])
     )
     return int(result.rowcount or 0) == 1
-
-
-async def stale_pending(s: AsyncSession, older_than: datetime, limit: int = 500) -> list[tuple[str, str]]:
-    """(endpoint, withdrawal) pairs with a PENDING delivery queued before `older_than`: what is late,
-    per withdrawal (the sweeper itself asks `stale_endpoints`)."""
-    q = (
-        select(WebhookDelivery.endpoint_id, WebhookDelivery.withdrawal_id)
-        .where(
-            WebhookDelivery.state == DeliveryState.PENDING,
-            col(WebhookDelivery.created_at) < older_than,
-        )
-        .group_by(col(WebhookDelivery.endpoint_id), col(WebhookDelivery.withdrawal_id))
-        .limit(limit)
-    )
-    return [(str(e), str(w)) for e, w in (await s.exec(q)).all()]
 
 
 async def stale_endpoints(s: AsyncSession, due_before: datetime, limit: int = 500) -> list[str]:

@@ -36,14 +36,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.exceptions import ApplicationError
 
 from activities.webhooks import (
-    WEBHOOK_URL_REFUSED,
     WINDOW_CLOSED,
     BatchInput,
     DeliveryPolicy,
-    SendInput,
     UrlGuard,
     UrlRefused,
     WebhookActivities,
@@ -454,26 +451,37 @@ async def test_outside_dev_private_addresses_are_refused_at_registration_and_at_
         endpoint = await _endpoint(s, h.client_id, "*", url=rx.url)
     wid = await _insert_withdrawal(h.db, h.client_id, h.config)
     async with h.db.read() as s:
-        d = await webhooks.next_pending(s, endpoint, wid)
-    assert d is not None and d.event_type == "withdrawal.pending"
+        [d] = await webhooks.due_heads(s, endpoint, utcnow(), 100)
+    assert d.withdrawal_id == wid and d.event_type == "withdrawal.pending"
+    batch = BatchInput(endpoint_id=endpoint, limit=100, policy=DeliveryPolicy(timeout_seconds=2))
     as_prod = WebhookActivities(h.db, prod, None)
     as_test = WebhookActivities(h.db, UrlGuard.for_env("test"), None)
     try:
-        with pytest.raises(ApplicationError) as refused:
-            await as_prod.send_delivery(SendInput(delivery_id=d.id, timeout_seconds=2))
-        assert refused.value.type == WEBHOOK_URL_REFUSED and refused.value.non_retryable
+        refused = await as_prod.send_due_deliveries(batch)
+        # Final at once: FAILED with the refusal as its reason, no retry scheduled, nothing sent.
+        assert (refused.attempted, refused.settled, refused.more) == (1, 1, False)
+        assert refused.next_due_in_seconds is None
         assert rx.seen == []
         async with h.db.read() as s:
+            failed = await webhooks.get_delivery(s, d.id)
             attempts = (await webhooks.attempts_of(s, [d.id]))[d.id]
+        assert failed is not None and (failed.state, failed.last_error) == ("FAILED", "url must use https")
         assert [(a.status_code, a.error) for a in attempts] == [(None, "url must use https")]
-        await as_test.send_delivery(SendInput(delivery_id=d.id, timeout_seconds=2))
+        again = await as_prod.send_due_deliveries(batch)  # not retried
+        assert (again.attempted, again.settled) == (0, 0) and rx.seen == []
+
+        # Redelivered (as POST .../redeliver does) and sent by an engine that runs as test: it goes.
+        async with h.db.transaction() as s:
+            await webhooks.requeue(s, d.id)
+        sent = await as_test.send_due_deliveries(batch)
+        assert (sent.attempted, sent.settled, sent.more) == (1, 1, False)
     finally:
         await as_prod.aclose()
         await as_test.aclose()
     assert [r.headers["webhook-id"] for r in rx.accepted] == [d.event_id]
     async with h.db.read() as s:
-        sent = await webhooks.get_delivery(s, d.id)
-    assert sent is not None and sent.state == "DELIVERED" and sent.attempts == 2
+        delivered = await webhooks.get_delivery(s, d.id)
+    assert delivered is not None and delivered.state == "DELIVERED" and delivered.attempts == 2
 
 
 @pytest.fixture(scope="module")
@@ -510,6 +518,7 @@ async def test_the_outbox_queues_each_move_once_with_a_reorg_after_the_move_it_f
         confirmed_only = await _endpoint(s, client_id, "withdrawal.confirmed withdrawal.reorged")
         gone = await _endpoint(s, client_id, "*")
         assert await webhooks.delete_endpoint(s, gone, client_id)
+    queued_from = utcnow()
     wid = await _insert_withdrawal(db, client_id, config)
     for seq, to in enumerate((S.PROCESSING, S.BROADCAST, S.CONFIRMING), start=1):
         async with db.transaction() as s:
@@ -534,8 +543,10 @@ async def test_the_outbox_queues_each_move_once_with_a_reorg_after_the_move_it_f
         final = withdrawal_view(w, config)
     async with db.read() as s:
         rows, total = await webhooks.list_deliveries(s, client_id, withdrawal_id=wid, limit=100)
-        first = await webhooks.next_pending(s, all_events, wid)
-        stale = await webhooks.stale_pending(s, utcnow() + timedelta(seconds=1))
+        first = await webhooks.due_heads(s, all_events, utcnow(), 100)
+        confirmed_first = await webhooks.due_heads(s, confirmed_only, utcnow(), 100)
+        stale = await webhooks.stale_endpoints(s, utcnow() + timedelta(seconds=1))
+        not_yet = await webhooks.stale_endpoints(s, queued_from - timedelta(seconds=1))
     assert total == len(rows) == 10
     by_endpoint: dict[str, list[str]] = {}
     for d in rows:
@@ -562,8 +573,12 @@ async def test_the_outbox_queues_each_move_once_with_a_reorg_after_the_move_it_f
     assert last["data"] == final and last["data"]["fee"] == "0.000021"
     reorged = json.loads(next(d.payload for d in rows if d.event_type == "withdrawal.reorged"))
     assert reorged["data"]["status"] == "CONFIRMING" and reorged["data"]["tx_hash"] == tx
-    assert first is not None and first.event_type == "withdrawal.pending"
-    assert sorted(stale) == sorted([(all_events, wid), (confirmed_only, wid)])
+    # What a batch sends next: per withdrawal its first PENDING delivery (all are due at once).
+    assert [(d.withdrawal_id, d.event_type) for d in first] == [(wid, "withdrawal.pending")]
+    assert [(d.withdrawal_id, d.event_type) for d in confirmed_first] == [(wid, "withdrawal.reorged")]
+    # The sweeper's query: the endpoints whose next delivery is overdue, once each; none before then.
+    assert sorted(stale) == sorted([all_events, confirmed_only])
+    assert not_yet == []
 
 
 async def _endpoint(s: Any, client_id: str, events: str, url: str = "http://127.0.0.1:9/x") -> str:
