@@ -257,22 +257,35 @@ class Alerter:
 
     # --- hooks of the withdrawal path (never raise) ---------------------------------------------
 
-    async def on_transition(self, withdrawal_id: str, status: WithdrawalStatus) -> None:
-        """Entering NEEDS_ATTENTION raises its alert; any move resolves the fee-cap alert (the
-        withdrawal moved on) and leaving NEEDS_ATTENTION resolves that one; a final status resolves all."""
+    @staticmethod
+    def transition_keys(withdrawal_id: str, status: WithdrawalStatus) -> list[str]:
+        """The alerts a move to `status` resolves: the fee-cap one (the withdrawal moved on), the
+        NEEDS_ATTENTION one unless it enters that status, the overdue one at a final status."""
+        keys = [f"fee-cap:{withdrawal_id}"]
+        if status is not WithdrawalStatus.NEEDS_ATTENTION:
+            keys.append(f"needs-attention:{withdrawal_id}")
+        if status in TERMINAL:
+            keys.append(f"overdue:{withdrawal_id}")
+        return keys
+
+    async def on_transition(
+        self, withdrawal_id: str, status: WithdrawalStatus, *, firing: Sequence[str] | None = None
+    ) -> None:
+        """Entering NEEDS_ATTENTION raises its alert; the move resolves `transition_keys`. `firing`:
+        those of them the move's own transaction found FIRING (`alerts.firing_keys`), so the common
+        move, with none firing, costs no read of its own."""
 
         async def run() -> None:
-            keys = [f"fee-cap:{withdrawal_id}"]
             if status is WithdrawalStatus.NEEDS_ATTENTION:
                 async with self.db.read() as s:
                     w = await s.get(Withdrawal, withdrawal_id)
                 if w is not None:
                     await self.fire(attention_alert(w))
-            else:
-                keys.append(f"needs-attention:{withdrawal_id}")
-            if status in TERMINAL:
-                keys.append(f"overdue:{withdrawal_id}")
-            await self.resolve(keys)
+            keys = self.transition_keys(withdrawal_id, status)
+            if firing is not None:
+                keys = [k for k in keys if k in firing]
+            if keys:
+                await self.resolve(keys)
 
         await self._safely("transition", run)
 

@@ -8,7 +8,7 @@ from temporalio import activity
 from activities.alerts import Alerter
 from activities.failures import fail
 from activities.webhooks import WebhookKicker
-from models import repo
+from models import alerts, repo
 from models.db import Database
 from models.domain import ErrorCode, TransitionInput
 from models.lifecycle import StaleTransition
@@ -33,6 +33,8 @@ class LifecycleActivities:
             async with self.db.transaction() as s:
                 moved = await repo.transition(s, inp.withdrawal_id, inp.status, error=inp.error, seq=inp.seq)
                 queued = queued_in(s)  # the (endpoint, withdrawal) pairs that got webhook deliveries
+                # The alerts this move resolves, if any is FIRING: read here, not in a session of its own.
+                firing = await alerts.firing_keys(s, Alerter.transition_keys(inp.withdrawal_id, inp.status))
         except StaleTransition as e:
             log.error(
                 "withdrawal.transition.stale",
@@ -51,4 +53,5 @@ class LifecycleActivities:
         )
         if queued and self.webhooks is not None:
             await self.webhooks.kick(queued)  # never raises: a lost kick is found by the sweeper
-        await self.alerts.on_transition(inp.withdrawal_id, inp.status)  # NEEDS_ATTENTION in/out; never raises
+        # NEEDS_ATTENTION in/out and the resolves; never raises
+        await self.alerts.on_transition(inp.withdrawal_id, inp.status, firing=firing)
