@@ -194,6 +194,27 @@ async def deliveries(h: Harness, withdrawal_id: str) -> list[dict[str, Any]]:
     return items
 
 
+async def settled_deliveries(
+    h: Harness,
+    withdrawal_id: str,
+    done: Callable[[list[dict[str, Any]]], bool] | None = None,
+    limit: float = 10,
+) -> list[dict[str, Any]]:
+    """The delivery log once `done` holds (default: nothing PENDING). A receiver has a request before
+    the batch that sent it commits its outcome, so a log read right after the receiver saw the last
+    event may still say PENDING; the log is what is asserted, not how fast it is written."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        log = await deliveries(h, withdrawal_id)
+        if (done or _none_pending)(log) or asyncio.get_running_loop().time() > deadline:
+            return log
+        await asyncio.sleep(0.05)
+
+
+def _none_pending(log: list[dict[str, Any]]) -> bool:
+    return all(d["state"] != "PENDING" for d in log)
+
+
 async def expected_types(h: Harness, withdrawal_id: str) -> list[str]:
     """The withdrawal's status events as the database recorded them, as webhook event types."""
     async with h.db.read() as s:
@@ -239,7 +260,7 @@ async def test_every_status_arrives_signed_in_order_and_a_redelivery_keeps_its_i
     assert last["data"] == final  # exactly what GET /withdrawal/status answers
     assert [e.event["data"]["status"] for e in rx.accepted] == [t.split(".")[1].upper() for t in expected]
 
-    log = await deliveries(h, wid)
+    log = await settled_deliveries(h, wid)
     assert [d["event_type"] for d in log] == expected
     assert {d["state"] for d in log} == {"DELIVERED"}
     for d in log:
@@ -302,7 +323,7 @@ async def test_a_receiver_failing_for_a_while_gets_everything_in_order_after_it_
     assert rx.types(wid) == await expected_types(h, wid)
     for got in rx.accepted:
         verify(endpoint["secret"], got)
-    log = await deliveries(h, wid)
+    log = await settled_deliveries(h, wid)
     assert {d["state"] for d in log} == {"DELIVERED"}
 
 
@@ -332,7 +353,7 @@ async def test_a_worker_sigkilled_mid_delivery_loses_nothing(
         await h.wait_status(wid, {"CONFIRMED"}, 120)
         await rx.wait_for(wid, "withdrawal.confirmed", limit=90)
         assert rx.types(wid) == await expected_types(h, wid)
-        log = await deliveries(h, wid)
+        log = await settled_deliveries(h, wid)
         assert {d["state"] for d in log} == {"DELIVERED"}
         # The event in flight at the kill was sent again (at least once), under the same id.
         first = [r.headers["webhook-id"] for r in rx.seen if r.event["type"] == "withdrawal.pending"]
@@ -702,7 +723,7 @@ async def test_order_per_withdrawal_holds_across_many_withdrawals_while_the_rece
         assert {w: rx.types(w) for w in wids} == {w: LIFE_TYPES for w in wids}
         for got in rx.accepted:
             verify(endpoint["secret"], got)
-        logs = [d for w in wids for d in await deliveries(h, w)]
+        logs = [d for w in wids for d in await settled_deliveries(h, w)]
         assert {d["state"] for d in logs} == {"DELIVERED"}
         assert sum(len(d["attempts"]) for d in logs) == len(rx.seen)  # every attempt is in the log
         retried = [d for d in logs if len(d["attempts"]) > 1]
@@ -850,7 +871,7 @@ async def test_a_delivery_past_its_retry_window_ends_failed_and_the_next_of_its_
         await _move(h, wid, S.PROCESSING, 1)  # queued behind it, with a window of its own
         await _move(h, wid, S.BROADCAST, 2)
         await rx.wait_for(wid, "withdrawal.broadcast", limit=30)
-        log = await deliveries(h, wid)
+        log = await settled_deliveries(h, wid)
         assert [(d["event_type"], d["state"]) for d in log] == [
             ("withdrawal.pending", "FAILED"),
             ("withdrawal.processing", "DELIVERED"),
@@ -872,7 +893,7 @@ async def test_a_delivery_past_its_retry_window_ends_failed_and_the_next_of_its_
         await rx.wait_for(wid, "withdrawal.pending", limit=30)
         assert rx.accepted[-1].headers["webhook-id"] == log[0]["event_id"]
         verify(endpoint["secret"], rx.accepted[-1])
-        again = (await deliveries(h, wid))[0]
+        again = (await settled_deliveries(h, wid))[0]
         assert again["state"] == "DELIVERED" and len(again["attempts"]) == len(log[0]["attempts"]) + 1
     finally:
         await close_harness(h)
