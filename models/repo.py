@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, update
+from sqlalchemy import case, func, or_, union_all, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -297,32 +297,51 @@ async def lock_wallets(s: AsyncSession, network: str) -> list[HotWallet]:
     return await _all(s, q)
 
 
+def held_amounts_query(network: str, *, as_of_block: int | None = None) -> Any:
+    """The reservations `held_amounts` adds up: the HELD ones, and (given a block) those settled by a
+    transaction mined after it. Two selects, each seeking its own index, (network, state) and
+    (network, settled_block): neither reads the network's settled history (tests/models/test_repo.py
+    asks both databases for the plan). A HELD reservation has no settled block, so none is in both."""
+    cols = (FundReservation.hot_wallet, FundReservation.asset, FundReservation.amount)
+    on_network = col(FundReservation.network) == network
+    held = select(*cols).where(on_network, col(FundReservation.state) == ReservationState.HELD)
+    if as_of_block is None:
+        return held
+    settled_after = select(*cols).where(
+        on_network,
+        col(FundReservation.settled_block) > as_of_block,
+        col(FundReservation.state) != ReservationState.HELD,
+    )
+    return union_all(held, settled_after)
+
+
 async def held_amounts(
     s: AsyncSession, network: str, *, as_of_block: int | None = None
 ) -> dict[tuple[str, str], int]:
     """(hot wallet, asset) -> what is spoken for, against balances read at `as_of_block`: the HELD
     reservations, plus those settled by a transaction mined after that block (the balance read there
     still contains funds that have left since). Without a block: HELD only."""
-    spoken_for = col(FundReservation.state) == ReservationState.HELD
-    if as_of_block is not None:
-        spoken_for = or_(spoken_for, col(FundReservation.settled_block) > as_of_block)
-    q = select(FundReservation.hot_wallet, FundReservation.asset, FundReservation.amount).where(
-        FundReservation.network == network, spoken_for
-    )
     held: dict[tuple[str, str], int] = {}
-    for wallet, asset, amount in await _all(s, q):
+    for wallet, asset, amount in await _all(s, held_amounts_query(network, as_of_block=as_of_block)):
         held[(wallet, asset)] = held.get((wallet, asset), 0) + int(amount)
     return held
 
 
+def in_flight_counts_query(network: str) -> Any:
+    """The HELD reservations of the network, (hot wallet, withdrawal): read through (network, state),
+    counted by the caller (a GROUP BY hot_wallet would walk the (network, hot_wallet, state) index
+    over the network's whole history instead)."""
+    return select(FundReservation.hot_wallet, FundReservation.withdrawal_id).where(
+        col(FundReservation.network) == network, col(FundReservation.state) == ReservationState.HELD
+    )
+
+
 async def in_flight_counts(s: AsyncSession, network: str) -> dict[str, int]:
     """Hot wallet -> number of withdrawals holding a reservation on it."""
-    q = (
-        select(FundReservation.hot_wallet, func.count(func.distinct(FundReservation.withdrawal_id)))
-        .where(FundReservation.network == network, FundReservation.state == ReservationState.HELD)
-        .group_by(FundReservation.hot_wallet)
-    )
-    return {w: int(c) for w, c in await _all(s, q)}
+    holding: dict[str, set[str]] = {}
+    for wallet, withdrawal_id in await _all(s, in_flight_counts_query(network)):
+        holding.setdefault(wallet, set()).add(withdrawal_id)
+    return {w: len(ids) for w, ids in holding.items()}
 
 
 async def daily_total(

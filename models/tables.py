@@ -197,6 +197,9 @@ class FundReservation(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("withdrawal_id", "asset", name="uq_reservation"),
         Index("ix_reservation_wallet_state", "network", "hot_wallet", "state"),
+        # Admission seeks (repo.held_amounts, in_flight_counts) rather than scan the network's history.
+        Index("ix_reservation_network_state", "network", "state"),
+        Index("ix_reservation_network_settled", "network", "settled_block"),
     )
     id: int | None = Field(default=None, primary_key=True)
     withdrawal_id: str = Field(max_length=36)

@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 from sqlmodel import select
 
 from activities.funds import Balances, FundsActivities
@@ -21,7 +22,7 @@ from models.amounts import MAX_AMOUNT_UNITS
 from models.db import Database
 from models.domain import ReservationState, WithdrawalRequest, WithdrawalStatus
 from models.lifecycle import StaleTransition
-from models.tables import HotWallet, Withdrawal
+from models.tables import FundReservation, HotWallet, Withdrawal
 from settings import AssetLimits, EngineConfig, NetworkConfig
 from tests.databases import create_database, start_mariadb
 
@@ -293,3 +294,50 @@ async def test_funds_that_left_after_the_balance_block_still_count_as_held(
         assert (await reserved(s, "ethereum", as_of_block=99)).get((WALLET, "ETH")) == amount
         assert (await reserved(s, "ethereum", as_of_block=100)).get((WALLET, "ETH")) is None
         assert (await reserved(s, "ethereum")).get((WALLET, "ETH")) is None
+
+
+async def test_admission_seeks_instead_of_scanning_the_networks_history(
+    db_pair: tuple[Database, Database],
+) -> None:
+    """`held_amounts` and `in_flight_counts` run on every admission: each must read through an index
+    that starts at what it asks for (HELD reservations, or settled after the balance block), not
+    every reservation the network ever had. The plan is asked of each database itself, over a history
+    of 400 settled reservations and 5 held ones."""
+    db, _ = db_pair
+    async with db.transaction() as s:
+        for n in range(405):
+            s.add(
+                FundReservation(
+                    withdrawal_id=f"w-{n}",
+                    network="ethereum",
+                    hot_wallet="0xabc",
+                    asset="ETH",
+                    amount=1,
+                    state="HELD" if n >= 400 else "CONSUMED",
+                    settled_block=None if n >= 400 else n,
+                )
+            )
+    held = repo.held_amounts_query("ethereum", as_of_block=398)
+    counts = repo.in_flight_counts_query("ethereum")
+    url = db.url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql")
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name != "sqlite":
+                conn.execute(text("ANALYZE TABLE fund_reservations"))
+            for q in (held, counts):
+                sql = str(q.compile(engine, compile_kwargs={"literal_binds": True}))
+                if engine.dialect.name == "sqlite":
+                    plan = " ".join(str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+                    assert "SCAN" not in plan and "USING INDEX ix_reservation_network_state" in plan, plan
+                    if q is held:
+                        assert "USING INDEX ix_reservation_network_settled" in plan, plan
+                else:
+                    rows = [dict(r) for r in conn.execute(text(f"EXPLAIN {sql}")).mappings()]
+                    reads = [r for r in rows if r["table"] == "fund_reservations"]
+                    assert reads and all(r["type"] != "ALL" for r in reads), rows  # no full scan
+                    assert "ix_reservation_network_state" in {r["key"] for r in reads}, rows
+                    if q is held:
+                        assert "ix_reservation_network_settled" in {r["key"] for r in reads}, rows
+    finally:
+        engine.dispose()
