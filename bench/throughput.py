@@ -359,6 +359,7 @@ class Track:
     post_status: str | None = None
     status: str | None = None
     broadcast_seen: float | None = None
+    broadcast_at: float | None = None  # the row's updated_at when it was seen BROADCAST (its move's time)
     broadcast_gap: float | None = None  # how long before `broadcast_seen` we last looked (status reads only)
     terminal_seen: float | None = None
     terminal_at: float | None = None  # the row's updated_at when it turned terminal
@@ -370,6 +371,8 @@ class Track:
         if self.broadcast_seen is None and self.status in BROADCAST_OR_LATER:
             self.broadcast_seen = now
             self.broadcast_gap = now - self.last_look
+            if self.status == "BROADCAST":
+                self.broadcast_at = server_time(w.get("updated_at"))
         if self.terminal_seen is None and self.status in TERMINAL:
             self.terminal_seen = now
             self.terminal_at = server_time(w.get("updated_at")) or now
@@ -677,9 +680,18 @@ class EngineRun:
             figure("post_p50_s", percentile([t.post_returned - t.post_started for t in accepted], 50))
             figure("post_p99_s", percentile([t.post_returned - t.post_started for t in accepted], 99))
             figure("post_answered_status", counts(t.post_status for t in accepted))
-        to_broadcast = [t.broadcast_seen - t.post_started for t in accepted if t.broadcast_seen is not None]
+        # POST → the row's move to BROADCAST (its updated_at in the first BROADCAST answer or event);
+        # a withdrawal first seen past BROADCAST counts from when it was seen. `_seen`: when the bench
+        # learned it (adds the webhook delivery or the polling gap).
+        to_broadcast = [
+            (t.broadcast_at or t.broadcast_seen) - t.post_started
+            for t in accepted
+            if t.broadcast_seen is not None
+        ]
+        seen = [t.broadcast_seen - t.post_started for t in accepted if t.broadcast_seen is not None]
         figure("post_to_broadcast_p50_s", percentile(to_broadcast, 50))
         figure("post_to_broadcast_p99_s", percentile(to_broadcast, 99))
+        figure("post_to_broadcast_seen_p50_s", percentile(seen, 50))
         gaps = [t.broadcast_gap for t in accepted if t.broadcast_gap is not None]
         if self.hooks is not None:
             figure("broadcast_observation_gap_p50_s", "n/a (observed by webhooks: see webhook_lag_s)")
