@@ -1304,6 +1304,17 @@ def report_summary(results: list[tuple[int, PhaseResult]]) -> None:
             ratios.append(e / c if e is not None and c else None)
         figure(f"ratio_{which}_per_round", _fmt(ratios))
         figure(f"ratio_{which}", _median(ratios))
+    # What a sustained rate is bounded by on a machine the two sides saturate: CPU per completion of
+    # every process that works for it (engine: worker, API, server, anvil; ceiling: its worker, server).
+    cpu: list[float | None] = []
+    for r in rounds:
+        e_cpu = sum(engine[r].cpu_ms.get(p, 0.0) for p in ("worker", "api", "temporal", "anvil"))
+        c_cpu = (
+            sum(ceiling[r].cpu_ms.get(p, 0.0) for p in ("noop_worker", "temporal")) if r in ceiling else 0.0
+        )
+        cpu.append(c_cpu / e_cpu if e_cpu and c_cpu else None)
+    figure("ratio_cpu_per_round", _fmt(cpu))
+    figure("ratio_cpu", _median(cpu))
 
 
 def hold_argv(args: argparse.Namespace) -> list[str]:
