@@ -206,12 +206,12 @@ async def settled_deliveries(
     deadline = asyncio.get_running_loop().time() + limit
     while True:
         log = await deliveries(h, withdrawal_id)
-        if (done or _none_pending)(log) or asyncio.get_running_loop().time() > deadline:
+        if (done or _nothing_pending_in)(log) or asyncio.get_running_loop().time() > deadline:
             return log
         await asyncio.sleep(0.05)
 
 
-def _none_pending(log: list[dict[str, Any]]) -> bool:
+def _nothing_pending_in(log: list[dict[str, Any]]) -> bool:
     return all(d["state"] != "PENDING" for d in log)
 
 
