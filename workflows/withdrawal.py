@@ -367,9 +367,9 @@ class WithdrawalWorkflow:
         self._admission = adm
         self._seq = adm.status_seq
         # The API starts the workflow with WithdrawalStatus=PENDING: no upsert to say it again.
-        started_as = workflow.info().typed_search_attributes.get(sa.WITHDRAWAL_STATUS)
-        if started_as is not None:
-            self._published = (S(started_as), None)
+        # (Only that value is trusted: a start from elsewhere may carry anything, or nothing.)
+        if workflow.info().typed_search_attributes.get(sa.WITHDRAWAL_STATUS) == S.PENDING:
+            self._published = (S.PENDING, None)
         self._enter(adm.status, adm.error)  # the row was created in this status by `admit`
         try:
             try:

@@ -636,6 +636,37 @@ async def test_search_attributes_are_upserted_only_when_they_change(env: Workflo
     ]
 
 
+@pytest.mark.parametrize("started_as", [None, "CONFIRMED", "BOGUS"])
+async def test_a_start_from_elsewhere_still_gets_every_status_published(
+    env: WorkflowEnvironment, started_as: str | None
+) -> None:
+    """Only the API's PENDING at the start is taken as already published: started without the
+    attribute, or with any other value (a CLI start, a hostile one), the workflow upserts PENDING
+    itself and runs as usual."""
+    async with scenario(env) as sc:
+        attrs = [SearchAttributePair(sa.WITHDRAWAL_STATUS, started_as)] if started_as else []
+        sc._handle = await env.client.start_workflow(
+            WithdrawalWorkflow.run,
+            sc.req,
+            id=f"withdrawal-{sc.req.withdrawal_id}",
+            task_queue=sc.task_queue,
+            search_attributes=TypedSearchAttributes(attrs),
+        )
+        outcome = await sc.finish()
+        history = await sc.handle.fetch_history()
+    assert outcome.status is S.CONFIRMED
+    statuses = [
+        json.loads(f["WithdrawalStatus"].data)
+        for f in (
+            e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+            for e in history.events
+            if e.event_type is EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+        )
+        if "WithdrawalStatus" in f
+    ]
+    assert statuses == ["PENDING", "PROCESSING", "BROADCAST", "CONFIRMING", "CONFIRMED"]
+
+
 async def test_a_held_signing_step_publishes_processing_at_once(env: WorkflowEnvironment) -> None:
     """PROCESSING waits for the hash only while signing runs: a step that holds says so at once."""
     stand = Stand()
