@@ -67,6 +67,8 @@ class KeyCache:
     def __init__(self, ttl: float, *, size: int = 10_000) -> None:
         self.ttl, self.size = ttl, size
         self._found: dict[str, tuple[float, ApiClient]] = {}
+        # Bumped by `clear`: a lookup that read the row before a change must not cache what it read.
+        self.generation = 0
 
     def get(self, key_hash: str) -> ApiClient | None:
         hit = self._found.get(key_hash)
@@ -74,14 +76,16 @@ class KeyCache:
             return None
         return hit[1]
 
-    def put(self, key_hash: str, client: ApiClient) -> None:
-        if self.ttl <= 0:
+    def put(self, key_hash: str, client: ApiClient, generation: int) -> None:
+        """Keep `client`, read while the cache was at `generation`, unless a change cleared it since."""
+        if self.ttl <= 0 or generation != self.generation:
             return
         if len(self._found) >= self.size:
             self._found.clear()
         self._found[key_hash] = (time.monotonic(), client)
 
     def clear(self) -> None:
+        self.generation += 1
         self._found.clear()
 
 
@@ -167,10 +171,11 @@ async def authenticate_client(
     key_hash = hash_api_key(x_api_key)
     client = state.keys.get(key_hash)
     if client is None:
+        generation = state.keys.generation
         async with state.db.read() as s:
             client = await api_keys.find_by_hash(s, key_hash)
         if client is not None:
-            state.keys.put(key_hash, client)
+            state.keys.put(key_hash, client, generation)
     if client is None or not api_keys.usable(client, key_hash, utcnow()):
         raise denied
     request.state.api_client_id = client.id  # from here on the request counts in the key's usage

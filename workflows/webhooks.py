@@ -4,9 +4,10 @@ It loops over batches (`send_due_deliveries`, a regular activity): each sends, f
 `batch_limit` withdrawals, that withdrawal's first PENDING delivery if it is due, records the
 attempts and settles them; the retry state (next attempt, retry window) is in the rows, so a retry
 costs no workflow of its own. Between batches it waits for a `kick` (new deliveries were queued) or
-until the next delivery is due, at most `idle_seconds` (so a lost kick costs at most that much).
-With nothing pending and no kick for `idle_seconds` it ends; the next kick (signal-with-start)
-starts it again, and the sweeper (`WebhookSweeperWorkflow`, on a Schedule) starts it for an
+until the next delivery is due, at most `idle_seconds` (a kick lost while it runs costs at most
+that much; one lost after it ended waits for the sweeper, about `idle_seconds` + the sweep's
+threshold and interval). With nothing pending and no kick for `idle_seconds` it ends; the next
+kick (signal-with-start) starts it again, and the sweeper (`WebhookSweeperWorkflow`, on a Schedule) starts it for an
 endpoint whose due deliveries nobody is sending. It continues as new every `batches_per_run`
 batches, or earlier when Temporal suggests it.
 """

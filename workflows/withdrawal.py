@@ -407,9 +407,9 @@ class WithdrawalWorkflow:
             )
         )
         self._nonce = alloc.nonce
-        # PROCESSING is published together with the transaction's hash once it is signed (one
-        # upsert, not two); a step that holds, parks or waits for funds meanwhile publishes it.
-        await self._move(S.PROCESSING, publish=False)
+        # Published at once, not with the hash after signing: a signing step that keeps retrying
+        # (a fee spike, a node down) would leave the search attribute saying PENDING meanwhile.
+        await self._move(S.PROCESSING)
         self._check_cancel()
         signed = await self._sign_first(adm)
         self._tx_hash = signed.tx_hash
@@ -792,9 +792,7 @@ class WithdrawalWorkflow:
         if resume is not S.NEEDS_ATTENTION:
             await self._move(resume)
 
-    async def _move(
-        self, to: WithdrawalStatus, error: ErrorInfo | None = None, *, publish: bool = True
-    ) -> None:
+    async def _move(self, to: WithdrawalStatus, error: ErrorInfo | None = None) -> None:
         """Change the withdrawal's status: the row first (the one guarded writer, with its effects),
         then the workflow's state and search attribute. A stale move fails the workflow."""
         seq = self._seq + 1
@@ -805,17 +803,16 @@ class WithdrawalWorkflow:
             retry_policy=FOREVER_RETRY,
         )
         self._seq = seq
-        self._enter(to, error, publish=publish)
+        self._enter(to, error)
 
-    def _enter(self, status: WithdrawalStatus, error: ErrorInfo | None, *, publish: bool = True) -> None:
+    def _enter(self, status: WithdrawalStatus, error: ErrorInfo | None) -> None:
         self._status, self._error = status, error
         self._history.append(
             HistoryEntry(
                 kind=K.STATUS, at=workflow.now(), status=status, reason=error.message if error else None
             )
         )
-        if publish:
-            self._publish()
+        self._publish()
 
     def _note(self, kind: HistoryKind, inp: OperatorInput | None, **fields: Any) -> None:
         actor = (

@@ -15,13 +15,14 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.deps import AppState, TemporalConnector
+from api.deps import AppState, KeyCache, TemporalConnector
 from api.ratelimit import RateLimiter
 from api.security import hash_api_key
 from api.usage import UsageRecorder
 from devstack import processes
 from devstack.bootstrap import migrate
 from models import api_keys, audit
+from models.tables import ApiClient
 from tests.databases import create_database, start_mariadb
 from tests.stack import Harness, Stack, new_sqlite_db, running_harness
 
@@ -451,3 +452,16 @@ async def test_flusher_writes_every_interval_and_at_shutdown(h: Harness, admin: 
         client = await api_keys.get(s, cid)
     assert sorted((u.status, u.count) for u in rows) == [(200, 2), (429, 1)]
     assert client is not None and client.last_used_at is not None
+
+
+def test_a_lookup_that_read_the_key_before_a_change_does_not_cache_it() -> None:
+    """A request reads the key row, the key is revoked and the cache cleared, then that request
+    stores what it read: the stale copy must not be served to the requests after the revocation."""
+    cache = KeyCache(60.0)
+    stale = ApiClient(id="k", name="k", key_hash="h", key_prefix="we_", scopes="withdrawals:read")
+    before = cache.generation
+    cache.clear()  # the DELETE commits here, between the read and the put
+    cache.put("h", stale, before)
+    assert cache.get("h") is None
+    cache.put("h", stale, cache.generation)  # a lookup that started after the change is kept
+    assert cache.get("h") is stale

@@ -616,8 +616,8 @@ async def test_search_attributes_follow_the_status(env: WorkflowEnvironment) -> 
 
 
 async def test_search_attributes_are_upserted_only_when_they_change(env: WorkflowEnvironment) -> None:
-    """The start sets PENDING; PROCESSING goes with the transaction's hash once it is signed; each
-    later upsert carries only what changed (each one is a history event and a visibility write)."""
+    """The start sets PENDING (not repeated); each upsert carries only what changed (each one is a
+    history event and a visibility write)."""
     async with scenario(env) as sc:
         await sc.submit()
         await sc.finish()
@@ -629,7 +629,8 @@ async def test_search_attributes_are_upserted_only_when_they_change(env: Workflo
     ]
     upserts = [{k: json.loads(v.data) for k, v in fields.items()} for fields in upserted]
     assert upserts == [
-        {"WithdrawalStatus": "PROCESSING", "TxHash": "0xwithdrawal0"},
+        {"WithdrawalStatus": "PROCESSING"},
+        {"TxHash": "0xwithdrawal0"},
         {"WithdrawalStatus": "BROADCAST"},
         {"WithdrawalStatus": "CONFIRMING"},
         {"WithdrawalStatus": "CONFIRMED"},
@@ -668,7 +669,7 @@ async def test_a_start_from_elsewhere_still_gets_every_status_published(
 
 
 async def test_a_held_signing_step_publishes_processing_at_once(env: WorkflowEnvironment) -> None:
-    """PROCESSING waits for the hash only while signing runs: a step that holds says so at once."""
+    """PROCESSING is searchable as soon as the row says it, whatever signing does next."""
     stand = Stand()
     stand.fail_next("sign_transaction", non_retryable(ErrorCode.PAUSED, "network ethereum is paused"))
     async with scenario(env, stand) as sc:
