@@ -7,9 +7,9 @@ costs no workflow of its own. Between batches it waits for a `kick` (new deliver
 until the next delivery is due, at most `idle_seconds` (a kick lost while it runs costs at most
 that much; one lost after it ended waits for the sweeper, about `idle_seconds` + the sweep's
 threshold and interval). With nothing pending and no kick for `idle_seconds` it ends; the next
-kick (signal-with-start) starts it again, and the sweeper (`WebhookSweeperWorkflow`, on a Schedule) starts it for an
-endpoint whose due deliveries nobody is sending. It continues as new every `batches_per_run`
-batches, or earlier when Temporal suggests it.
+kick (signal-with-start) starts it again, and the sweeper (`WebhookSweeperWorkflow`, on a
+Schedule) starts it for an endpoint whose due deliveries nobody is sending. It continues as new
+every `batches_per_run` batches, or earlier when Temporal suggests it.
 """
 
 from __future__ import annotations
