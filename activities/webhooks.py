@@ -443,11 +443,14 @@ class WebhookActivities:
         is refused (nothing is sent)."""
         started, at = time.monotonic(), utcnow()
         try:
-            pinned = await self.guard.resolve(target.url)
+            async with asyncio.timeout(timeout_seconds):  # a slow resolver counts against the attempt
+                pinned = await self.guard.resolve(target.url)
         except UrlRefused as e:
             return _Attempt(at=at, status_code=None, latency_ms=0, error=str(e), refused=True)
         except HostUnresolved as e:
             return _Attempt(at=at, status_code=None, latency_ms=0, error=str(e))  # retried
+        except TimeoutError:
+            return _Attempt(at=at, status_code=None, latency_ms=0, error="host not resolved in time")
         timestamp = int(time.time())
         signature = Webhook(target.secret).sign(event_id, datetime.fromtimestamp(timestamp, UTC), payload)
         headers = {
@@ -534,7 +537,11 @@ class WebhookActivities:
 
         async def send(d: _Due) -> _Attempt:
             async with slots:
-                return await self._attempt(target, d.event_id, d.payload, policy.timeout_seconds)
+                try:
+                    return await self._attempt(target, d.event_id, d.payload, policy.timeout_seconds)
+                except Exception as e:  # one delivery's surprise is its failed attempt, not the batch's
+                    log.warning("webhook.attempt.error", delivery_id=d.id, error_type=type(e).__name__)
+                    return _Attempt(at=utcnow(), status_code=None, latency_ms=0, error=type(e).__name__)
 
         outcomes: list[_Attempt] = []
         if sending:

@@ -1007,6 +1007,50 @@ def _alembic(url: str, action: str, revision: str) -> None:
     (command.upgrade if action == "upgrade" else command.downgrade)(cfg, revision)
 
 
+async def test_a_send_that_raises_is_its_own_failed_attempt_and_the_batch_goes_on(
+    db: Database, stack: Stack, rx: Receiver
+) -> None:
+    """Anything one send raises (not only an HTTP error) is that delivery's failed attempt, recorded
+    and retried later; the rest of the batch is sent and settled as usual."""
+    config = engine_config(stack, [new_wallet()[0]])
+    client_id = await ensure_api_client(db, "we_test_" + secrets.token_hex(16), name="raises")
+    async with db.transaction() as s:
+        endpoint = await _endpoint(s, client_id, "*", url=rx.url)
+    broken, fine = (
+        await _insert_withdrawal(db, client_id, config),
+        await _insert_withdrawal(db, client_id, config),
+    )
+    acts = WebhookActivities(db, UrlGuard.for_env("test"), None)
+    real = acts._attempt
+    async with db.read() as s:
+        doomed = {
+            d.event_id
+            for d, _ in [
+                (d, 0) for d in (await webhooks.list_deliveries(s, client_id, withdrawal_id=broken))[0]
+            ]
+        }
+
+    async def attempt(target: Any, event_id: str, payload: str, timeout_seconds: float) -> Any:
+        if event_id in doomed:
+            raise RuntimeError("a bug in one send")
+        return await real(target, event_id, payload, timeout_seconds)
+
+    acts._attempt = attempt  # type: ignore[method-assign]
+    policy = DeliveryPolicy(timeout_seconds=2, retry_initial_seconds=30, retry_max_interval_seconds=60)
+    try:
+        result = await acts.send_due_deliveries(BatchInput(endpoint_id=endpoint, limit=100, policy=policy))
+        assert (result.attempted, result.settled) == (2, 1)
+        async with db.read() as s:
+            failed, _ = await webhooks.list_deliveries(s, client_id, withdrawal_id=broken)
+            sent, _ = await webhooks.list_deliveries(s, client_id, withdrawal_id=fine)
+            attempts = await webhooks.attempts_of(s, [failed[0].id])
+        assert failed[0].state == "PENDING" and failed[0].last_error == "RuntimeError"
+        assert len(attempts[failed[0].id]) == 1 and failed[0].next_attempt_at > utcnow()
+        assert sent[0].state == "DELIVERED" and [r.event["data"]["id"] for r in rx.accepted] == [fine]
+    finally:
+        await acts.aclose()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
 async def test_migration_0008_makes_queued_deliveries_due_with_a_window_from_when_they_were_queued(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
