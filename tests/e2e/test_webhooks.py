@@ -1023,12 +1023,8 @@ async def test_a_send_that_raises_is_its_own_failed_attempt_and_the_batch_goes_o
     acts = WebhookActivities(db, UrlGuard.for_env("test"), None)
     real = acts._attempt
     async with db.read() as s:
-        doomed = {
-            d.event_id
-            for d, _ in [
-                (d, 0) for d in (await webhooks.list_deliveries(s, client_id, withdrawal_id=broken))[0]
-            ]
-        }
+        queued, _ = await webhooks.list_deliveries(s, client_id, withdrawal_id=broken)
+    doomed = {d.event_id for d in queued}  # the broken withdrawal's events: their sends raise
 
     async def attempt(target: Any, event_id: str, payload: str, timeout_seconds: float) -> Any:
         if event_id in doomed:
