@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, union_all, update
+from sqlalchemy import case, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -38,6 +38,7 @@ from models.tables import (
     StatusEvent,
     TxAttempt,
     User,
+    WalletHold,
     Withdrawal,
     utcnow,
 )
@@ -297,51 +298,83 @@ async def lock_wallets(s: AsyncSession, network: str) -> list[HotWallet]:
     return await _all(s, q)
 
 
-def held_amounts_query(network: str, *, as_of_block: int | None = None) -> Any:
-    """The reservations `held_amounts` adds up: the HELD ones, and (given a block) those settled by a
-    transaction mined after it. Two selects, each seeking its own index, (network, state) and
-    (network, settled_block): neither reads the network's settled history (tests/models/test_repo.py
-    asks both databases for the plan). A HELD reservation has no settled block, so none is in both."""
-    cols = (FundReservation.hot_wallet, FundReservation.asset, FundReservation.amount)
-    on_network = col(FundReservation.network) == network
-    held = select(*cols).where(on_network, col(FundReservation.state) == ReservationState.HELD)
-    if as_of_block is None:
-        return held
-    settled_after = select(*cols).where(
-        on_network,
+def settled_after_query(network: str, as_of_block: int) -> Any:
+    """The reservations settled by a transaction mined after `as_of_block`: a balance read at that
+    block still contains what they paid. Seeks (network, settled_block); only the last few blocks'
+    settlements match (tests/models/test_repo.py asks both databases for the plan)."""
+    return select(FundReservation.hot_wallet, FundReservation.asset, FundReservation.amount).where(
+        col(FundReservation.network) == network,
         col(FundReservation.settled_block) > as_of_block,
         col(FundReservation.state) != ReservationState.HELD,
     )
-    return union_all(held, settled_after)
+
+
+async def _holds(s: AsyncSession, network: str) -> list[WalletHold]:
+    return await _all(s, select(WalletHold).where(WalletHold.network == network))
 
 
 async def held_amounts(
     s: AsyncSession, network: str, *, as_of_block: int | None = None
 ) -> dict[tuple[str, str], int]:
     """(hot wallet, asset) -> what is spoken for, against balances read at `as_of_block`: the HELD
-    reservations, plus those settled by a transaction mined after that block (the balance read there
-    still contains funds that have left since). Without a block: HELD only."""
-    held: dict[tuple[str, str], int] = {}
-    for wallet, asset, amount in await _all(s, held_amounts_query(network, as_of_block=as_of_block)):
-        held[(wallet, asset)] = held.get((wallet, asset), 0) + int(amount)
+    reservations (their running totals, `wallet_holds`), plus those settled by a transaction mined
+    after that block (the balance read there still contains funds that have left since). Without a
+    block: HELD only. Reads a row per wallet and asset, however many withdrawals are in flight."""
+    held = {(h.hot_wallet, h.asset): int(h.held) for h in await _holds(s, network) if h.held}
+    if as_of_block is not None:
+        for wallet, asset, amount in await _all(s, settled_after_query(network, as_of_block)):
+            held[(wallet, asset)] = held.get((wallet, asset), 0) + int(amount)
     return held
 
 
-def in_flight_counts_query(network: str) -> Any:
-    """The HELD reservations of the network, (hot wallet, withdrawal): read through (network, state),
-    counted by the caller (a GROUP BY hot_wallet would walk the (network, hot_wallet, state) index
-    over the network's whole history instead)."""
-    return select(FundReservation.hot_wallet, FundReservation.withdrawal_id).where(
-        col(FundReservation.network) == network, col(FundReservation.state) == ReservationState.HELD
-    )
-
-
 async def in_flight_counts(s: AsyncSession, network: str) -> dict[str, int]:
-    """Hot wallet -> number of withdrawals holding a reservation on it."""
-    holding: dict[str, set[str]] = {}
-    for wallet, withdrawal_id in await _all(s, in_flight_counts_query(network)):
-        holding.setdefault(wallet, set()).add(withdrawal_id)
-    return {w: len(ids) for w, ids in holding.items()}
+    """Hot wallet -> number of withdrawals holding a reservation on it. Every withdrawal holds native
+    coin (its amount or its fee allowance), so the most held-for asset of a wallet counts them all."""
+    counts: dict[str, int] = {}
+    for h in await _holds(s, network):
+        if h.holders:
+            counts[h.hot_wallet] = max(counts.get(h.hot_wallet, 0), h.holders)
+    return counts
+
+
+async def _recount(s: AsyncSession, network: str, hot_wallet: str, asset: str) -> tuple[int, int]:
+    """(held, holders) from the HELD reservations themselves, (network, hot_wallet, state) index."""
+    amounts = await _all(
+        s,
+        select(FundReservation.amount).where(
+            col(FundReservation.network) == network,
+            col(FundReservation.hot_wallet) == hot_wallet,
+            col(FundReservation.asset) == asset,
+            col(FundReservation.state) == ReservationState.HELD,
+        ),
+    )
+    return sum(int(a) for a in amounts), len(amounts)
+
+
+async def _adjust_holds(
+    s: AsyncSession, network: str, hot_wallet: str, changes: Mapping[str, tuple[int, int]]
+) -> None:
+    """Apply (amount, count) deltas to the wallet's running totals, asset by asset in sorted order (so
+    two writers lock the rows in one order), each row locked, read and written (exact on SQLite, where
+    amounts are text). Call after the reservation rows themselves changed: a total that would go
+    below zero is out of step with them (an edit by hand) and is recounted from the rows instead."""
+    for asset in sorted(changes):
+        amount, count = changes[asset]
+        key = (
+            col(WalletHold.network) == network,
+            col(WalletHold.hot_wallet) == hot_wallet,
+            col(WalletHold.asset) == asset,
+        )
+        row: WalletHold | None = await _first(s, select(WalletHold).where(*key).with_for_update())
+        if row is None:
+            held, holders = await _recount(s, network, hot_wallet, asset)
+            s.add(WalletHold(network=network, hot_wallet=hot_wallet, asset=asset, held=held, holders=holders))
+            await s.flush()
+            continue
+        held, holders = int(row.held) + amount, row.holders + count
+        if held < 0 or holders < 0:
+            held, holders = await _recount(s, network, hot_wallet, asset)
+        await _update(s, update(WalletHold).where(*key).values(held=held, holders=holders))
 
 
 async def daily_total(
@@ -363,7 +396,8 @@ async def daily_total(
 async def reserve(
     s: AsyncSession, withdrawal_id: str, network: str, hot_wallet: str, amounts: Mapping[str, Wei]
 ) -> None:
-    """Hold `amounts` (asset -> base units) on `hot_wallet` for the withdrawal and assign the wallet."""
+    """Hold `amounts` (asset -> base units) on `hot_wallet` for the withdrawal and assign the wallet;
+    the wallet's running totals grow by the same amounts in the same transaction."""
     for asset, amount in amounts.items():
         s.add(
             FundReservation(
@@ -381,22 +415,34 @@ async def reserve(
         .values(hot_wallet=hot_wallet, updated_at=utcnow()),
     )
     await s.flush()
+    await _adjust_holds(s, network, hot_wallet, {a: (int(n), 1) for a, n in amounts.items()})
 
 
 async def _settle_reservations(
     s: AsyncSession, withdrawal_id: str, state: ReservationState, mined_in: int | None
 ) -> int:
-    """HELD -> CONSUMED or RELEASED (with the block that mined its transaction, if any). Only HELD
-    rows move, so a repeat changes nothing."""
-    return await _update(
+    """HELD -> CONSUMED or RELEASED (with the block that mined its transaction, if any), and the
+    wallet's running totals shrink by what they held. Only HELD rows move, so a repeat changes
+    nothing. The rows are locked first: the totals move by exactly the rows this call settled."""
+    held_now = (
+        col(FundReservation.withdrawal_id) == withdrawal_id,
+        col(FundReservation.state) == ReservationState.HELD,
+    )
+    rows: list[FundReservation] = await _all(s, select(FundReservation).where(*held_now).with_for_update())
+    if not rows:
+        return 0
+    moved = await _update(
         s,
         update(FundReservation)
-        .where(
-            col(FundReservation.withdrawal_id) == withdrawal_id,
-            col(FundReservation.state) == ReservationState.HELD,
-        )
+        .where(*held_now, col(FundReservation.id).in_([r.id for r in rows]))
         .values(state=state, settled_at=utcnow(), settled_block=mined_in),
     )
+    by_wallet: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+    for r in rows:
+        by_wallet.setdefault((r.network, r.hot_wallet), {})[r.asset] = (-int(r.amount), -1)
+    for (network, wallet), changes in sorted(by_wallet.items()):
+        await _adjust_holds(s, network, wallet, changes)
+    return moved
 
 
 async def reservations_for(s: AsyncSession, withdrawal_id: str) -> list[FundReservation]:

@@ -197,7 +197,7 @@ class FundReservation(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("withdrawal_id", "asset", name="uq_reservation"),
         Index("ix_reservation_wallet_state", "network", "hot_wallet", "state"),
-        # Admission seeks (repo.held_amounts, in_flight_counts) rather than scan the network's history.
+        # The settled-after-a-block read of `repo.held_amounts` seeks (network, settled_block).
         Index("ix_reservation_network_state", "network", "state"),
         Index("ix_reservation_network_settled", "network", "settled_block"),
     )
@@ -213,6 +213,20 @@ class FundReservation(SQLModel, table=True):
     # The block that mined the withdrawal's transaction when it settled (None: nothing was mined). A
     # balance read at an earlier block still holds these funds (see `repo.held_amounts`).
     settled_block: int | None = None
+
+
+class WalletHold(SQLModel, table=True):
+    """What the HELD reservations on one (network, hot wallet, asset) add up to, and how many there are:
+    kept in step with `fund_reservations` by `repo.reserve` and the settlement in `repo.transition`,
+    in the same transaction, so admission reads one row per wallet and asset instead of every
+    reservation in flight (`repo.held_amounts`, `repo.in_flight_counts`)."""
+
+    __tablename__ = "wallet_holds"
+    network: str = Field(primary_key=True, max_length=32)
+    hot_wallet: str = Field(primary_key=True, max_length=42)
+    asset: str = Field(primary_key=True, max_length=32)
+    held: int = Field(default=0, sa_column=Column(U256(), nullable=False))
+    holders: int = 0
 
 
 class AuditEntry(SQLModel, table=True):

@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 from sqlmodel import select
 
 from activities.funds import Balances, FundsActivities
@@ -22,8 +22,8 @@ from models.amounts import MAX_AMOUNT_UNITS
 from models.db import Database
 from models.domain import ReservationState, WithdrawalRequest, WithdrawalStatus
 from models.lifecycle import StaleTransition
-from models.tables import FundReservation, HotWallet, Withdrawal
-from settings import AssetLimits, EngineConfig, NetworkConfig
+from models.tables import FundReservation, HotWallet, WalletHold, Withdrawal
+from settings import ROOT, AssetLimits, EngineConfig, NetworkConfig
 from tests.databases import create_database, start_mariadb
 
 S = WithdrawalStatus
@@ -299,10 +299,10 @@ async def test_funds_that_left_after_the_balance_block_still_count_as_held(
 async def test_admission_seeks_instead_of_scanning_the_networks_history(
     db_pair: tuple[Database, Database],
 ) -> None:
-    """`held_amounts` and `in_flight_counts` run on every admission: each must read through an index
-    that starts at what it asks for (HELD reservations, or settled after the balance block), not
-    every reservation the network ever had. The plan is asked of each database itself, over a history
-    of 400 settled reservations and 5 held ones."""
+    """Admission reads the running totals (a row per wallet and asset) and the reservations settled
+    after the balance block: that read must go through the index that starts there, not every
+    reservation the network ever had. The plan is asked of each database itself, over a history of
+    400 settled reservations."""
     db, _ = db_pair
     async with db.transaction() as s:
         for n in range(405):
@@ -317,27 +317,156 @@ async def test_admission_seeks_instead_of_scanning_the_networks_history(
                     settled_block=None if n >= 400 else n,
                 )
             )
-    held = repo.held_amounts_query("ethereum", as_of_block=398)
-    counts = repo.in_flight_counts_query("ethereum")
+    q = repo.settled_after_query("ethereum", 398)
     url = db.url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql")
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
             if engine.dialect.name != "sqlite":
                 conn.execute(text("ANALYZE TABLE fund_reservations"))
-            for q in (held, counts):
-                sql = str(q.compile(engine, compile_kwargs={"literal_binds": True}))
-                if engine.dialect.name == "sqlite":
-                    plan = " ".join(str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
-                    assert "SCAN" not in plan and "USING INDEX ix_reservation_network_state" in plan, plan
-                    if q is held:
-                        assert "USING INDEX ix_reservation_network_settled" in plan, plan
-                else:
-                    rows = [dict(r) for r in conn.execute(text(f"EXPLAIN {sql}")).mappings()]
-                    reads = [r for r in rows if r["table"] == "fund_reservations"]
-                    assert reads and all(r["type"] != "ALL" for r in reads), rows  # no full scan
-                    assert "ix_reservation_network_state" in {r["key"] for r in reads}, rows
-                    if q is held:
-                        assert "ix_reservation_network_settled" in {r["key"] for r in reads}, rows
+            sql = str(q.compile(engine, compile_kwargs={"literal_binds": True}))
+            if engine.dialect.name == "sqlite":
+                plan = " ".join(str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+                assert "SCAN" not in plan and "USING INDEX ix_reservation_network_settled" in plan, plan
+            else:
+                rows = [dict(r) for r in conn.execute(text(f"EXPLAIN {sql}")).mappings()]
+                reads = [r for r in rows if r["table"] == "fund_reservations"]
+                assert reads and all(r["type"] != "ALL" for r in reads), rows  # no full scan
+                assert {r["key"] for r in reads} == {"ix_reservation_network_settled"}, rows
     finally:
         engine.dispose()
+
+
+async def _recounted(db: Database) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """What the HELD reservations add up to, and what the running totals say, per (wallet, asset)."""
+    async with db.read() as s:
+        rows = (
+            await s.exec(select(FundReservation).where(FundReservation.state == "HELD"))  # type: ignore[call-overload]
+        ).all()
+        holds = (await s.exec(select(WalletHold))).all()  # type: ignore[call-overload]
+    truth: dict[tuple[str, str], int] = {}
+    for r in rows:
+        truth[(r.hot_wallet, r.asset)] = truth.get((r.hot_wallet, r.asset), 0) + int(r.amount)
+    totals = {(h.hot_wallet, h.asset): int(h.held) for h in holds if h.held or h.holders}
+    return truth, totals
+
+
+async def test_running_totals_match_the_reservations_under_concurrent_admissions_and_settlements(
+    db_pair: tuple[Database, Database],
+) -> None:
+    """Two engines admit onto two wallets while both settle withdrawals in every way (consumed at a
+    block, released, a repeat of a settlement): the totals admission reads must equal, at the end, the
+    sum of the HELD rows, with the count of withdrawals per wallet."""
+    a, b = db_pair
+    other = "0x" + "22" * 20
+    cfg = _cfg([WALLET, other])
+    async with a.transaction() as s:
+        for wallet in (WALLET, other):
+            await repo.ensure_hot_wallet(s, "ethereum", wallet, 0)
+    big = Balances({(WALLET, "ETH"): 10**30, (other, "ETH"): 10**30})
+    first = await asyncio.gather(
+        *(
+            _funds(db, cfg).record_admission(_request(10**15 + n), cfg, big)
+            for n in range(12)
+            for db in (a, b)
+        )
+    )
+    assert all(w.status == WithdrawalStatus.PENDING for w in first)
+    assert {w.hot_wallet for w in first} == {WALLET, other}  # the least busy wallet takes the next
+
+    async def settle(db: Database, wid: str, n: int) -> None:
+        async with db.transaction() as s:
+            if n % 3 == 0:
+                await repo.transition(s, wid, S.CANCELLED)
+                return
+            for status in (S.PROCESSING, S.BROADCAST):
+                await repo.transition(s, wid, status)
+            await repo.record_inclusion(
+                s, wid, tx_hash="0x" + f"{n:064x}", block_number=50 + n, confirmations=3, fee_wei=1
+            )
+            for status in (S.CONFIRMING, S.CONFIRMED):
+                await repo.transition(s, wid, status)
+
+    more = [
+        _funds(db, cfg).record_admission(_request(10**16 + n), cfg, big) for n in range(8) for db in (a, b)
+    ]
+    ends = [settle(db, w.id, n) for n, (w, db) in enumerate(zip(first[:16], [a, b] * 8, strict=True))]
+    await asyncio.gather(*more, *ends)
+    # A settlement repeated by the other engine changes nothing.
+    for w in first[0:16:3]:  # the cancelled ones
+        async with b.transaction() as s:
+            assert await repo.transition(s, w.id, S.CANCELLED) is False
+    truth, totals = await _recounted(a)
+    assert truth and totals == truth
+    async with a.read() as s:
+        counts = await repo.in_flight_counts(s, "ethereum")
+        held = await repo.held_amounts(s, "ethereum")
+        live = (await s.exec(select(FundReservation).where(FundReservation.state == "HELD"))).all()  # type: ignore[call-overload]
+        consumed_after_55 = await repo.held_amounts(s, "ethereum", as_of_block=55)
+    assert held == truth
+    assert counts == {w: sum(r.hot_wallet == w for r in live) for w in {r.hot_wallet for r in live}}
+    assert sum(counts.values()) == 8 + 16
+    # Settled at blocks 56.. still count against a balance read at block 55.
+    assert sum(consumed_after_55.values()) > sum(held.values())
+
+
+async def test_totals_out_of_step_with_the_rows_are_recounted_not_driven_negative(
+    db_pair: tuple[Database, Database],
+) -> None:
+    """A total edited by hand below what its rows hold: the next settlement must not leave it
+    negative (nor smaller than the rows it still has) but recount it from the reservations."""
+    db, _ = db_pair
+    cfg = _cfg()
+    async with db.transaction() as s:
+        await repo.ensure_hot_wallet(s, "ethereum", WALLET, 0)
+    big = Balances({(WALLET, "ETH"): 10**30})
+    w1, w2 = [await _funds(db, cfg).record_admission(_request(10**18), cfg, big) for _ in range(2)]
+    async with db.transaction() as s:
+        await s.exec(update(WalletHold).values(held=1, holders=0))  # type: ignore[call-overload]
+    async with db.transaction() as s:
+        await repo.transition(s, w1.id, S.CANCELLED)
+    truth, totals = await _recounted(db)
+    assert totals == truth and truth[(WALLET, "ETH")] > 10**18
+    async with db.read() as s:
+        assert await repo.in_flight_counts(s, "ethereum") == {WALLET: 1}
+    del w2
+
+
+async def test_the_migration_fills_the_totals_from_the_reservations_held(tmp_path: Path) -> None:
+    """A database upgraded with reservations in flight starts with totals equal to them."""
+    from alembic import command
+    from alembic.config import Config
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.attributes["url"] = url
+    await asyncio.to_thread(command.upgrade, cfg, "0009")
+    big = MAX_AMOUNT_UNITS  # exact: SQLite keeps amounts as text
+    engine = create_engine(url.replace("+aiosqlite", ""))
+    try:
+        with engine.begin() as conn:
+            for n, (wallet, asset, amount, state) in enumerate(
+                [
+                    (WALLET, "ETH", big, "HELD"),
+                    (WALLET, "ETH", 5, "HELD"),
+                    (WALLET, "USDT", 7, "HELD"),
+                    (WALLET, "ETH", 11, "CONSUMED"),
+                ]
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO fund_reservations (withdrawal_id, network, hot_wallet, asset, amount, "
+                        "state, created_at) VALUES (:w, 'ethereum', :h, :a, :m, :s, '2026-12-01 00:00:00')"
+                    ),
+                    {"w": f"w-{n}", "h": wallet, "a": asset, "m": str(amount), "s": state},
+                )
+    finally:
+        engine.dispose()
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    db = Database(url)
+    try:
+        async with db.read() as s:
+            assert await repo.held_amounts(s, "ethereum") == {(WALLET, "ETH"): big + 5, (WALLET, "USDT"): 7}
+            assert await repo.in_flight_counts(s, "ethereum") == {WALLET: 2}
+    finally:
+        await db.dispose()
