@@ -554,7 +554,7 @@ class WebhookActivities:
         failed_now: list[tuple[_Due, str]] = []
         async with self.db.transaction() as s:
             for d in expired:
-                if await webhooks.mark_failed(s, d.id, WINDOW_CLOSED):
+                if await webhooks.mark_failed(s, d.id, WINDOW_CLOSED, window_start=d.window_start):
                     settled += 1
                     failed_now.append((d, WINDOW_CLOSED))
             for d, a in zip(sending, outcomes, strict=True):
@@ -577,10 +577,10 @@ class WebhookActivities:
                     failures = await webhooks.failures_since(s, d.id, d.window_start)
                     retry_at = utcnow() + policy.backoff(failures)
                     if retry_at < d.window_start + window:
-                        await webhooks.schedule_retry(s, d.id, retry_at)
+                        await webhooks.schedule_retry(s, d.id, retry_at, window_start=d.window_start)
                         continue
                     reason = WINDOW_CLOSED
-                if await webhooks.mark_failed(s, d.id, reason):
+                if await webhooks.mark_failed(s, d.id, reason, window_start=d.window_start):
                     settled += 1
                     failed_now.append((d, reason))
             next_due = await webhooks.next_due_at(s, inp.endpoint_id)

@@ -394,12 +394,21 @@ async def failures_since(s: AsyncSession, delivery_id: str, since: datetime) -> 
     return int(n)
 
 
-async def schedule_retry(s: AsyncSession, delivery_id: str, at: datetime) -> None:
+def _in_window(delivery_id: str, window_start: datetime | None) -> list[Any]:
+    """A PENDING delivery, and (given `window_start`) still in the retry window a batch read: a
+    redelivery while that batch was sending opened a window of its own, which the batch must not end."""
+    where = [col(WebhookDelivery.id) == delivery_id, col(WebhookDelivery.state) == DeliveryState.PENDING]
+    if window_start is not None:
+        where.append(col(WebhookDelivery.window_start) == window_start)
+    return where
+
+
+async def schedule_retry(
+    s: AsyncSession, delivery_id: str, at: datetime, *, window_start: datetime | None = None
+) -> None:
     """A PENDING delivery whose attempt failed is not due again before `at`."""
     await s.exec(
-        update(WebhookDelivery)
-        .where(col(WebhookDelivery.id) == delivery_id, col(WebhookDelivery.state) == DeliveryState.PENDING)
-        .values(next_attempt_at=at)
+        update(WebhookDelivery).where(*_in_window(delivery_id, window_start)).values(next_attempt_at=at)
     )
 
 
@@ -416,11 +425,13 @@ async def fail_pending_of_endpoint(s: AsyncSession, endpoint_id: str, error: str
     return int(result.rowcount or 0)
 
 
-async def mark_failed(s: AsyncSession, delivery_id: str, error: str) -> bool:
+async def mark_failed(
+    s: AsyncSession, delivery_id: str, error: str, *, window_start: datetime | None = None
+) -> bool:
     """A PENDING delivery given up (its retry window ended, or its endpoint is gone)."""
     result: Any = await s.exec(
         update(WebhookDelivery)
-        .where(col(WebhookDelivery.id) == delivery_id, col(WebhookDelivery.state) == DeliveryState.PENDING)
+        .where(*_in_window(delivery_id, window_start))
         .values(state=DeliveryState.FAILED, last_error=error[:500])
     )
     return int(result.rowcount or 0) == 1

@@ -1047,6 +1047,50 @@ async def test_a_send_that_raises_is_its_own_failed_attempt_and_the_batch_goes_o
         await acts.aclose()
 
 
+async def test_a_redelivery_while_its_batch_is_sending_is_not_ended_by_that_batch(
+    db: Database, stack: Stack, rx: Receiver
+) -> None:
+    """An operator redelivers a delivery while a batch is sending it: the batch's failure (here, the
+    old window closing) belongs to the old window, so the delivery stays PENDING and due in the
+    window the redelivery opened, and the next batch sends it."""
+    config = engine_config(stack, [new_wallet()[0]])
+    client_id = await ensure_api_client(db, "we_test_" + secrets.token_hex(16), name="redeliver")
+    async with db.transaction() as s:
+        endpoint = await _endpoint(s, client_id, "*", url=rx.url)
+    wid = await _insert_withdrawal(db, client_id, config)
+    async with db.read() as s:
+        queued, _ = await webhooks.list_deliveries(s, client_id, withdrawal_id=wid)
+    delivery = queued[0].id
+    acts = WebhookActivities(db, UrlGuard.for_env("test"), None)
+    real = acts._attempt
+    redelivered = asyncio.Event()
+
+    async def attempt(target: Any, event_id: str, payload: str, timeout_seconds: float) -> Any:
+        if not redelivered.is_set():
+            async with db.transaction() as s:  # the operator's POST .../redeliver, mid-send
+                await webhooks.requeue(s, delivery)
+            redelivered.set()
+            raise RuntimeError("the old window's last attempt")
+        return await real(target, event_id, payload, timeout_seconds)
+
+    acts._attempt = attempt  # type: ignore[method-assign]
+    # A window shorter than the first backoff: the failed attempt would end the delivery FAILED.
+    policy = DeliveryPolicy(timeout_seconds=2, retry_initial_seconds=30, window_seconds=5)
+    try:
+        first = await acts.send_due_deliveries(BatchInput(endpoint_id=endpoint, limit=100, policy=policy))
+        assert (first.attempted, first.settled) == (1, 0)
+        async with db.read() as s:
+            d = await webhooks.get_delivery(s, delivery)
+        assert d is not None and d.state == "PENDING" and d.next_attempt_at <= utcnow()
+        second = await acts.send_due_deliveries(BatchInput(endpoint_id=endpoint, limit=100, policy=policy))
+        assert (second.attempted, second.settled) == (1, 1)
+        async with db.read() as s:
+            d = await webhooks.get_delivery(s, delivery)
+        assert d is not None and d.state == "DELIVERED" and len(rx.accepted) == 1
+    finally:
+        await acts.aclose()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
 async def test_migration_0008_makes_queued_deliveries_due_with_a_window_from_when_they_were_queued(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
