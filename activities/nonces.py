@@ -173,9 +173,7 @@ class ReconcileActivities:
                 f"nonces {external[0]}..{external[-1]} used by transactions sent outside the engine"
             )
         async with self.db.read() as s:
-            unmined = [
-                a for a in await repo.nonce_allocations(s, inp.network, inp.hot_wallet) if a.nonce >= latest
-            ]
+            unmined = await repo.nonce_allocations(s, inp.network, inp.hot_wallet, from_nonce=latest)
             allocs = [
                 a for a in unmined if a.active and a.purpose == NoncePurpose.WITHDRAWAL and a.withdrawal_id
             ]
@@ -195,6 +193,11 @@ class ReconcileActivities:
             assert alloc.withdrawal_id is not None
             mine = [a for a in attempts.get(alloc.withdrawal_id, []) if a.nonce == alloc.nonce]
             if mine:
+                if alloc.nonce < pending:
+                    # The node holds a transaction of the wallet at this nonce (its pending count runs
+                    # past it): nothing was dropped here. Only from the first gap up is each looked up,
+                    # so a wallet with thousands in its pool costs no lookup per nonce per run.
+                    continue
                 known = [a for a in mine if await rpc.call("eth_getTransactionByHash", [a.tx_hash])]
                 if not known:
                     await resend(rpc, alloc.withdrawal_id, mine)

@@ -605,10 +605,18 @@ async def record_fill(
     )
 
 
-async def nonce_allocations(s: AsyncSession, network: str, hot_wallet: str) -> list[NonceAllocation]:
+async def nonce_allocations(
+    s: AsyncSession, network: str, hot_wallet: str, *, from_nonce: int = 0
+) -> list[NonceAllocation]:
+    """The wallet's allocations from `from_nonce` up (the uq_nonce index: the mined ones below are
+    never read when they are not asked for)."""
     q = (
         select(NonceAllocation)
-        .where(NonceAllocation.network == network, NonceAllocation.hot_wallet == hot_wallet)
+        .where(
+            NonceAllocation.network == network,
+            NonceAllocation.hot_wallet == hot_wallet,
+            col(NonceAllocation.nonce) >= from_nonce,
+        )
         .order_by(col(NonceAllocation.nonce))
     )
     return await _all(s, q)
