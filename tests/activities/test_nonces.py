@@ -142,6 +142,40 @@ async def test_reconciler_rebroadcasts_a_transaction_no_node_knows(harness: Harn
     await assert_invariants(harness, [wid])
 
 
+async def test_reconciler_looks_up_only_from_the_nodes_first_gap(harness: Harness) -> None:
+    """Three held in the pool, the middle one dropped: the node's pending nonce stops at the gap. The
+    one below it is not looked up at all; from the gap up each is looked up and resent when the node
+    does not know it (anvil drops the one queued behind the gap too)."""
+    network = "bsc"
+    engine_rpc = harness.engine.chains[network]
+    looked_up: list[str] = []
+    real = engine_rpc.call
+
+    async def counting(method: str, params: list[Any], *args: Any, **kw: Any) -> Any:
+        if method == "eth_getTransactionByHash":
+            looked_up.append(params[0])
+        return await real(method, params, *args, **kw)
+
+    with harness.stack.mining_paused(network):
+        ids = []
+        for _ in range(3):  # one at a time: nonces in this order
+            ids.append((await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"])
+            await harness.wait_status(ids[-1], {"BROADCAST"})
+        low, dropped, queued = [(await harness.status(i))["tx_hash"] for i in ids]
+        rpc(harness, network, "anvil_dropTransaction", dropped)
+        engine_rpc.call = counting  # type: ignore[method-assign]
+        try:
+            report = await reconcile(harness, network)
+        finally:
+            del engine_rpc.call
+        assert report.rebroadcast[0] == dropped and set(report.rebroadcast) <= {dropped, queued}, report
+        assert low not in looked_up and dropped in looked_up and queued in looked_up, looked_up
+        assert all(rpc(harness, network, "eth_getTransactionByHash", h) for h in (low, dropped, queued))
+    for i in ids:
+        assert (await harness.wait_status(i, {"CONFIRMED"}))["status"] == "CONFIRMED"
+    await assert_invariants(harness, ids)
+
+
 async def test_signing_refuses_a_nonce_that_is_no_longer_the_withdrawals(harness: Harness) -> None:
     """The nonce of a parked withdrawal was filled meanwhile (e.g. by the reconciler): a retry must not
     sign a second transaction at it; the withdrawal parks again, nothing is signed."""
