@@ -151,10 +151,10 @@ async def test_reconciler_looks_up_only_from_the_nodes_first_gap(harness: Harnes
     looked_up: list[str] = []
     real = engine_rpc.call
 
-    async def counting(method: str, params: list[Any], *args: Any, **kw: Any) -> Any:
-        if method == "eth_getTransactionByHash":
+    async def counting(method: str, params: list[Any] | None = None) -> Any:
+        if method == "eth_getTransactionByHash" and params:
             looked_up.append(params[0])
-        return await real(method, params, *args, **kw)
+        return await real(method, params)
 
     with harness.stack.mining_paused(network):
         ids = []
