@@ -38,7 +38,7 @@ from activities.webhooks import UrlGuard, WebhookActivities, WebhookKicker, ensu
 from logging_setup import configure_logging
 from models.alerts import MonitorInput
 from models.db import Database
-from models.domain import ReconcileInput
+from models.domain import ReconcileInput, waits_queue
 from models.views import use_config
 from settings import EngineConfig, Settings
 from telemetry import interceptors
@@ -89,12 +89,16 @@ class Engine:
             self.nonces.resolve_nonce_conflict,
             self.transactions.sign_transaction,
             self.broadcast.broadcast_transaction,
-            self.confirmations.await_transaction,
             self.reconcile.reconcile_wallet,
             *self.alerting.activities,
             self.webhooks.send_due_deliveries,
             self.webhooks.sweep_webhooks,
         ]
+
+    @property
+    def wait_activities(self) -> list[object]:
+        """The long waits, served on the waits queue (`models.domain.waits_queue`)."""
+        return [self.confirmations.await_transaction]
 
     async def start(self) -> None:
         await self.chains.verify_all()
@@ -119,7 +123,16 @@ def worker_limits(settings: Settings) -> dict[str, Any]:
     }
 
 
+def wait_worker_limits(settings: Settings) -> dict[str, Any]:
+    """The waits queue's worker: activities only, as many at once as withdrawals may wait."""
+    return {
+        "max_concurrent_activities": settings.worker_max_concurrent_waits,
+        "graceful_shutdown_timeout": timedelta(seconds=5),
+    }
+
+
 def build_worker(client: Client, engine: Engine, task_queue: str, settings: Settings | None = None) -> Worker:
+    """The workflows and their short steps, on `task_queue`."""
     return Worker(
         client,
         task_queue=task_queue,
@@ -134,6 +147,29 @@ def build_worker(client: Client, engine: Engine, task_queue: str, settings: Sett
         activities=engine.activities,  # type: ignore[arg-type]
         **worker_limits(settings or Settings()),
     )
+
+
+def build_wait_worker(
+    client: Client, engine: Engine, task_queue: str, settings: Settings | None = None
+) -> Worker:
+    """`await_transaction`, on the waits queue of `task_queue`: a withdrawal waiting for its
+    transaction holds one of these slots, never one of the short steps'."""
+    return Worker(
+        client,
+        task_queue=waits_queue(task_queue),
+        activities=engine.wait_activities,  # type: ignore[arg-type]
+        **wait_worker_limits(settings or Settings()),
+    )
+
+
+def build_workers(
+    client: Client, engine: Engine, task_queue: str, settings: Settings | None = None
+) -> list[Worker]:
+    """Every worker one engine process runs: the workflows and short steps, and the waits."""
+    return [
+        build_worker(client, engine, task_queue, settings),
+        build_wait_worker(client, engine, task_queue, settings),
+    ]
 
 
 async def ensure_reconcile_schedules(client: Client, engine: Engine, settings: Settings) -> None:
@@ -205,7 +241,7 @@ async def main() -> None:
     engine = Engine(settings, config, signer, client)
     log.info("worker.starting", task_queue=settings.task_queue, hot_wallets=len(signer.addresses))
     await engine.start()
-    worker = build_worker(client, engine, settings.task_queue, settings)
+    workers = build_workers(client, engine, settings.task_queue, settings)
     await ensure_reconcile_schedules(client, engine, settings)
     await ensure_sweeper_schedule(client, settings)
     await ensure_alert_schedule(client, settings)
@@ -214,16 +250,24 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker.started", task_queue=settings.task_queue, networks=list(config.networks))
-    run = asyncio.create_task(worker.run())
-    await stop.wait()
+    runs = [asyncio.create_task(w.run()) for w in workers]
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopping, *runs], return_when=asyncio.FIRST_COMPLETED)
+    failed = [r for r in runs if r.done() and not r.cancelled() and r.exception() is not None]
+    for r in failed:  # a worker that stopped on its own takes the process down (a supervisor restarts it)
+        log.error("worker.failed", error_type=type(r.exception()).__name__, error=str(r.exception()))
     try:
         # Activities are idempotent: whatever is cut short here is retried by another worker.
-        await asyncio.wait_for(worker.shutdown(), timeout=15)
+        await asyncio.wait_for(asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True), 15)
     except TimeoutError:
         log.warning("worker.shutdown.timeout")
-    run.cancel()
+    for run in runs:
+        run.cancel()
+    stopping.cancel()
     await engine.aclose()
     log.info("worker.stopped")
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

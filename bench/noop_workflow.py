@@ -9,14 +9,14 @@ approval, funds available), in this order:
     sign_transaction (local)               kick of each move is inside record_transition
     broadcast_transaction (local)
     record_transition BROADCAST (local)
-    await_transaction, until included (regular, 1 h, heartbeat 20 s)
+    await_transaction, until included (regular, waits queue, 1 h, heartbeat 20 s)
     record_transition CONFIRMING (local)
-    await_transaction, until confirmed (regular, 1 h, heartbeat 20 s)
+    await_transaction, until confirmed (regular, waits queue, 1 h, heartbeat 20 s)
     record_transition CONFIRMED (local)
 
 that is 7 local and 3 regular activities, no timer. `tests/workflows/test_ceiling_in_step.py` runs the
 real workflow and this one on Temporal's test server and fails when their activity sequences
-(type, local or regular, timeouts, retry policy) differ, so `head` cannot drift from the workflow.
+(type, local or regular, task queue, timeouts, retry policy) differ, so `head` cannot drift from the workflow.
 
 `NoopWithdrawalWorkflow` runs the same sequence of no-op activities **under the same activity type
 names**, with the same timeouts and retry policies, and is started the same way (update-with-start,
@@ -45,8 +45,11 @@ from datetime import timedelta
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
+with workflow.unsafe.imports_passed_through():
+    from models.domain import waits_queue
+
 LOCAL = "local"
-REGULAR = "regular"  # as await_transaction: 1 h start-to-close, 20 s heartbeat timeout
+REGULAR = "regular"  # as await_transaction: the waits queue, 1 h start-to-close, 20 s heartbeat timeout
 REGULAR_SHORT = "regular_60s"  # as allocate_nonce: 60 s start-to-close, no heartbeat
 TIMER = "timer"
 REGULAR_KINDS = (REGULAR, REGULAR_SHORT)
@@ -168,6 +171,7 @@ class NoopWithdrawalWorkflow:
                 await workflow.execute_activity(
                     name,
                     step,
+                    task_queue=waits_queue(workflow.info().task_queue),  # as the engine's waits
                     start_to_close_timeout=AWAIT_TIMEOUT,
                     heartbeat_timeout=AWAIT_HEARTBEAT,
                     retry_policy=AWAIT_RETRY,

@@ -22,6 +22,16 @@ Nonce = NewType("Nonce", int)
 TxHash = NewType("TxHash", str)
 
 
+WAITS_QUEUE_SUFFIX = "-waits"
+
+
+def waits_queue(task_queue: str) -> str:
+    """The task queue of the long waits (`await_transaction`) of workflows on `task_queue`: served by
+    a worker of their own, so withdrawals waiting for their transaction never hold the slots the
+    short steps of others need (docs/operations.md, "Worker sizing")."""
+    return task_queue + WAITS_QUEUE_SUFFIX
+
+
 class TxPurpose(StrEnum):
     WITHDRAWAL = "WITHDRAWAL"
     CANCEL = "CANCEL"  # 0-value self-transfer at the withdrawal's nonce

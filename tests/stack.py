@@ -33,7 +33,7 @@ from devstack.bootstrap import ensure_api_client, ensure_user, migrate
 from models.db import Database
 from models.domain import HistoryEntry
 from settings import EngineConfig, Settings
-from worker import Engine, build_worker
+from worker import Engine, build_workers
 from workflows.withdrawal import WithdrawalWorkflow
 
 # network -> (chain id, native asset, fee model)
@@ -187,22 +187,23 @@ class Harness:
     api_key: str
     client_id: str
     keys: dict[str, str]
-    worker: Worker | None = None
-    _run: asyncio.Task[None] | None = None
+    workers: list[Worker] = field(default_factory=list)
+    _runs: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start_worker(self) -> None:
-        self.worker = build_worker(self.client, self.engine, self.settings.task_queue, self.settings)
-        self._run = asyncio.create_task(self.worker.run())
+        """The engine's workers, as worker.py runs them: the workflows and short steps, and the waits."""
+        self.workers = build_workers(self.client, self.engine, self.settings.task_queue, self.settings)
+        self._runs = [asyncio.create_task(w.run()) for w in self.workers]
 
     async def stop_worker(self) -> None:
-        """Shut the worker down; bounded, as worker.py does (after a server restart it can hang)."""
-        if self.worker is not None:
+        """Shut the workers down; bounded, as worker.py does (after a server restart it can hang)."""
+        if self.workers:
             try:
-                await asyncio.wait_for(self.worker.shutdown(), 20)
+                await asyncio.wait_for(asyncio.gather(*(w.shutdown() for w in self.workers)), 20)
             except TimeoutError:
-                if self._run is not None:
-                    self._run.cancel()
-            self.worker = None
+                for run in self._runs:
+                    run.cancel()
+            self.workers, self._runs = [], []
 
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"X-API-Key": self.api_key, "Idempotency-Key": key or str(uuid.uuid4())}

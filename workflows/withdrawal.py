@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         WithdrawalRequest,
         WithdrawalState,
         WithdrawalStatus,
+        waits_queue,
     )
     from workflows import search_attributes as sa
 
@@ -534,6 +535,7 @@ class WithdrawalWorkflow:
                 until_included_only=True,
                 stuck_after_seconds=adm.stuck_after_seconds,
             ),
+            task_queue=waits_queue(workflow.info().task_queue),
             start_to_close_timeout=AWAIT_TIMEOUT,
             heartbeat_timeout=AWAIT_HEARTBEAT,
             retry_policy=AWAIT_RETRY,
@@ -555,6 +557,7 @@ class WithdrawalWorkflow:
                 included_block_hash=included.block_hash,
                 included_block_number=included.block_number,
             ),
+            task_queue=waits_queue(workflow.info().task_queue),
             start_to_close_timeout=AWAIT_TIMEOUT,
             heartbeat_timeout=AWAIT_HEARTBEAT,
             retry_policy=AWAIT_RETRY,

@@ -33,6 +33,7 @@ from api.routes.admin_common import audit_fields, iso
 from logging_setup import redact_urls
 from models import audit, pauses, repo, stats
 from models.amounts import format_amount, to_units
+from models.domain import waits_queue
 from models.tables import Pause
 from settings import NetworkConfig
 
@@ -186,23 +187,25 @@ async def queues(state: StateDep, _: ViewerDep) -> dict[str, Any]:
     the active pauses. A task queue that cannot be described is listed with its error; without the
     database, `in_flight` says so and `paused` is null (unknown, not "nothing")."""
     name, namespace = state.settings.task_queue, state.settings.temporal_namespace
+    # The workflows and their short steps on WE_TASK_QUEUE, the waits for transactions on its waits queue.
+    described_queues = [(name, "workflow"), (name, "activity"), (waits_queue(name), "activity")]
     task_queues: list[dict[str, Any]] = []
     try:
         client = await _within(state.temporal.get)
         described = await asyncio.gather(
-            *(_describe_queue(client, namespace, name, kind) for kind in _TASK_QUEUE_TYPES),
+            *(_describe_queue(client, namespace, q, kind) for q, kind in described_queues),
             return_exceptions=True,
         )
-        for kind, d in zip(_TASK_QUEUE_TYPES, described, strict=True):
+        for (q, kind), d in zip(described_queues, described, strict=True):
             if isinstance(d, BaseException):
                 task_queues.append(
-                    {"name": name, "type": kind, "error": "the task queue could not be described"}
+                    {"name": q, "type": kind, "error": "the task queue could not be described"}
                 )
             else:
                 task_queues.append(d)
     except Exception:
         task_queues = [
-            {"name": name, "type": k, "error": "Temporal is unreachable"} for k in _TASK_QUEUE_TYPES
+            {"name": q, "type": kind, "error": "Temporal is unreachable"} for q, kind in described_queues
         ]
     try:
         async with asyncio.timeout(CHECK_TIMEOUT), state.db.read() as s:

@@ -27,7 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 import worker as engine_worker
-from bench.noop_worker import build_noop_worker
+from bench.noop_worker import build_noop_workers
 from bench.noop_workflow import (
     LOCAL,
     REGULAR_KINDS,
@@ -36,7 +36,7 @@ from bench.noop_workflow import (
     activity_type,
     mix_input,
 )
-from models.domain import WithdrawalStatus
+from models.domain import WithdrawalStatus, waits_queue
 from tests.workflows.test_withdrawal import Stand, env, scenario
 
 __all__ = ["env"]  # the time-skipping server fixture of test_withdrawal.py, shared
@@ -50,6 +50,7 @@ class Step:
 
     activity_type: str
     kind: str  # "local" or "regular"
+    queue: str = "own"  # regular: "own" (the workflow's task queue) or "waits" (its waits queue)
     start_to_close: timedelta | None = None  # regular activities only (a marker records no options)
     heartbeat: timedelta | None = None
     retry: tuple[Any, ...] | None = None
@@ -58,14 +59,17 @@ class Step:
 def _steps(events: list[HistoryEvent]) -> list[Step]:
     """ActivityTaskScheduled events and local-activity markers, in history order."""
     steps: list[Step] = []
+    own = events[0].workflow_execution_started_event_attributes.task_queue.name
     for ev in events:
         if ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             a = ev.activity_task_scheduled_event_attributes
             rp = a.retry_policy
+            queue = {own: "own", waits_queue(own): "waits"}.get(a.task_queue.name, a.task_queue.name)
             steps.append(
                 Step(
                     a.activity_type.name,
                     "regular",
+                    queue,
                     a.start_to_close_timeout.ToTimedelta(),
                     a.heartbeat_timeout.ToTimedelta(),
                     (
@@ -112,7 +116,8 @@ async def _ceiling_history(env: WorkflowEnvironment) -> list[HistoryEvent]:
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
-    async with build_noop_worker(env.client, task_queue):
+    main_worker, wait_worker = build_noop_workers(env.client, task_queue)
+    async with main_worker, wait_worker:
         assert await env.client.execute_update_with_start_workflow(
             NoopWithdrawalWorkflow.submit, start_workflow_operation=op
         )
@@ -149,16 +154,19 @@ def test_the_committed_native_history_runs_the_ceilings_mix() -> None:
 
 async def test_the_ceilings_worker_is_configured_as_the_engines(env: WorkflowEnvironment) -> None:
     stand = Stand()
-    engine: Worker = engine_worker.build_worker(
+    engine: list[Worker] = engine_worker.build_workers(
         env.client,
-        SimpleNamespace(activities=stand.activities),  # type: ignore[arg-type]
+        SimpleNamespace(activities=stand.activities, wait_activities=stand.activities),  # type: ignore[arg-type]
         "engine-config",
     )
-    ceiling = build_noop_worker(env.client, "ceiling-config")
+    ceiling = build_noop_workers(env.client, "ceiling-config")
     mine = {"client", "task_queue", "workflows", "activities"}
-    engine_config = {k: v for k, v in engine.config().items() if k not in mine}
-    ceiling_config = {k: v for k, v in ceiling.config().items() if k not in mine}
-    async with engine, ceiling:  # both run (and are shut down, not left to their bridge at exit)
+    engine_config = [{k: v for k, v in w.config().items() if k not in mine} for w in engine]
+    ceiling_config = [{k: v for k, v in w.config().items() if k not in mine} for w in ceiling]
+    queues = [[w.config()["task_queue"] for w in ws] for ws in (engine, ceiling)]
+    async with engine[0], engine[1], ceiling[0], ceiling[1]:  # all run (and are shut down, not left at exit)
         pass
     assert ceiling_config == engine_config
-    assert engine_config["max_concurrent_activities"] == 1000  # the limits are really set, not defaults
+    assert queues == [["engine-config", "engine-config-waits"], ["ceiling-config", "ceiling-config-waits"]]
+    # the limits are really set, not defaults: the short steps' slots, and the waits' own
+    assert [c["max_concurrent_activities"] for c in engine_config] == [1000, 20000]

@@ -88,6 +88,7 @@ from models.domain import (
     WithdrawalRequest,
     WithdrawalState,
     WithdrawalStatus,
+    waits_queue,
 )
 from workflows import search_attributes as sa
 from workflows.withdrawal import WithdrawalWorkflow
@@ -548,11 +549,11 @@ async def scenario(env: WorkflowEnvironment, stand: Stand | None = None) -> Asyn
     """A fresh task queue with its own worker running the real workflow and `stand`'s activities."""
     stand = stand or Stand()
     sc = Scenario(env, stand, f"withdrawals-{uuid.uuid4()}")
-    async with Worker(
-        env.client,
-        task_queue=sc.task_queue,
-        workflows=[WithdrawalWorkflow],
-        activities=stand.activities,
+    async with (
+        Worker(
+            env.client, task_queue=sc.task_queue, workflows=[WithdrawalWorkflow], activities=stand.activities
+        ),
+        Worker(env.client, task_queue=waits_queue(sc.task_queue), activities=stand.activities),
     ):
         try:
             yield sc
