@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     # evicted one is replayed from its history on its next task), and tasks run at once.
     worker_max_cached_workflows: int = Field(default=2000, ge=0)
     worker_max_concurrent_workflow_tasks: int = Field(default=100, ge=2)
-    worker_max_concurrent_activities: int = Field(default=1000, ge=1)
+    worker_max_concurrent_activities: int = Field(default=100, ge=1)
     worker_max_concurrent_local_activities: int = Field(default=200, ge=1)
     # `await_transaction`, on its own task queue (models.domain.waits_queue): one per withdrawal
     # waiting for its transaction, mostly asleep until the next block.
