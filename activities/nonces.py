@@ -168,6 +168,13 @@ class ReconcileActivities:
             hw = await repo.lock_hot_wallet(s, inp.network, inp.hot_wallet)
             external = await repo.record_external_nonces(s, hw, latest)
             next_nonce = max(hw.next_nonce, latest)
+        async with self.db.transaction() as s:
+            corrected = await repo.recount_holds(s, inp.network, inp.hot_wallet)
+        for asset, was, now_held in corrected:
+            alerts.append(
+                f"held total of {asset} was {was}, its reservations hold {now_held}: corrected (the totals "
+                "admission reads were out of step with the reservations)"
+            )
         if external:
             alerts.append(
                 f"nonces {external[0]}..{external[-1]} used by transactions sent outside the engine"

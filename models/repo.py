@@ -309,8 +309,13 @@ def settled_after_query(network: str, as_of_block: int) -> Any:
     )
 
 
-async def _holds(s: AsyncSession, network: str) -> list[WalletHold]:
-    return await _all(s, select(WalletHold).where(WalletHold.network == network))
+async def _holds(s: AsyncSession, network: str) -> list[tuple[str, str, int, int]]:
+    """(hot wallet, asset, held, holders) of the network: columns, not objects, so a second read in
+    one session sees the row as it is now (an object already loaded would be handed back unchanged)."""
+    q = select(WalletHold.hot_wallet, WalletHold.asset, WalletHold.held, WalletHold.holders).where(
+        WalletHold.network == network
+    )
+    return [(str(w), str(a), int(h), int(n)) for w, a, h, n in await _all(s, q)]
 
 
 async def held_amounts(
@@ -320,7 +325,7 @@ async def held_amounts(
     reservations (their running totals, `wallet_holds`), plus those settled by a transaction mined
     after that block (the balance read there still contains funds that have left since). Without a
     block: HELD only. Reads a row per wallet and asset, however many withdrawals are in flight."""
-    held = {(h.hot_wallet, h.asset): int(h.held) for h in await _holds(s, network) if h.held}
+    held = {(wallet, asset): amount for wallet, asset, amount, _ in await _holds(s, network) if amount}
     if as_of_block is not None:
         for wallet, asset, amount in await _all(s, settled_after_query(network, as_of_block)):
             held[(wallet, asset)] = held.get((wallet, asset), 0) + int(amount)
@@ -331,9 +336,9 @@ async def in_flight_counts(s: AsyncSession, network: str) -> dict[str, int]:
     """Hot wallet -> number of withdrawals holding a reservation on it. Every withdrawal holds native
     coin (its amount or its fee allowance), so the most held-for asset of a wallet counts them all."""
     counts: dict[str, int] = {}
-    for h in await _holds(s, network):
-        if h.holders:
-            counts[h.hot_wallet] = max(counts.get(h.hot_wallet, 0), h.holders)
+    for wallet, _, _, holders in await _holds(s, network):
+        if holders:
+            counts[wallet] = max(counts.get(wallet, 0), holders)
     return counts
 
 
@@ -365,16 +370,69 @@ async def _adjust_holds(
             col(WalletHold.hot_wallet) == hot_wallet,
             col(WalletHold.asset) == asset,
         )
-        row: WalletHold | None = await _first(s, select(WalletHold).where(*key).with_for_update())
+        # Columns, locked and read now: an object loaded earlier in this session (admission reads the
+        # totals before it reserves) would be handed back with its old values, and a settlement
+        # committed in between would be written over.
+        row = await _first(s, select(WalletHold.held, WalletHold.holders).where(*key).with_for_update())
         if row is None:
             held, holders = await _recount(s, network, hot_wallet, asset)
             s.add(WalletHold(network=network, hot_wallet=hot_wallet, asset=asset, held=held, holders=holders))
             await s.flush()
             continue
-        held, holders = int(row.held) + amount, row.holders + count
+        held, holders = int(row[0]) + amount, int(row[1]) + count
         if held < 0 or holders < 0:
             held, holders = await _recount(s, network, hot_wallet, asset)
         await _update(s, update(WalletHold).where(*key).values(held=held, holders=holders))
+
+
+async def recount_holds(s: AsyncSession, network: str, hot_wallet: str) -> list[tuple[str, int, int]]:
+    """Check the wallet's running totals against its HELD reservations and correct any that differ
+    (an edit by hand, a bug): the totals rows are locked first, so a reservation or settlement in
+    flight either committed before (and is counted) or waits and applies its change on top. Returns
+    (asset, total before, sum of the rows) of each one corrected."""
+    locked = await _all(
+        s,
+        select(WalletHold.asset, WalletHold.held, WalletHold.holders)
+        .where(col(WalletHold.network) == network, col(WalletHold.hot_wallet) == hot_wallet)
+        .order_by(col(WalletHold.asset))
+        .with_for_update(),
+    )
+    totals = {str(a): (int(h), int(n)) for a, h, n in locked}
+    rows = await _all(
+        s,
+        select(FundReservation.asset, FundReservation.amount).where(
+            col(FundReservation.network) == network,
+            col(FundReservation.hot_wallet) == hot_wallet,
+            col(FundReservation.state) == ReservationState.HELD,
+        ),
+    )
+    truth: dict[str, tuple[int, int]] = {}
+    for asset, amount in rows:
+        held, holders = truth.get(str(asset), (0, 0))
+        truth[str(asset)] = (held + int(amount), holders + 1)
+    corrected: list[tuple[str, int, int]] = []
+    for asset in sorted(set(totals) | set(truth)):
+        have, want = totals.get(asset, (0, 0)), truth.get(asset, (0, 0))
+        if have == want:
+            continue
+        corrected.append((asset, have[0], want[0]))
+        if asset in totals:
+            await _update(
+                s,
+                update(WalletHold)
+                .where(
+                    col(WalletHold.network) == network,
+                    col(WalletHold.hot_wallet) == hot_wallet,
+                    col(WalletHold.asset) == asset,
+                )
+                .values(held=want[0], holders=want[1]),
+            )
+        else:
+            s.add(
+                WalletHold(network=network, hot_wallet=hot_wallet, asset=asset, held=want[0], holders=want[1])
+            )
+    await s.flush()
+    return corrected
 
 
 async def daily_total(

@@ -470,3 +470,57 @@ async def test_the_migration_fills_the_totals_from_the_reservations_held(tmp_pat
             assert await repo.in_flight_counts(s, "ethereum") == {WALLET: 2}
     finally:
         await db.dispose()
+
+
+async def test_a_settlement_between_admissions_read_and_its_reservation_is_not_written_over(
+    request: pytest.FixtureRequest,
+) -> None:
+    """MariaDB (READ COMMITTED, row locks): admission reads the totals, another engine settles a
+    withdrawal on the same wallet and commits, then admission reserves. The reservation must add to
+    the total as it is now, not to what admission read (a lost settlement would hold funds forever).
+    SQLite cannot interleave this way: its write transactions are serialized whole."""
+    url = create_database(request.getfixturevalue("mariadb_port"), f"t_{uuid.uuid4().hex[:12]}")
+    await asyncio.to_thread(migrate, url)
+    a, b = Database(url), Database(url)
+    try:
+        cfg = _cfg()
+        async with a.transaction() as s:
+            await repo.ensure_hot_wallet(s, "ethereum", WALLET, 0)
+        big = Balances({(WALLET, "ETH"): 10**30})
+        first = await _funds(a, cfg).record_admission(_request(10**18), cfg, big)
+        w = _withdrawal(2 * 10**18)
+        async with a.transaction() as s:
+            await repo.insert_withdrawal(s, w)
+            await repo.lock_wallets(s, "ethereum")
+            seen = await repo.held_amounts(s, "ethereum")  # as admission reads it
+            assert seen[(WALLET, "ETH")] > 10**18
+            async with b.transaction() as other:
+                await repo.transition(other, first.id, S.CANCELLED)  # committed meanwhile
+            await repo.reserve(s, w.id, "ethereum", WALLET, {"ETH": 2 * 10**18})  # type: ignore[dict-item]
+        truth, totals = await _recounted(a)
+        assert totals == truth == {(WALLET, "ETH"): 2 * 10**18}
+    finally:
+        await a.dispose()
+        await b.dispose()
+
+
+async def test_totals_too_high_are_found_and_corrected(db_pair: tuple[Database, Database]) -> None:
+    """A total above what its rows hold is never driven negative, so settlement cannot notice it:
+    the reconciler's recount does, corrects it and says what it was."""
+    db, _ = db_pair
+    cfg = _cfg()
+    async with db.transaction() as s:
+        await repo.ensure_hot_wallet(s, "ethereum", WALLET, 0)
+    w = await _funds(db, cfg).record_admission(_request(10**18), cfg, Balances({(WALLET, "ETH"): 10**30}))
+    truth, _ = await _recounted(db)
+    async with db.transaction() as s:
+        assert await repo.recount_holds(s, "ethereum", WALLET) == []  # in step: nothing to correct
+        await s.exec(update(WalletHold).values(held=WalletHold.held, holders=5))  # type: ignore[call-overload]
+        s.add(WalletHold(network="ethereum", hot_wallet=WALLET, asset="USDT", held=7, holders=1))
+    async with db.transaction() as s:
+        corrected = await repo.recount_holds(s, "ethereum", WALLET)
+    assert [(a, was) for a, was, _ in corrected] == [("ETH", truth[(WALLET, "ETH")]), ("USDT", 7)]
+    async with db.read() as s:
+        assert await repo.in_flight_counts(s, "ethereum") == {WALLET: 1}
+        assert await repo.held_amounts(s, "ethereum") == truth
+    del w
