@@ -253,9 +253,12 @@ async def main() -> None:
     runs = [asyncio.create_task(w.run()) for w in workers]
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([stopping, *runs], return_when=asyncio.FIRST_COMPLETED)
-    failed = [r for r in runs if r.done() and not r.cancelled() and r.exception() is not None]
-    for r in failed:  # a worker that stopped on its own takes the process down (a supervisor restarts it)
-        log.error("worker.failed", error_type=type(r.exception()).__name__, error=str(r.exception()))
+    # A worker that stopped on its own, with an error or without, takes the process down (a supervisor
+    # restarts it): a process serving one of its two queues only would look alive and leave work waiting.
+    failed = [r for r in runs if r.done()]
+    for r in failed:
+        error = None if r.cancelled() else r.exception()
+        log.error("worker.failed", error_type=type(error).__name__ if error else None, error=str(error or ""))
     try:
         # Activities are idempotent: whatever is cut short here is retried by another worker.
         await asyncio.wait_for(asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True), 15)

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, or_, update
+from sqlalchemy import select as sa_select  # more columns than sqlmodel's select types
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -202,6 +203,7 @@ async def transition(
                 return False  # this very move was made before
         raise StaleTransition(withdrawal_id, WithdrawalStatus(row[0]), to)
     reservation = lifecycle.RESERVATION_EFFECT[to]
+    holds: HoldChanges = {}
     if reservation is not ReservationEffect.HOLD:
         mined_in: int | None = await _first(
             s, select(Withdrawal.block_number).where(Withdrawal.id == withdrawal_id)
@@ -211,7 +213,7 @@ async def transition(
             if reservation is ReservationEffect.CONSUME
             else ReservationState.RELEASED
         )
-        await _settle_reservations(s, withdrawal_id, state, mined_in)
+        holds = await _settle_reservations(s, withdrawal_id, state, mined_in)
     nonce = lifecycle.NONCE_EFFECT[to]
     if nonce is not NonceEffect.KEEP:
         close: dict[str, Any] = {"active": False}
@@ -234,6 +236,7 @@ async def transition(
     )
     await s.flush()
     await webhooks.enqueue_event(s, withdrawal_id, seq=seq, event_type=webhooks.status_event_type(to))
+    await _apply_holds(s, holds)
     return True
 
 
@@ -476,31 +479,45 @@ async def reserve(
     await _adjust_holds(s, network, hot_wallet, {a: (int(n), 1) for a, n in amounts.items()})
 
 
+HoldChanges = dict[tuple[str, str], dict[str, tuple[int, int]]]  # (network, wallet) -> asset -> deltas
+
+
 async def _settle_reservations(
     s: AsyncSession, withdrawal_id: str, state: ReservationState, mined_in: int | None
-) -> int:
-    """HELD -> CONSUMED or RELEASED (with the block that mined its transaction, if any), and the
-    wallet's running totals shrink by what they held. Only HELD rows move, so a repeat changes
-    nothing. The rows are locked first: the totals move by exactly the rows this call settled."""
+) -> HoldChanges:
+    """HELD -> CONSUMED or RELEASED (with the block that mined its transaction, if any). Only HELD
+    rows move, so a repeat changes nothing. Returns what the wallet's running totals must lose, by
+    exactly the rows this call settled (locked first); the caller applies it (`_apply_holds`) in
+    the same transaction, as late as it can (the totals row is every settlement's on that wallet)."""
     held_now = (
         col(FundReservation.withdrawal_id) == withdrawal_id,
         col(FundReservation.state) == ReservationState.HELD,
     )
-    rows: list[FundReservation] = await _all(s, select(FundReservation).where(*held_now).with_for_update())
+    q = sa_select(
+        col(FundReservation.id),
+        col(FundReservation.network),
+        col(FundReservation.hot_wallet),
+        col(FundReservation.asset),
+        col(FundReservation.amount),
+    ).where(*held_now)
+    rows = await _all(s, q.with_for_update())
+    changes: HoldChanges = {}
     if not rows:
-        return 0
-    moved = await _update(
+        return changes
+    await _update(
         s,
         update(FundReservation)
-        .where(*held_now, col(FundReservation.id).in_([r.id for r in rows]))
+        .where(*held_now, col(FundReservation.id).in_([r[0] for r in rows]))
         .values(state=state, settled_at=utcnow(), settled_block=mined_in),
     )
-    by_wallet: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
-    for r in rows:
-        by_wallet.setdefault((r.network, r.hot_wallet), {})[r.asset] = (-int(r.amount), -1)
-    for (network, wallet), changes in sorted(by_wallet.items()):
-        await _adjust_holds(s, network, wallet, changes)
-    return moved
+    for _, network, wallet, asset, amount in rows:
+        changes.setdefault((str(network), str(wallet)), {})[str(asset)] = (-int(amount), -1)
+    return changes
+
+
+async def _apply_holds(s: AsyncSession, changes: HoldChanges) -> None:
+    for (network, wallet), deltas in sorted(changes.items()):
+        await _adjust_holds(s, network, wallet, deltas)
 
 
 async def reservations_for(s: AsyncSession, withdrawal_id: str) -> list[FundReservation]:

@@ -199,7 +199,9 @@ class Harness:
         """Shut the workers down; bounded, as worker.py does (after a server restart it can hang)."""
         if self.workers:
             try:
-                await asyncio.wait_for(asyncio.gather(*(w.shutdown() for w in self.workers)), 20)
+                await asyncio.wait_for(
+                    asyncio.gather(*(w.shutdown() for w in self.workers), return_exceptions=True), 20
+                )
             except TimeoutError:
                 for run in self._runs:
                     run.cancel()

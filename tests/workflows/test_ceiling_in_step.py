@@ -2,11 +2,13 @@
 
 `bench.noop_workflow.NoopWithdrawalWorkflow` (mix `head`) must schedule the same activities, in the
 same order, as `WithdrawalWorkflow` on the happy path of a native withdrawal: the same activity types,
-local or regular, with the same timeouts and retry policies. Both run here on Temporal's time-skipping
+local or regular, on the same task queue (the workflow's own or its waits queue), with the same
+timeouts and retry policies. Both run here on Temporal's time-skipping
 test server (the real workflow with the stand-in activities of test_withdrawal.py) and their
 histories are compared; the committed history `tests/histories/native_ethereum_confirmed.json`
 (regenerated with every change to the workflow) is compared with the mix too. The ceiling's worker
-(bench/noop_worker.py) must also be configured as the engine's (worker.py `build_worker`).
+(bench/noop_worker.py) must also be configured as the engine's (worker.py `build_workers`: both
+workers, their queues and limits).
 """
 
 from __future__ import annotations
