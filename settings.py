@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     worker_max_concurrent_local_activities: int = Field(default=200, ge=1)
     # `await_transaction`, on its own task queue (models.domain.waits_queue): one per withdrawal
     # waiting for its transaction, mostly asleep until the next block.
-    worker_max_concurrent_waits: int = Field(default=20000, ge=1)
+    worker_max_concurrent_waits: int = Field(default=2000, ge=1)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

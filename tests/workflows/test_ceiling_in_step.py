@@ -171,4 +171,4 @@ async def test_the_ceilings_worker_is_configured_as_the_engines(env: WorkflowEnv
     assert ceiling_config == engine_config
     assert queues == [["engine-config", "engine-config-waits"], ["ceiling-config", "ceiling-config-waits"]]
     # the limits are really set, not defaults: the short steps' slots, and the waits' own
-    assert [c["max_concurrent_activities"] for c in engine_config] == [100, 20000]
+    assert [c["max_concurrent_activities"] for c in engine_config] == [100, 2000]
