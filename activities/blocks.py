@@ -151,6 +151,7 @@ class BlockWatcher:
         self._awake_until = 0.0
         self._wake = asyncio.Event()
         self._cond = asyncio.Condition()
+        self._tick: asyncio.Future[None] | None = None  # done at the next poll that saw something new
         self._task: asyncio.Task[None] | None = None
 
     # --- what it knows -------------------------------------------------------------------------
@@ -237,9 +238,14 @@ class BlockWatcher:
             self._awake_until = max(self._awake_until, time.monotonic() + self.keep_awake)
 
     async def wait_next_block(self, at_most: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with self._cond:
-                await asyncio.wait_for(self._cond.wait(), at_most)
+        """Until the next poll that saw something new, or `at_most` seconds. The waiters share one
+        future per poll: thousands of them cost a callback each when it comes, not a task each and a
+        turn at a lock (as a Condition's would)."""
+        loop = asyncio.get_running_loop()
+        tick = self._tick
+        if tick is None or tick.done() or tick.get_loop() is not loop:
+            tick = self._tick = loop.create_future()
+        await asyncio.wait((tick,), timeout=at_most)
 
     def _busy(self) -> bool:
         return bool(self._watched) or bool(self._depth) or time.monotonic() < self._awake_until
@@ -341,6 +347,9 @@ class BlockWatcher:
         return True
 
     async def _notify(self) -> None:
+        tick, self._tick = self._tick, None
+        if tick is not None and not tick.done():
+            tick.set_result(None)
         async with self._cond:
             self._cond.notify_all()
 

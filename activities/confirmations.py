@@ -29,6 +29,9 @@ from settings import EngineConfig
 
 log = structlog.get_logger()
 
+# A wait heartbeats at most this often (its heartbeat timeout is 20 s: workflows/withdrawal.py).
+HEARTBEAT_EVERY = 5.0
+
 
 class ConfirmationActivities:
     def __init__(self, db: Database, chains: Chains, config: EngineConfig) -> None:
@@ -115,9 +118,12 @@ class ConfirmationActivities:
         seen: str | None = None
         next_since: float | None = None  # when ours was first seen as the wallet's next nonce to mine
         used_since: float | None = None  # when the wallet's mined nonce was first seen past ours
+        beat = -HEARTBEAT_EVERY  # when it last heartbeated
         while True:
-            activity.heartbeat()
             now = time.monotonic()
+            if now - beat >= HEARTBEAT_EVERY:  # not every block: thousands wait in one process
+                activity.heartbeat()
+                beat = now
             direct = not blocks.healthy or now - last_direct > fallback_after
             if blocks.healthy and not direct:
                 if inp.until_included_only:
