@@ -31,6 +31,11 @@ log = structlog.get_logger()
 
 # A wait heartbeats at most this often (its heartbeat timeout is 20 s: workflows/withdrawal.py).
 HEARTBEAT_EVERY = 5.0
+# Direct looks at receipts (the fallback beside the block watcher) in flight at once per network in
+# one process. A wait that finds them all busy looks in a later round: with thousands waiting, a
+# watcher gone stale under load would otherwise send every one of them to the node at once, and the
+# queue of requests costs more CPU than the loop has (the watcher then stays stale).
+DIRECT_LOOKS = 8
 
 
 class ConfirmationActivities:
@@ -38,6 +43,7 @@ class ConfirmationActivities:
         self.db, self.chains, self.config = db, chains, config
         self._mined_nonces: dict[tuple[str, str], tuple[float, int]] = {}
         self._nonce_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._direct_looks: dict[str, asyncio.Semaphore] = {}
 
     async def mined_nonce(self, network: str, wallet: str) -> int:
         """The wallet's mined transaction count, read once per block (at the watcher's head) for all
@@ -139,9 +145,11 @@ class ConfirmationActivities:
                 # The watcher cannot tell (receipts unknown, another block at that height): look
                 # directly, once per new block.
                 direct = unsure and blocks.head != direct_head
-            if direct:
+            looks = self._direct_looks.setdefault(w.network, asyncio.Semaphore(DIRECT_LOOKS))
+            if direct and not looks.locked():  # all busy: look in a later round (costs time, not safety)
                 last_direct, direct_head = now, blocks.head
-                result = await self._check_or_none(rpc, blocks, w.id, attempts, inp, seen)
+                async with looks:
+                    result = await self._check_or_none(rpc, blocks, w.id, attempts, inp, seen)
                 if isinstance(result, Inclusion):
                     return result
                 seen = result or seen
