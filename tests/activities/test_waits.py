@@ -75,11 +75,13 @@ async def test_a_stale_watcher_sends_only_a_few_waits_to_the_node_at_once() -> N
             required_confirmations=1,
         )  # fmt: skip
         attempt = TxAttempt(
-            withdrawal_id=wid, nonce=n, tx_hash=f"0x{n:064x}", raw_tx="0x", purpose="WITHDRAWAL",
+            withdrawal_id=wid, purpose="WITHDRAWAL", network="ethereum", hot_wallet="0x" + "11" * 20,
+            nonce=n, tx_hash=f"0x{n:064x}", raw_tx="0x", tx_type=2, gas_limit=21_000,
             created_at=datetime.now(UTC),
         )  # fmt: skip
         inp = AwaitInput(withdrawal_id=wid, required_confirmations=1, until_included_only=True)
-        return await ActivityEnvironment().run(acts._follow, w, [attempt], inp, StaleWatcher())
+        stale: Any = StaleWatcher()
+        return await ActivityEnvironment().run(acts._follow, w, [attempt], inp, stale)
 
     try:
         done = await asyncio.wait_for(asyncio.gather(*(wait(n) for n in range(200))), 60)
