@@ -130,8 +130,12 @@ class ConfirmationActivities:
             if now - beat >= HEARTBEAT_EVERY:  # not every block: thousands wait in one process
                 activity.heartbeat()
                 beat = now
-            direct = not blocks.healthy or now - last_direct > fallback_after
-            if blocks.healthy and not direct:
+            # A direct look is due without a healthy watcher, and now and then beside it. A healthy
+            # watcher is asked every round all the same: a due look that finds no free slot must not
+            # keep a waiter from what the watcher already knows.
+            due = not blocks.healthy or now - last_direct > fallback_after
+            direct = due
+            if blocks.healthy:
                 if inp.until_included_only:
                     receipt, unsure = await blocks.inclusion(hashes)
                 elif cfg.finality == "finalized" and blocks.finalized < inp.included_block_number:
@@ -144,7 +148,7 @@ class ConfirmationActivities:
                     return await self._settle_seen(w.id, attempts, receipt, blocks.head, inp)
                 # The watcher cannot tell (receipts unknown, another block at that height): look
                 # directly, once per new block.
-                direct = unsure and blocks.head != direct_head
+                direct = due or (unsure and blocks.head != direct_head)
             looks = self._direct_looks.setdefault(w.network, asyncio.Semaphore(DIRECT_LOOKS))
             if direct and not looks.locked():  # all busy: look in a later round (costs time, not safety)
                 last_direct, direct_head = now, blocks.head
@@ -187,7 +191,10 @@ class ConfirmationActivities:
                         last_send = time.monotonic()
                 else:
                     next_since = used_since = None  # queued behind a lower nonce of the wallet
-            await blocks.wait_next_block(wait)
+            if time.monotonic() - beat >= HEARTBEAT_EVERY:  # this round's calls took a while
+                activity.heartbeat()
+                beat = time.monotonic()
+            await blocks.wait_next_block(min(wait, max(0.2, beat + HEARTBEAT_EVERY - time.monotonic())))
 
     async def _check_or_none(
         self,

@@ -168,8 +168,12 @@ class ReconcileActivities:
             hw = await repo.lock_hot_wallet(s, inp.network, inp.hot_wallet)
             external = await repo.record_external_nonces(s, hw, latest)
             next_nonce = max(hw.next_nonce, latest)
-        async with self.db.transaction() as s:
-            corrected = await repo.recount_holds(s, inp.network, inp.hot_wallet)
+        corrected: list[tuple[str, int, int]] = []
+        try:
+            async with self.db.transaction() as s:
+                corrected = await repo.recount_holds(s, inp.network, inp.hot_wallet)
+        except Exception as e:  # e.g. a first reservation of an asset committed meanwhile: next run
+            log.warning("nonce.reconcile.recount_failed", network=inp.network, error_type=type(e).__name__)
         for asset, was, now_held in corrected:
             alerts.append(
                 f"held total of {asset} was {was}, its reservations hold {now_held}: corrected (the totals "
