@@ -166,6 +166,7 @@ def build_workers(
     client: Client, engine: Engine, task_queue: str, settings: Settings | None = None
 ) -> list[Worker]:
     """Every worker one engine process runs: the workflows and short steps, and the waits."""
+    settings = settings or Settings()
     return [
         build_worker(client, engine, task_queue, settings),
         build_wait_worker(client, engine, task_queue, settings),

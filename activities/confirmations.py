@@ -125,6 +125,9 @@ class ConfirmationActivities:
         next_since: float | None = None  # when ours was first seen as the wallet's next nonce to mine
         used_since: float | None = None  # when the wallet's mined nonce was first seen past ours
         beat = -HEARTBEAT_EVERY  # when it last heartbeated
+        looks = self._direct_looks.get(w.network)
+        if looks is None:
+            looks = self._direct_looks[w.network] = asyncio.Semaphore(DIRECT_LOOKS)
         while True:
             now = time.monotonic()
             if now - beat >= HEARTBEAT_EVERY:  # not every block: thousands wait in one process
@@ -149,7 +152,6 @@ class ConfirmationActivities:
                 # The watcher cannot tell (receipts unknown, another block at that height): look
                 # directly, once per new block.
                 direct = due or (unsure and blocks.head != direct_head)
-            looks = self._direct_looks.setdefault(w.network, asyncio.Semaphore(DIRECT_LOOKS))
             if direct and not looks.locked():  # all busy: look in a later round (costs time, not safety)
                 last_direct, direct_head = now, blocks.head
                 async with looks:

@@ -345,18 +345,35 @@ async def in_flight_counts(s: AsyncSession, network: str) -> dict[str, int]:
     return counts
 
 
-async def _recount(s: AsyncSession, network: str, hot_wallet: str, asset: str) -> tuple[int, int]:
-    """(held, holders) from the HELD reservations themselves, (network, hot_wallet, state) index."""
-    amounts = await _all(
-        s,
-        select(FundReservation.amount).where(
-            col(FundReservation.network) == network,
-            col(FundReservation.hot_wallet) == hot_wallet,
-            col(FundReservation.asset) == asset,
-            col(FundReservation.state) == ReservationState.HELD,
-        ),
+def _hold_key(network: str, hot_wallet: str, asset: str) -> tuple[Any, ...]:
+    return (
+        col(WalletHold.network) == network,
+        col(WalletHold.hot_wallet) == hot_wallet,
+        col(WalletHold.asset) == asset,
     )
-    return sum(int(a) for a in amounts), len(amounts)
+
+
+async def _held_by_asset(
+    s: AsyncSession, network: str, hot_wallet: str, asset: str | None = None
+) -> dict[str, tuple[int, int]]:
+    """Asset -> (held, holders) from the wallet's HELD reservations themselves (one asset, or all),
+    through the (network, hot_wallet, state) index."""
+    q = select(FundReservation.asset, FundReservation.amount).where(
+        col(FundReservation.network) == network,
+        col(FundReservation.hot_wallet) == hot_wallet,
+        col(FundReservation.state) == ReservationState.HELD,
+    )
+    if asset is not None:
+        q = q.where(col(FundReservation.asset) == asset)
+    truth: dict[str, tuple[int, int]] = {}
+    for a, amount in await _all(s, q):
+        held, holders = truth.get(str(a), (0, 0))
+        truth[str(a)] = (held + int(amount), holders + 1)
+    return truth
+
+
+async def _recount(s: AsyncSession, network: str, hot_wallet: str, asset: str) -> tuple[int, int]:
+    return (await _held_by_asset(s, network, hot_wallet, asset)).get(asset, (0, 0))
 
 
 async def _adjust_holds(
@@ -368,11 +385,7 @@ async def _adjust_holds(
     below zero is out of step with them (an edit by hand) and is recounted from the rows instead."""
     for asset in sorted(changes):
         amount, count = changes[asset]
-        key = (
-            col(WalletHold.network) == network,
-            col(WalletHold.hot_wallet) == hot_wallet,
-            col(WalletHold.asset) == asset,
-        )
+        key = _hold_key(network, hot_wallet, asset)
         # Columns, locked and read now: an object loaded earlier in this session (admission reads the
         # totals before it reserves) would be handed back with its old values, and a settlement
         # committed in between would be written over.
@@ -401,18 +414,7 @@ async def recount_holds(s: AsyncSession, network: str, hot_wallet: str) -> list[
         .with_for_update(),
     )
     totals = {str(a): (int(h), int(n)) for a, h, n in locked}
-    rows = await _all(
-        s,
-        select(FundReservation.asset, FundReservation.amount).where(
-            col(FundReservation.network) == network,
-            col(FundReservation.hot_wallet) == hot_wallet,
-            col(FundReservation.state) == ReservationState.HELD,
-        ),
-    )
-    truth: dict[str, tuple[int, int]] = {}
-    for asset, amount in rows:
-        held, holders = truth.get(str(asset), (0, 0))
-        truth[str(asset)] = (held + int(amount), holders + 1)
+    truth = await _held_by_asset(s, network, hot_wallet)
     corrected: list[tuple[str, int, int]] = []
     for asset in sorted(set(totals) | set(truth)):
         have, want = totals.get(asset, (0, 0)), truth.get(asset, (0, 0))
@@ -423,11 +425,7 @@ async def recount_holds(s: AsyncSession, network: str, hot_wallet: str) -> list[
             await _update(
                 s,
                 update(WalletHold)
-                .where(
-                    col(WalletHold.network) == network,
-                    col(WalletHold.hot_wallet) == hot_wallet,
-                    col(WalletHold.asset) == asset,
-                )
+                .where(*_hold_key(network, hot_wallet, asset))
                 .values(held=want[0], holders=want[1]),
             )
         else:
