@@ -131,12 +131,15 @@ async def _read(state: AppState, withdrawal_id: str) -> Withdrawal | None:
 async def submit(
     state: AppState, client: ApiClient, key: str, body: WithdrawalBody
 ) -> tuple[int, dict[str, Any]]:
-    to_address, units = validate(body, state.config)
+    # The key first: a replay answers as the first request did (200 or the same refusal), and a
+    # different body under a used key is 409 even when that body would also fail validation, or
+    # when the limits changed since.
     wid = withdrawal_id_for(client.id, key)
     fp = fingerprint(body)
     existing = await _read(state, wid)
     if existing is not None:
         return _replay(existing, fp, state.config)
+    to_address, units = validate(body, state.config)
 
     req = WithdrawalRequest(
         withdrawal_id=wid,

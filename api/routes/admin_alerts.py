@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from api import schemas
 from api.deps import StateDep, ViewerDep
-from api.errors import ValidationFailed
+from api.routes.admin_common import decode_id_cursor
 from models import alerts
 from models.alerts import AlertKind, AlertState
 from models.tables import Alert
@@ -52,9 +52,7 @@ async def list_alerts(
 ) -> dict[str, Any]:
     """Alerts newest first, optionally only FIRING or RESOLVED ones, or one kind. `next_cursor` is
     passed back as `cursor` for the next page."""
-    if cursor is not None and not (cursor.isascii() and cursor.isdigit()):
-        raise ValidationFailed("cursor must be a next_cursor from an earlier page", field="cursor")
-    before = int(cursor) if cursor is not None else None
+    before = decode_id_cursor(cursor)
     async with engine.db.read() as s:
         rows = await alerts.listing(s, state=state, kind=kind, before_id=before, limit=limit + 1)
         total = await alerts.count(s, state=state, kind=kind)

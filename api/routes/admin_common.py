@@ -28,10 +28,10 @@ def parse_time(value: str | None, field: str) -> datetime | None:
         return None
     try:
         ts = datetime.fromisoformat(value.strip())
-    except ValueError as e:
+        if ts.tzinfo is not None:  # e.g. 9999-12-31T23:59:59-01:00 overflows: bad input, not a 5xx
+            ts = ts.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError) as e:
         raise ValidationFailed(f"{field} must be an ISO 8601 date or date-time", field=field) from e
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
     return ts
 
 

@@ -79,7 +79,10 @@ class ApiKeyBody(BaseModel):
     def _expires_future(cls, v: datetime | None) -> datetime | None:
         if v is None:
             return None
-        at = v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v  # naive: UTC
+        try:
+            at = v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v  # naive: UTC
+        except OverflowError as e:  # out of range in UTC (e.g. year 9999 at -01:00)
+            raise ValueError("expires_at is out of range") from e
         if at <= utcnow():
             raise ValueError("expires_at must be in the future")
         return at

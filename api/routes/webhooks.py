@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from activities.webhooks import UrlGuard, UrlRefused, WebhookKicker
 from api import schemas
-from api.deps import ReaderDep, StateDep, require_scope
+from api.deps import StateDep, require_scope
 from api.errors import Conflict, LimitExceeded, NotFound, ServiceUnavailable, ValidationFailed
 from models import audit, repo, webhooks
 from models.tables import ApiClient, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -194,7 +194,7 @@ async def delete_endpoint(endpoint_id: UuidPath, client: ManagerDep, state: Stat
 
 @router.get("/webhook/deliveries", response_model=schemas.WebhookDeliveryPage, responses=_DELIVERIES_ERRORS)
 async def list_deliveries(
-    client: ReaderDep,
+    client: ManagerDep,
     state: StateDep,
     withdrawal_id: Annotated[str | None, Query(max_length=36, json_schema_extra={"format": "uuid"})] = None,
     endpoint_id: Annotated[str | None, Query(max_length=36, json_schema_extra={"format": "uuid"})] = None,
@@ -208,7 +208,7 @@ async def list_deliveries(
     code and latency. For one withdrawal, in the order they are sent; otherwise newest first."""
     offset = 0
     if cursor is not None:
-        if not (cursor.isascii() and cursor.isdigit()):
+        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
             raise ValidationFailed("cursor is not one this API returned", field="cursor")
         offset = int(cursor)
     async with state.db.read() as s:

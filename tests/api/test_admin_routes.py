@@ -535,8 +535,13 @@ async def test_stats_daily_network_and_status(stack: Stack) -> None:
             )
         ).json()
         assert since["total"] == 1 and since["by_status"]["CONFIRMED"] == 1
-        soon = await h.http.get("/admin/stats/status", params={"since": "soon"}, headers=headers)
-        assert soon.status_code == 422 and soon.json()["error"]["field"] == "since"
+        for bad in (
+            "soon",
+            "9999-12-31T23:59:59-01:00",
+            "0001-01-01T00:00:00+01:00",
+        ):  # the last two overflow
+            soon = await h.http.get("/admin/stats/status", params={"since": bad}, headers=headers)
+            assert soon.status_code == 422 and soon.json()["error"]["field"] == "since", (bad, soon.text)
 
 
 # --- queues and the kill switch ---------------------------------------------------------------------

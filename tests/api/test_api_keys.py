@@ -131,6 +131,7 @@ async def test_create_shows_the_secret_once_and_never_the_hash(h: Harness, admin
         ({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
         ({"name": "k", "expires_at": 4102444800}, "expires_at"),
         ({"name": "k", "expires_at": "next tuesday"}, "expires_at"),
+        ({"name": "k", "expires_at": "9999-12-31T23:59:59-01:00"}, "expires_at"),  # overflows in UTC
     ],
 )
 async def test_create_refuses_bad_input(
@@ -207,6 +208,14 @@ async def test_scopes_are_enforced_per_route(h: Harness, admin: dict[str, str]) 
     for path in (STATUS, f"/withdrawal/status/{uuid.uuid4()}"):
         r = await h.http.get(path, headers=key(writer))
         assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN"
+    # The webhook routes, the delivery log included, need webhooks:manage (a reader key is refused).
+    hooks = (await new_key(h.http, admin, scopes=["webhooks:manage"]))["api_key"]
+    for path in ("/webhook/deliveries", "/webhook/endpoints"):
+        assert (await h.http.get(path, headers=key(hooks))).status_code == 200, path
+        r = await h.http.get(path, headers=key(reader))
+        assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN", path
+    r = await h.http.get("/webhook/deliveries", params={"cursor": "9" * 20}, headers=key(hooks))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "cursor", r.text
 
 
 async def test_ip_allowlist_behind_trusted_proxies(h: Harness, admin: dict[str, str]) -> None:

@@ -169,6 +169,14 @@ async def test_same_key_same_body_is_the_same_withdrawal_and_different_body_is_4
     again = await harness.request(body, key)
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
     _err(await harness.request(body | {"amount": "0.31"}, key), 409, "IDEMPOTENCY_KEY_REUSED")
+    # A different body under a used key is 409 even when that body alone would be refused (422).
+    for bad, code in (
+        ({"amount": "-1"}, "INVALID_AMOUNT"),
+        ({"network": "dogecoin"}, "UNSUPPORTED_NETWORK"),
+        ({"to_address": "0x123"}, "INVALID_ADDRESS"),
+    ):
+        _err(await harness.request(body | bad, key), 409, "IDEMPOTENCY_KEY_REUSED")
+        _err(await harness.request(body | bad, f"idem-{uuid.uuid4()}"), 422, code)
     done = await harness.wait_status(first.json()["id"], {"CONFIRMED"})
     # After the workflow has finished, the record still answers replays.
     late = await harness.request(body, key)

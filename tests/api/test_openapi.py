@@ -291,16 +291,18 @@ async def test_api_docs_render_in_a_browser_without_internet(
 async def test_a_cursor_of_non_ascii_digits_is_refused_not_a_server_error(
     harness: Harness, path: str
 ) -> None:
-    """'²'.isdigit() is true but int('²') fails: a cursor must be ASCII digits (the document's pattern)."""
+    """'²'.isdigit() is true but int('²') fails: a cursor must be ASCII digits (the document's pattern),
+    and at most 18 of them (20 nines do not fit the database's integers)."""
     headers = (
         {"X-API-Key": harness.api_key}
         if path.startswith("/webhook/")
         else await harness.operator_headers("ADMIN")
     )
-    r = await harness.http.get(path, params={"cursor": "1²"}, headers=headers)
-    assert r.status_code == 422, r.text
-    assert r.json()["error"] == {
-        "code": "VALIDATION_ERROR",
-        "message": r.json()["error"]["message"],
-        "field": "cursor",
-    }
+    for cursor in ("1²", "9" * 20):  # the second is too large for the database's integers
+        r = await harness.http.get(path, params={"cursor": cursor}, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == {
+            "code": "VALIDATION_ERROR",
+            "message": r.json()["error"]["message"],
+            "field": "cursor",
+        }
