@@ -58,6 +58,8 @@ async def main() -> None:
     data = settings.data_dir
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    creds_path = data / "dev-credentials.json"
+    creds_path.unlink(missing_ok=True)  # a stale file must not look like this run is ready
     config = settings.engine_config
     children: list[Child] = [
         Child(
@@ -161,9 +163,7 @@ async def main() -> None:
             for name, net in config.networks.items()
         },
     }
-    creds_path = data / "dev-credentials.json"
-    creds_path.write_text(json.dumps(creds, indent=2) + "\n")
-    creds_path.chmod(0o600)
+    _write_private(creds_path, json.dumps(creds, indent=2) + "\n")  # appears only once healthy, whole
     banner = (
         "\nWithdrawal engine is running.\n"
         f"  API docs:        {api_url}/api-docs\n"
@@ -175,7 +175,21 @@ async def main() -> None:
     )
     sys.stdout.write(banner)
     sys.stdout.flush()
-    await _supervise(children)
+    try:
+        await _supervise(children)
+    finally:
+        creds_path.unlink(missing_ok=True)  # the stack is gone: its credentials no longer answer
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by the owner only, atomically: a reader sees the old file or
+    the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when an old temporary file was left with other modes
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 async def _wait_healthy(api_url: str, services: list[Child], limit: float = 90) -> None:
