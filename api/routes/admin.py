@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -55,6 +56,9 @@ _UPDATES: dict[str, Any] = {
 }
 _TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 _WORKFLOW_QUERY_TIMEOUT = timedelta(seconds=2)
+# How long an action's answer waits for the workflow's next move, so that e.g. a cancelled PENDING
+# withdrawal is answered as CANCELLED rather than as it stood when the action was accepted.
+ACTION_SETTLE_SECONDS = 2.0
 
 
 _LIST_ERRORS = schemas.errors({**schemas.COMMON, **schemas.BEARER, **schemas.QUERY})
@@ -356,9 +360,12 @@ async def _act(
     reason: str | None,
     *,
     audit_action: str | None = None,
+    settle: float = 0.0,
 ) -> tuple[Withdrawal, ActionResult]:
     """One operator action, audited after the workflow answered. Raises NotFound, `_Refused`, or
-    ServiceUnavailable when Temporal cannot be reached."""
+    ServiceUnavailable when Temporal cannot be reached. The row returned is read once the workflow
+    has made its next move after the action, or after `settle` seconds if it has not (a cancellation
+    whose transaction must first be replaced, a first of two approvals)."""
     async with state.db.read() as s:
         w = await repo.get_withdrawal(s, withdrawal_id)
     if w is None:
@@ -388,9 +395,13 @@ async def _act(
             "the workflow service is unreachable; retry later", headers={"Retry-After": "5"}
         ) from e
     await _audit(state, op, name, w.id, before, {"reason": reason, "status": result.status}, "ok")
-    async with state.db.read() as s:
-        fresh = await repo.get_withdrawal(s, withdrawal_id)
-    return fresh or w, result
+    deadline = time.monotonic() + settle
+    while True:
+        async with state.db.read() as s:
+            fresh = await repo.get_withdrawal(s, withdrawal_id)
+        if fresh is None or fresh.status_seq > w.status_seq or time.monotonic() >= deadline:
+            return fresh or w, result
+        await asyncio.sleep(0.05)
 
 
 async def _audit(
@@ -412,7 +423,9 @@ async def _answer(
     state: AppState, op: Operator, withdrawal_id: str, action: Action, body: ActionBody | None
 ) -> dict[str, Any]:
     try:
-        w, result = await _act(state, op, withdrawal_id, action, body.reason if body else None)
+        w, result = await _act(
+            state, op, withdrawal_id, action, body.reason if body else None, settle=ACTION_SETTLE_SECONDS
+        )
     except _Refused as refused:
         raise InvalidState(refused.reason) from refused
     return {"accepted": result.accepted, "withdrawal": _item(w, state)}
@@ -613,7 +626,15 @@ async def dlq_delete(
         await _audit(state, op, "dlq.delete", w.id, {"status": w.status}, after, "refused")
         raise InvalidState(refusal)
     try:
-        fresh, result = await _act(state, op, withdrawal_id, "cancel", reason, audit_action="dlq.delete")
+        fresh, result = await _act(
+            state,
+            op,
+            withdrawal_id,
+            "cancel",
+            reason,
+            audit_action="dlq.delete",
+            settle=ACTION_SETTLE_SECONDS,
+        )
     except _Refused as refused:
         raise InvalidState(refused.reason) from refused
     return {"accepted": result.accepted, "withdrawal": _item(fresh, state)}

@@ -169,9 +169,11 @@ async def test_waiting_for_funds_then_funded_confirms_and_cancel_while_waiting(p
     found = [wf.id async for wf in h.client.list_workflows(sa_query)]
     assert set(found) >= {f"withdrawal-{r1.json()['id']}"} or not found  # visibility is eventually consistent
     token = await _admin_token(h)
-    await h.http.post(
+    answer = await h.http.post(
         f"/admin/transactions/{r2.json()['id']}/cancel", headers={"Authorization": f"Bearer {token}"}
     )
+    # The answer shows the move the action caused, not the row as it stood when it was accepted.
+    assert answer.status_code == 200 and answer.json()["withdrawal"]["status"] == "CANCELLED", answer.text
     cancelled = await h.wait_status(r2.json()["id"], {"CANCELLED"})
     assert cancelled["tx_hash"] is None
     await asyncio.to_thread(chain.set_balance, url, wallet, 10 * 10**18)
