@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from activities.rpc import ChainIdMismatch, ChainRpc, RpcError, RpcUnavailable
+from activities.rpc import ChainIdMismatch, ChainRpc, RpcError, RpcUnavailable, balance_of_data
 from models.tables import utcnow
 from settings import NetworkConfig
 
@@ -53,6 +53,26 @@ BLOCK_LEAD = 1 / 32  # the poll after a new block comes this share of a block ti
 MAX_MISSES_SAMPLED = 4  # a new head after more empty polls than this is not a spacing sample
 
 Read = tuple[Hashable, str, Callable[[int], list[Any]]]  # cache key, method, its params at a block
+
+
+def _at_block(params: list[Any], block: int) -> list[Any]:
+    return [*params, hex(block)]
+
+
+def balance_read(wallet: str) -> Read:
+    """A wallet's native balance at the head block (shared by admission and signing)."""
+    return ("balance", wallet.lower()), "eth_getBalance", partial(_at_block, [wallet])
+
+
+def token_balance_read(token: str, wallet: str) -> Read:
+    """A wallet's balance of an ERC-20 token at the head block."""
+    call = {"to": token, "data": balance_of_data(wallet)}
+    return ("token_balance", token.lower(), wallet.lower()), "eth_call", partial(_at_block, [call])
+
+
+def nonce_read(wallet: str) -> Read:
+    """A wallet's transaction count at the head block: the nonces below it are mined there."""
+    return ("nonce", wallet.lower()), "eth_getTransactionCount", partial(_at_block, [wallet])
 
 
 @dataclass(frozen=True)

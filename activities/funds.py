@@ -13,15 +13,13 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
-from typing import Any
 
 import structlog
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
-from activities.blocks import Read, watcher_for
-from activities.rpc import Chains, RpcError, RpcUnavailable, balance_of_data
+from activities.blocks import Read, balance_read, token_balance_read, watcher_for
+from activities.rpc import Chains, RpcError, RpcUnavailable
 from activities.webhooks import WebhookKicker
 from models import repo
 from models.amounts import MAX_AMOUNT_UNITS, format_amount, to_units
@@ -87,10 +85,6 @@ def choose_wallet(
     return min(candidates, key=lambda x: (busy.get(x, 0), cfg.hot_wallets.index(x)))
 
 
-def _at_block(params: list[Any], block: int) -> list[Any]:
-    return [*params, hex(block)]
-
-
 class FundsActivities:
     def __init__(
         self,
@@ -117,14 +111,10 @@ class FundsActivities:
         reads: list[Read] = []
         for wallet in cfg.hot_wallets:
             pairs.append((wallet, cfg.native_asset))
-            reads.append((("balance", wallet.lower()), "eth_getBalance", partial(_at_block, [wallet])))
+            reads.append(balance_read(wallet))
             if asset != cfg.native_asset:
-                token = cfg.tokens[asset].address
                 pairs.append((wallet, asset))
-                call = {"to": token, "data": balance_of_data(wallet)}
-                reads.append(
-                    (("token_balance", token.lower(), wallet.lower()), "eth_call", partial(_at_block, [call]))
-                )
+                reads.append(token_balance_read(cfg.tokens[asset].address, wallet))
         blocks = watcher_for(rpc, cfg)
         if await blocks.ready(min(2.0, rpc.timeout)):
             with contextlib.suppress(RpcUnavailable):

@@ -3,6 +3,7 @@ earlier attempt at the nonce. `sign_transaction` records the attempt before anyt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +13,7 @@ from temporalio import activity
 
 from activities import fees as feemath
 from activities.alerts import Alerter
-from activities.blocks import Read, watcher_for
+from activities.blocks import Read, balance_read, nonce_read, token_balance_read, watcher_for
 from activities.failures import fail, rpc_down
 from activities.pauses import held_by_pause
 from activities.rpc import ChainIdMismatch, ChainRpc, Chains, RpcError, RpcUnavailable, balance_of_data
@@ -20,7 +21,7 @@ from activities.rpc_errors import RpcErrorKind
 from activities.signer import KeystoreSigner, SignerUnavailable
 from models import repo
 from models.db import Database
-from models.domain import ErrorCode, Nonce, SignedTx, SignInput, TxHash, TxPurpose, Wei
+from models.domain import ErrorCode, Nonce, NoncePurpose, SignedTx, SignInput, TxHash, TxPurpose, Wei
 from models.tables import TxAttempt, Withdrawal
 from settings import EngineConfig, NetworkConfig
 
@@ -89,6 +90,34 @@ def self_transfer(hot_wallet: str, cfg: NetworkConfig) -> dict[str, Any]:
     return {"from": hot_wallet, "to": hot_wallet, "value": 0, "data": "0x", "gas": cfg.native_gas_limit}
 
 
+MAX_NONCES_AHEAD = 512  # more unmined nonces than this before one: its funds are read at the node
+
+
+@dataclass(frozen=True)
+class Funds:
+    """A hot wallet's balances to sign against: native wei and, for a token transfer, its units;
+    `at_block` = (block, the wallet's transaction count there) when read at that block, None when
+    they are the node's pending balances."""
+
+    coins: int
+    tokens: int | None
+    at_block: tuple[int, int] | None = None
+
+
+def _pending_reads(wallet: str, token: str | None) -> list[tuple[str, list[Any]]]:
+    reads: list[tuple[str, list[Any]]] = [("eth_getBalance", [wallet, "pending"])]
+    if token is not None:
+        reads.append(("eth_call", [{"to": token, "data": balance_of_data(wallet)}, "pending"]))
+    return reads
+
+
+def _funds(coins: Any, tokens: Any) -> Funds:
+    for answer in (coins, tokens):
+        if isinstance(answer, RpcError):
+            raise answer
+    return Funds(coins=int(coins, 16), tokens=None if tokens is None else int(tokens, 16))
+
+
 def new_attempt(
     *,
     withdrawal_id: str,
@@ -134,48 +163,58 @@ class TransactionActivities:
 
     async def _unsigned(
         self, w: Withdrawal, purpose: TxPurpose, cfg: NetworkConfig, rpc: ChainRpc, *, funds: bool
-    ) -> tuple[dict[str, Any], tuple[int, int | None] | None]:
-        """The transaction without nonce and fees, and with `funds` the hot wallet's pending balances
-        (native, token or None). What they need from the node goes in one batch: the recipient's
-        code (native; read once per head block) or the transfer's gas estimate (token), the
-        balances, and the head block's fee read for `quote_fees` right after; a native send to a
-        contract then estimates its gas."""
+    ) -> tuple[dict[str, Any], Funds | None]:
+        """The transaction without nonce and fees, and with `funds` the hot wallet's balances to check
+        it against (`_check_funds`). What they need from the node goes in one batch: the recipient's
+        code (native) or the transfer's gas estimate (token), the balances, and the head block's fee
+        read for `quote_fees` right after; a native send to a contract then estimates its gas.
+
+        With a healthy block watcher the balances and the wallet's transaction count are read at its
+        head block, once per block for every transaction signed meanwhile (and shared with admission):
+        `Funds.at_block`. Else the node's pending balances, for this transaction alone."""
         assert w.hot_wallet is not None
         if purpose is TxPurpose.CANCEL:
             return self_transfer(w.hot_wallet, cfg), None
         native = w.asset == cfg.native_asset
-        if native:
+        token = None if native else cfg.tokens[w.asset].address
+        if token is None:
             tx: dict[str, Any] = {"from": w.hot_wallet, "to": w.to_address, "value": w.amount, "data": "0x"}
         else:
             tx = {
                 "from": w.hot_wallet,
-                "to": cfg.tokens[w.asset].address,
+                "to": token,
                 "value": 0,
                 "data": erc20_transfer_data(w.to_address, w.amount),
             }
         call = {k: v for k, v in tx.items() if k in ("from", "to", "value", "data")}
         extra: list[tuple[str, list[Any]]] = []  # this transaction's own reads
-        if not native:
+        if token is not None:
             extra.append(("eth_estimateGas", [call]))
-        if funds:
-            extra.append(("eth_getBalance", [w.hot_wallet, "pending"]))
-            if not native:
-                token_call = {"to": cfg.tokens[w.asset].address, "data": balance_of_data(w.hot_wallet)}
-                extra.append(("eth_call", [token_call, "pending"]))
         blocks = rpc.watcher
         if blocks is not None and blocks.healthy:
-            # With the reads of the head block (the fee quote's, the recipient's code): one batch, or
-            # none of them when another transaction signed at this head read them already.
+            # With the reads of the head block (the fee quote's, the recipient's code, the wallet's
+            # balances and count): one batch, or none when another transaction read them at this head.
             fee = _fee_read("eth_gasPrice" if cfg.fee_model == "legacy" else "eth_maxPriorityFeePerGas")
             to = w.to_address
-            code = (("code", to.lower()), "eth_getCode", lambda n: [to, hex(n)])
-            _, shared, answers = await blocks.at_head([fee, code] if native else [fee], extra)
-            code_answer = shared[1] if native else None
+            shared: list[Read] = [fee]
+            if native:
+                shared.append((("code", to.lower()), "eth_getCode", lambda n: [to, hex(n)]))
+            if funds:
+                shared += [balance_read(w.hot_wallet), nonce_read(w.hot_wallet)]
+                if token is not None:
+                    shared.append(token_balance_read(token, w.hot_wallet))
+            head, answers, own = await blocks.at_head(shared, extra)
+            code_answer = answers[1] if native else None
+            balances = answers[2:] if native else answers[1:]
+            out = iter(own)
         else:
+            head, balances = None, []
+            if funds:
+                extra += _pending_reads(w.hot_wallet, token)
             reads = ([("eth_getCode", [w.to_address, "latest"])] if native else []) + extra
             answers = await rpc.batch(reads)
             code_answer, answers = (answers[0], answers[1:]) if native else (None, answers)
-        out = iter(answers)
+            out = iter(answers)
         if native:
             if isinstance(code_answer, RpcError):  # e.g. a node behind the watcher's head
                 code_answer = await rpc.get_code(w.to_address)
@@ -187,12 +226,21 @@ class TransactionActivities:
             tx["gas"] = self._gas_limit(cfg, self._estimated(next(out)), native=False)
         if not funds:
             return tx, None
-        coins = next(out)
-        tokens = None if native else next(out)
-        for answer in (coins, tokens):
-            if isinstance(answer, RpcError):
-                raise answer
-        return tx, (int(coins, 16), None if tokens is None else int(tokens, 16))
+        if head is not None:
+            if any(isinstance(b, RpcError) for b in balances):  # e.g. a node behind the watcher's head
+                return tx, await self._pending_funds(w, rpc, token)
+            coins, count = int(balances[0], 16), int(balances[1], 16)
+            tokens = int(balances[2], 16) if token is not None else None
+            return tx, Funds(coins=coins, tokens=tokens, at_block=(head, count))
+        coins_answer = next(out)
+        tokens_answer = next(out) if token is not None else None
+        return tx, _funds(coins_answer, tokens_answer)
+
+    async def _pending_funds(self, w: Withdrawal, rpc: ChainRpc, token: str | None) -> Funds:
+        """The hot wallet's pending balances (after the transactions the node has pending), now."""
+        assert w.hot_wallet is not None
+        answers = await rpc.batch(_pending_reads(w.hot_wallet, token))
+        return _funds(answers[0], answers[1] if token is not None else None)
 
     async def _estimate(self, rpc: ChainRpc, call: dict[str, Any]) -> int:
         try:
@@ -216,20 +264,68 @@ class TransactionActivities:
             raise fail(ErrorCode.GAS_ABOVE_CAP, f"the transfer needs {estimate} gas, above the cap of {cap}")
         return min(limit, cap)
 
-    def _check_balance(
-        self, w: Withdrawal, cfg: NetworkConfig, balances: tuple[int, int | None], max_fee: int
+    async def _check_funds(
+        self, w: Withdrawal, cfg: NetworkConfig, rpc: ChainRpc, funds: Funds, max_fee: int
     ) -> None:
-        """Right before signing: the hot wallet's balance, after its pending transactions (read just
-        before, in `_unsigned`), covers the amount and the most this transaction can pay in fees
-        (else WAITING_FOR_FUNDS, nothing signed)."""
-        native = w.asset == cfg.native_asset
-        coins, tokens = balances
-        short = coins < max_fee + (w.amount if native else 0) or (tokens is not None and tokens < w.amount)
-        if short:
+        """Right before signing: the hot wallet can pay the amount and the most this transaction can
+        pay in fees, after everything it sends before (else WAITING_FOR_FUNDS, nothing signed).
+
+        Balances read at a block (`Funds.at_block`): there the wallet has sent every nonce below its
+        count, and only a transaction from it can take its coins or tokens, so what it has for this
+        nonce is at least those balances less the most that the engine's transactions at the nonces in
+        between can take (each nonce's costliest attempt: value plus gas limit times fee ceiling), all
+        recorded before they were broadcast. When that does not cover this one, or a nonce in between
+        is not the engine's to know (sent outside it, or a fill), the node's pending balances decide,
+        read now, as they do without a healthy block watcher."""
+        assert w.nonce is not None and w.hot_wallet is not None
+        token = None if w.asset == cfg.native_asset else w.asset
+        need_coins = max_fee + (w.amount if token is None else 0)
+        if funds.at_block is not None:
+            spent = await self._spent_ahead(w, cfg, funds.at_block[1], token)
+            if spent is not None:
+                coins, tokens = spent
+                if funds.coins - coins >= need_coins and (
+                    funds.tokens is None or funds.tokens - tokens >= w.amount
+                ):
+                    return
+            funds = await self._pending_funds(w, rpc, None if token is None else cfg.tokens[token].address)
+        if funds.coins < need_coins or (funds.tokens is not None and funds.tokens < w.amount):
             raise fail(
                 ErrorCode.INSUFFICIENT_HOT_WALLET_FUNDS,
                 f"hot wallet {w.hot_wallet} cannot cover the amount and a fee of up to {max_fee} wei",
             )
+
+    async def _spent_ahead(
+        self, w: Withdrawal, cfg: NetworkConfig, count: int, token: str | None
+    ) -> tuple[int, int] | None:
+        """The most (native wei, units of `token`) the engine's transactions at the wallet's nonces in
+        [count, w.nonce) can take; None when that cannot be bounded from the records: a nonce there
+        the engine did not allocate, or one sent outside it or filled, or too many of them."""
+        assert w.nonce is not None and w.hot_wallet is not None
+        if not 0 <= w.nonce - count <= MAX_NONCES_AHEAD:
+            return None
+        if count == w.nonce:
+            return 0, 0
+        async with self.db.read() as s:
+            rows = await repo.nonces_ahead(s, w.network, w.hot_wallet, count, w.nonce)
+        coins: dict[int, int] = {}
+        tokens: dict[int, int] = {}
+        for nonce, allocation, purpose, gas, max_fee, gas_price, asset, amount in rows:
+            if allocation != NoncePurpose.WITHDRAWAL:
+                return None
+            coins.setdefault(nonce, 0)
+            tokens.setdefault(nonce, 0)
+            if purpose is None:
+                continue  # allocated, nothing signed at it yet
+            pays = purpose == TxPurpose.WITHDRAWAL
+            value = (amount or 0) if pays and asset == cfg.native_asset else 0
+            fee = int(gas or 0) * (max_fee if max_fee is not None else gas_price or 0)
+            coins[nonce] = max(coins[nonce], fee + value)
+            if pays and token is not None and asset == token:
+                tokens[nonce] = max(tokens[nonce], amount or 0)
+        if len(coins) != w.nonce - count:
+            return None  # a nonce in between is not one the engine allocated
+        return sum(coins.values()), sum(tokens.values())
 
     @activity.defn
     async def sign_transaction(self, inp: SignInput) -> SignedTx:
@@ -287,7 +383,10 @@ class TransactionActivities:
                 "withdrawal.cancel.fee_above_cap", alert=True, withdrawal_id=w.id, fee=fees.per_gas_ceiling
             )
         if balances is not None:
-            self._check_balance(w, cfg, balances, tx["gas"] * fees.per_gas_ceiling)
+            try:
+                await self._check_funds(w, cfg, rpc, balances, tx["gas"] * fees.per_gas_ceiling)
+            except RpcUnavailable as e:
+                raise rpc_down(e) from e
         tx.pop("from")
         tx.update(nonce=w.nonce, chainId=cfg.chain_id)
         tx.update(fees.tx_fields())

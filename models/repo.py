@@ -716,6 +716,54 @@ async def attempt_by_hash(s: AsyncSession, tx_hash: str) -> TxAttempt | None:
     return a
 
 
+async def nonces_ahead(
+    s: AsyncSession, network: str, hot_wallet: str, lo: int, hi: int
+) -> list[tuple[int, str, str | None, int | None, int | None, int | None, str | None, int | None]]:
+    """What the engine knows of the wallet's nonces in [lo, hi): per nonce its allocation's purpose,
+    and for a withdrawal's nonce each attempt signed at it (purpose, gas limit, max fee or gas price)
+    with the withdrawal's asset and amount; a nonce with no attempt yet has one row of NULLs. Rows are
+    (nonce, allocation purpose, attempt purpose, gas_limit, max_fee_per_gas, gas_price, asset,
+    amount); a nonce the engine never allocated has no row."""
+    q = (
+        sa_select(
+            col(NonceAllocation.nonce),
+            col(NonceAllocation.purpose),
+            col(TxAttempt.purpose),
+            col(TxAttempt.gas_limit),
+            col(TxAttempt.max_fee_per_gas),
+            col(TxAttempt.gas_price),
+            col(Withdrawal.asset),
+            col(Withdrawal.amount),
+        )
+        .select_from(NonceAllocation)
+        .outerjoin(
+            TxAttempt,
+            (col(TxAttempt.withdrawal_id) == col(NonceAllocation.withdrawal_id))
+            & (col(TxAttempt.nonce) == col(NonceAllocation.nonce)),
+        )
+        .outerjoin(Withdrawal, col(Withdrawal.id) == col(NonceAllocation.withdrawal_id))
+        .where(
+            col(NonceAllocation.network) == network,
+            col(NonceAllocation.hot_wallet) == hot_wallet,
+            col(NonceAllocation.nonce) >= lo,
+            col(NonceAllocation.nonce) < hi,
+        )
+    )
+    return [
+        (
+            int(r[0]),
+            str(r[1]),
+            r[2],
+            r[3],
+            None if r[4] is None else int(r[4]),
+            None if r[5] is None else int(r[5]),
+            r[6],
+            None if r[7] is None else int(r[7]),
+        )
+        for r in await _all(s, q)
+    ]
+
+
 async def record_attempt(s: AsyncSession, attempt: TxAttempt) -> None:
     """Record a signed transaction (before it is broadcast) as the withdrawal's latest."""
     s.add(attempt)

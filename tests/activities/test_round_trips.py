@@ -59,14 +59,17 @@ async def _confirm(h: Harness, n: int) -> Cost:
 
 
 def _assert_per_block_shape(cost: Cost) -> None:
-    """What a withdrawal calls itself (one batch to sign: the recipient's code and the wallet's pending
-    balance; one send) and what is read once per block whatever the number of withdrawals."""
+    """What a withdrawal calls itself (the recipient's code, in a batch with what the head block
+    needs; one send) and what is read once per block whatever the number of withdrawals."""
     n, c, blocks = cost.n, cost.calls, max(cost.blocks, 1)
     assert c["eth_sendRawTransaction"] == n, c  # no resend: each was mined at once
     assert c["eth_getCode"] <= n, c
-    for own in ("eth_getTransactionReceipt", "eth_getTransactionCount", "eth_blockNumber"):
-        assert c[own] == 0, (own, c)  # no receipt poll, no nonce read, no head read per withdrawal
-    assert c["eth_getBalance"] <= n + blocks + 1, c  # pending before signing + admission per block
+    for own in ("eth_getTransactionReceipt", "eth_blockNumber"):
+        assert c[own] == 0, (own, c)  # no receipt poll, no head read per withdrawal
+    # The balance (admission and signing) and the wallet's count (signing) at each head block: once
+    # per block, not once per withdrawal.
+    assert c["eth_getBalance"] <= blocks + 1, c
+    assert c["eth_getTransactionCount"] <= blocks + 1, c
     assert c["eth_maxPriorityFeePerGas"] <= blocks + 1, c  # one fee quote per block
     assert c["eth_getBlockReceipts"] <= 2 * (blocks + 1), c  # inclusion and depth, per block
     assert c["eth_getBlockByNumber"] <= 3 * (blocks + 1), c  # the watcher's polls

@@ -1,18 +1,23 @@
-"""Building transactions against a real anvil: gas limits for native sends to contracts, and the
-absolute fee ceiling of cancellations and nonce fills."""
+"""Building transactions against a real anvil: gas limits for native sends to contracts, the
+absolute fee ceiling of cancellations and nonce fills, and the funds check right before signing."""
 
 from __future__ import annotations
 
+import secrets
+import uuid
 from decimal import Decimal
 
 import httpx
 import pytest
+from temporalio.exceptions import ApplicationError
 
 from activities.fees import FeeAboveCap
 from activities.rpc import ChainRpc
-from activities.transactions import fee_cap, quote_fees
+from activities.transactions import Funds, fee_cap, quote_fees
 from devstack import processes
 from models import repo
+from models.domain import NoncePurpose, TxPurpose, WithdrawalStatus
+from models.tables import NonceAllocation, TxAttempt, Withdrawal
 from tests.stack import Harness, Stack, native_body, new_wallet
 
 # A contract whose fallback writes three fresh storage slots (~66k gas): more than the native cap.
@@ -56,3 +61,102 @@ async def test_cancellations_have_an_absolute_fee_ceiling(stack: Stack, harness:
             await quote_fees(mid, rpc, capped=True)
         fees = await quote_fees(mid, rpc, capped=False)
         assert fee_cap(mid) < fees.per_gas_ceiling <= fee_cap(mid) * mid.cancel_fee_cap_multiple
+
+
+def _withdrawal_at(wallet: str, nonce: int, asset: str, amount: int) -> Withdrawal:
+    wid = str(uuid.uuid4())
+    return Withdrawal(
+        id=wid,
+        client_id="c",
+        idempotency_key=wid,
+        fingerprint="f",
+        user_id="u",
+        network="ethereum",
+        asset=asset,
+        to_address=new_wallet()[0],
+        amount=amount,
+        decimals=18 if asset == "ETH" else 6,
+        status=WithdrawalStatus.BROADCAST,
+        required_confirmations=1,
+        hot_wallet=wallet,
+        nonce=nonce,
+    )
+
+
+def _attempt(w: Withdrawal, purpose: TxPurpose, seq: int, gas: int, max_fee: int) -> TxAttempt:
+    assert w.nonce is not None and w.hot_wallet is not None
+    return TxAttempt(
+        withdrawal_id=w.id,
+        purpose=purpose,
+        seq=seq,
+        network=w.network,
+        hot_wallet=w.hot_wallet,
+        nonce=w.nonce,
+        tx_hash="0x" + secrets.token_hex(32),
+        raw_tx="0x00",
+        tx_type=2,
+        gas_limit=gas,
+        max_fee_per_gas=max_fee,
+        max_priority_fee_per_gas=1,
+    )
+
+
+async def test_funds_read_at_a_block_count_what_the_engine_signed_at_the_nonces_in_between(
+    harness: Harness,
+) -> None:
+    """Balances read at a block (shared by every signature at that head) are what the wallet had with
+    its nonces below the block's count sent. Only its own transactions can take from it, so the nonces
+    between that count and this one are charged at their costliest attempt (value + gas x fee
+    ceiling; a cancellation's value is 0; tokens only for the same token). When that does not cover
+    the transaction, or a nonce in between is not the engine's to bound (sent outside it, a fill, not
+    allocated), the node's pending balance decides. The wallet here has nothing on chain, so a check
+    passes only if the block read passes it, until the chain says otherwise."""
+    cfg = harness.config.networks["ethereum"]
+    acts, rpc = harness.engine.transactions, harness.engine.chains["ethereum"]
+    url = harness.stack.rpc_urls["ethereum"]
+    wallet, gwei = new_wallet()[0], 10**9
+    a = _withdrawal_at(wallet, 10, "ETH", 5 * 10**18)  # replaced once: its costlier attempt counts
+    b = _withdrawal_at(wallet, 11, "USDT", 7 * 10**6)  # a token transfer: its fee in coins, 7 USDT
+    c = _withdrawal_at(wallet, 12, "ETH", 2 * 10**18)  # cancelled: only the cancellation's fee
+    d = _withdrawal_at(wallet, 13, "ETH", 10**18)  # nothing signed yet: nothing to charge
+    mine = _withdrawal_at(wallet, 14, "ETH", 10**18)
+    token = _withdrawal_at(wallet, 14, "USDT", 3 * 10**6)
+    async with harness.db.transaction() as s:
+        for w in (a, b, c, d, mine):
+            s.add(w)
+            s.add(NonceAllocation(network="ethereum", hot_wallet=wallet, nonce=w.nonce, withdrawal_id=w.id))
+        s.add_all(
+            [
+                _attempt(a, TxPurpose.WITHDRAWAL, 0, 21_000, 100 * gwei),
+                _attempt(a, TxPurpose.WITHDRAWAL, 1, 21_000, 200 * gwei),
+                _attempt(b, TxPurpose.WITHDRAWAL, 0, 60_000, 100 * gwei),
+                _attempt(c, TxPurpose.CANCEL, 0, 21_000, 300 * gwei),
+            ]
+        )
+    spent = 5 * 10**18 + 21_000 * 200 * gwei + 60_000 * 100 * gwei + 21_000 * 300 * gwei
+    fee = 21_000 * 100 * gwei
+    need = spent + mine.amount + fee
+
+    async def check(w: Withdrawal, coins: int, tokens: int | None = None, count: int = 10) -> bool:
+        try:
+            await acts._check_funds(w, cfg, rpc, Funds(coins, tokens, at_block=(1, count)), fee)
+        except ApplicationError as e:
+            assert e.type == "INSUFFICIENT_HOT_WALLET_FUNDS", e
+            return False
+        return True
+
+    assert await check(mine, need)
+    assert not await check(mine, need - 1)  # short by one wei at the block; nothing on chain either
+    assert await check(mine, mine.amount + fee, count=14)  # nothing in between: the balance alone
+    assert not await check(mine, mine.amount + fee - 1, count=14)
+    assert not await check(mine, need, count=9)  # nonce 9 is not the engine's: the chain decides
+    assert await check(token, spent + fee, 10 * 10**6)  # a token transfer pays only its fee in coins
+    assert not await check(token, spent + fee - 1, 10 * 10**6)
+    assert not await check(token, 10**30, 10 * 10**6 - 1)  # 7 of the 10 USDT are taken by nonce 11
+    # The chain's pending balance decides when the block read falls short: there is enough now.
+    processes.rpc(url, "anvil_setBalance", [wallet, hex(need)])
+    assert await check(mine, need - 1)
+    processes.rpc(url, "anvil_setBalance", [wallet, "0x0"])
+    async with harness.db.transaction() as s:  # nonce 12 was taken by a transaction outside the engine
+        await repo.mark_allocation(s, "ethereum", wallet, 12, purpose=NoncePurpose.EXTERNAL)
+    assert not await check(mine, 10**30)

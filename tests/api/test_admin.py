@@ -210,6 +210,16 @@ async def test_balance_is_checked_right_before_signing(harness: Harness) -> None
     wid = (await harness.request(native_body(network, to, "150"))).json()["id"]  # above the threshold
     await harness.wait_status(wid, {"AWAITING_APPROVAL"})
     await asyncio.to_thread(chain.set_balance, url, wallet, 10**18)  # swept to 1 POL
+    # On a chain a balance changes in a block: signing reads it at the engine's head block, so the
+    # approval comes once a block after the sweep is that head (anvil_setBalance needs no block).
+    swept_in = int(processes.rpc(url, "eth_blockNumber", []), 16)
+    watcher = harness.engine.chains[network].watcher
+    for _ in range(200):
+        if watcher is not None and watcher.healthy and watcher.head > swept_in:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the engine's head did not pass block {swept_in}")
     approve = await harness.http.post(
         f"/admin/transactions/{wid}/approve", headers=await harness.operator_headers("APPROVER")
     )
