@@ -122,9 +122,9 @@ async def test_funds_read_at_a_block_count_what_the_engine_signed_at_the_nonces_
     mine = _withdrawal_at(wallet, 14, "ETH", 10**18)
     token = _withdrawal_at(wallet, 14, "USDT", 3 * 10**6)
     async with harness.db.transaction() as s:
-        for w in (a, b, c, d, mine):
+        for w, nonce in ((a, 10), (b, 11), (c, 12), (d, 13), (mine, 14)):
             s.add(w)
-            s.add(NonceAllocation(network="ethereum", hot_wallet=wallet, nonce=w.nonce, withdrawal_id=w.id))
+            s.add(NonceAllocation(network="ethereum", hot_wallet=wallet, nonce=nonce, withdrawal_id=w.id))
         s.add_all(
             [
                 _attempt(a, TxPurpose.WITHDRAWAL, 0, 21_000, 100 * gwei),
