@@ -20,9 +20,9 @@ from devstack.bootstrap import migrate
 from models import repo
 from models.amounts import MAX_AMOUNT_UNITS
 from models.db import Database
-from models.domain import ReservationState, WithdrawalRequest, WithdrawalStatus
+from models.domain import NoncePurpose, ReservationState, TxPurpose, WithdrawalRequest, WithdrawalStatus
 from models.lifecycle import StaleTransition
-from models.tables import FundReservation, HotWallet, WalletHold, Withdrawal
+from models.tables import FundReservation, HotWallet, NonceAllocation, TxAttempt, WalletHold, Withdrawal
 from settings import ROOT, AssetLimits, EngineConfig, NetworkConfig
 from tests.databases import create_database, start_mariadb
 
@@ -524,3 +524,52 @@ async def test_totals_too_high_are_found_and_corrected(db_pair: tuple[Database, 
         assert await repo.in_flight_counts(s, "ethereum") == {WALLET: 1}
         assert await repo.held_amounts(s, "ethereum") == truth
     del w
+
+
+async def test_nonces_ahead_lists_each_allocation_with_its_attempts(
+    db_pair: tuple[Database, Database],
+) -> None:
+    """What the funds check before signing bounds its balance with: per nonce in a range, the
+    allocation's purpose and every attempt at it with its withdrawal's asset and amount (uint256 exact)."""
+    db, _ = db_pair
+    big = _withdrawal(MAX_AMOUNT_UNITS)
+    small, unsigned, other_wallet = _withdrawal(5), _withdrawal(6), _withdrawal(7)
+
+    def attempt(w: Withdrawal, nonce: int, seq: int, fee: int) -> TxAttempt:
+        return TxAttempt(
+            withdrawal_id=w.id,
+            purpose=TxPurpose.WITHDRAWAL,
+            seq=seq,
+            network="ethereum",
+            hot_wallet=WALLET,
+            nonce=nonce,
+            tx_hash=f"0x{uuid.uuid4().hex}{seq}",
+            raw_tx="0x00",
+            tx_type=2,
+            gas_limit=21_000,
+            max_fee_per_gas=fee,
+        )
+
+    async with db.transaction() as s:
+        s.add_all([big, small, unsigned, other_wallet])
+        for nonce, w, wallet, purpose in (
+            (3, big, WALLET, NoncePurpose.WITHDRAWAL),
+            (4, small, WALLET, NoncePurpose.EXTERNAL),
+            (5, unsigned, WALLET, NoncePurpose.WITHDRAWAL),
+            (6, other_wallet, WALLET, NoncePurpose.WITHDRAWAL),
+            (4, other_wallet, "0x00000000000000000000000000000000000000B2", NoncePurpose.WITHDRAWAL),
+        ):
+            s.add(
+                NonceAllocation(
+                    network="ethereum", hot_wallet=wallet, nonce=nonce, withdrawal_id=w.id, purpose=purpose
+                )
+            )
+        s.add_all([attempt(big, 3, 0, 10), attempt(big, 3, 1, MAX_AMOUNT_UNITS), attempt(small, 4, 0, 9)])
+    async with db.read() as s:
+        rows = sorted(await repo.nonces_ahead(s, "ethereum", WALLET, 3, 6), key=lambda r: (r[0], r[4] or 0))
+    assert rows == [
+        (3, "WITHDRAWAL", "WITHDRAWAL", 21_000, 10, None, "ETH", MAX_AMOUNT_UNITS),
+        (3, "WITHDRAWAL", "WITHDRAWAL", 21_000, MAX_AMOUNT_UNITS, None, "ETH", MAX_AMOUNT_UNITS),
+        (4, "EXTERNAL", "WITHDRAWAL", 21_000, 9, None, "ETH", 5),
+        (5, "WITHDRAWAL", None, None, None, None, "ETH", 6),
+    ]
