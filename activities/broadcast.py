@@ -14,7 +14,7 @@ from activities.rpc import ChainRpc, Chains, RpcError, RpcUnavailable
 from activities.rpc_errors import RpcErrorKind
 from models import repo
 from models.db import Database
-from models.domain import BroadcastInput, ErrorCode, TxOutcome
+from models.domain import BroadcastInput, ErrorCode, TxOutcome, TxPurpose
 from models.tables import TxAttempt
 
 log = structlog.get_logger()
@@ -43,11 +43,20 @@ async def find_mined_attempt(
     return None
 
 
+def resendable(attempts: list[TxAttempt]) -> list[TxAttempt]:
+    """The attempts a resend may send: every one not FAILED, except that once a cancellation is
+    signed at the nonce only cancellations are sent again. The withdrawal's own bytes are then never
+    put back on a node that lost them (a cancel accepted before the broadcast must not pay out
+    because a node dropped the cancellation); if one of them is mined anyway, it is found as before."""
+    live = [a for a in attempts if a.outcome != TxOutcome.FAILED]
+    cancels = [a for a in live if a.purpose == TxPurpose.CANCEL]
+    return cancels or live
+
+
 async def resend(rpc: ChainRpc, withdrawal_id: str, attempts: list[TxAttempt]) -> None:
-    """Send the recorded bytes of every live attempt again (a dropped transaction comes back)."""
-    for a in attempts:
-        if a.outcome == TxOutcome.FAILED:
-            continue
+    """Send the recorded bytes of the attempts a resend may send again (`resendable`): a dropped
+    transaction comes back."""
+    for a in resendable(attempts):
         try:
             await rpc.send_raw(a.raw_tx)
             log.info("withdrawal.resent", withdrawal_id=withdrawal_id, tx_hash=a.tx_hash)

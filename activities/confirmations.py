@@ -258,13 +258,15 @@ class ConfirmationActivities:
 
     async def _still_included(self, rpc: ChainRpc, inp: AwaitInput) -> bool:
         """Whether the block our transaction was included in is still the canonical block at that
-        height (a block's hash commits to its transactions). Only a changed or missing block proves
-        a reorg; when no node answers, the answer is "still included" (wait, do not resend)."""
+        height (a block's hash commits to its transactions). Only another block at that height proves
+        a reorg. A node without a block there (one behind the others, e.g. a failover endpoint) proves
+        nothing, and neither does no answer: "still included" (wait, do not resend); a chain that did
+        fall back below that height shows another block there once it grows past it again."""
         try:
             block = await rpc.block(inp.included_block_number)
         except RpcUnavailable:
             return True
-        return block is not None and block.get("hash") == inp.included_block_hash
+        return block is None or block.get("hash") == inp.included_block_hash
 
     async def _reorged(self, withdrawal_id: str, tx_hash: str, *, moved: bool) -> Inclusion:
         async with self.db.transaction() as s:

@@ -1,5 +1,6 @@
 """A JSON-RPC proxy in front of anvil for fault injection: it can hold eth_sendRawTransaction, and
-lie like a lagging or pruned node behind a load balancer (null for every mined transaction)."""
+lie like a lagging or pruned node behind a load balancer (null for every mined transaction, null for
+blocks from some height up)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class RpcProxy:
         self.hide_transactions = False
         self.hidden = 0  # how many lookups were answered null
         self.stale_blocks = 0  # answer eth_blockNumber this many blocks behind (a lagging node)
+        # Answer null to eth_getBlockByNumber at this height and above, as a node behind would.
+        self.hide_blocks_from: int | None = None
         self._http = httpx.AsyncClient(timeout=30)
         app = Starlette(routes=[Route("/", self._handle, methods=["POST"])])
         self._server = uvicorn.Server(
@@ -46,12 +49,15 @@ class RpcProxy:
             return Response(b"upstream unavailable", self.fail_status)
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.hide_transactions and any(m in body for m in _LOOKUPS):
-            if isinstance(json.loads(body), list):  # a batch: its lookups null, the rest from the node
-                return Response(json.dumps(await self._lie_in_batch(json.loads(body))), 200)
-            request_id = json.loads(body).get("id")
-            self.hidden += 1
-            return Response(json.dumps({"jsonrpc": "2.0", "id": request_id, "result": None}), 200)
+        if (self.hide_transactions and any(m in body for m in _LOOKUPS)) or (
+            self.hide_blocks_from is not None and b"eth_getBlockByNumber" in body
+        ):
+            parsed = json.loads(body)
+            if isinstance(parsed, list):  # a batch: its lookups null, the rest from the node
+                return Response(json.dumps(await self._lie_in_batch(parsed)), 200)
+            if self._hides(parsed):
+                self.hidden += 1
+                return Response(json.dumps({"jsonrpc": "2.0", "id": parsed.get("id"), "result": None}), 200)
         if not self._open.is_set() and b"eth_sendRawTransaction" in body:
             self.held += 1
             await self._open.wait()
@@ -65,8 +71,18 @@ class RpcProxy:
                 return Response(json.dumps(data), 200, media_type="application/json")
         return Response(resp.content, resp.status_code, media_type="application/json")
 
+    def _hides(self, item: dict[str, object]) -> bool:
+        method = str(item.get("method")).encode()
+        if self.hide_transactions and method in _LOOKUPS:
+            return True
+        if self.hide_blocks_from is not None and method == b"eth_getBlockByNumber":
+            params = item.get("params")
+            tag = params[0] if isinstance(params, list) and params else None
+            return isinstance(tag, str) and tag.startswith("0x") and int(tag, 16) >= self.hide_blocks_from
+        return False
+
     async def _lie_in_batch(self, items: list[dict[str, object]]) -> list[object]:
-        lookups = [i for i in items if str(i.get("method")).encode() in _LOOKUPS]
+        lookups = [i for i in items if self._hides(i)]
         self.hidden += len(lookups)
         rest = [i for i in items if i not in lookups]
         answered = (await self._http.post(self.upstream, json=rest)).json() if rest else []

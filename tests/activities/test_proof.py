@@ -97,6 +97,27 @@ async def test_null_receipts_during_confirmation_are_not_a_reorg(lying: tuple[Ha
     await _paid_once(h, wid, to, 4 * 10**17)
 
 
+async def test_a_node_behind_the_including_block_is_not_a_reorg(lying: tuple[Harness, RpcProxy]) -> None:
+    """A node that has neither the receipt nor the block that included it (one lagging behind, e.g.
+    a failover endpoint) proves nothing: the withdrawal keeps waiting, no reorg is recorded, no
+    `withdrawal.reorged`, and it confirms once the node has caught up."""
+    h, proxy = lying
+    to = new_wallet()[0]
+    wid = (await h.request(native_body(NETWORK, to, "0.45"))).json()["id"]
+    mined = await h.wait_status(wid, {"CONFIRMING"})
+    async with h.db.read() as s:
+        w = await repo.get_withdrawal(s, wid)
+    assert w is not None and w.block_number is not None
+    proxy.hide_transactions, proxy.hide_blocks_from = True, w.block_number
+    await asyncio.sleep(LIE_SECONDS)
+    assert proxy.hidden > 0
+    assert (await h.status(wid))["status"] == "CONFIRMING", mined
+    proxy.hide_transactions, proxy.hide_blocks_from = False, None
+    history = await _paid_once(h, wid, to, 45 * 10**16)
+    statuses = [e.status for e in history if e.kind is HistoryKind.STATUS]
+    assert WithdrawalStatus.BROADCAST not in statuses[statuses.index(WithdrawalStatus.CONFIRMING) :]
+
+
 async def test_the_nonce_holder_is_proven_from_blocks_or_unproven(stack: Stack) -> None:
     """`find_nonce_holder` against a real node: the sender and nonce in a block decide, at depth."""
     from eth_account import Account

@@ -11,12 +11,13 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
+from activities.broadcast import resendable
 from activities.fees import FeeAboveCap
 from activities.rpc import ChainRpc
 from activities.transactions import Funds, fee_cap, quote_fees
 from devstack import processes
 from models import repo
-from models.domain import NoncePurpose, TxPurpose, WithdrawalStatus
+from models.domain import NoncePurpose, TxOutcome, TxPurpose, WithdrawalStatus
 from models.tables import NonceAllocation, TxAttempt, Withdrawal
 from tests.stack import Harness, Stack, native_body, new_wallet
 
@@ -160,3 +161,16 @@ async def test_funds_read_at_a_block_count_what_the_engine_signed_at_the_nonces_
     async with harness.db.transaction() as s:  # nonce 12 was taken by a transaction outside the engine
         await repo.mark_allocation(s, "ethereum", wallet, 12, purpose=NoncePurpose.EXTERNAL)
     assert not await check(mine, 10**30)
+
+
+def test_once_a_cancellation_is_signed_only_cancellations_are_sent_again() -> None:
+    """A cancel accepted after signing but before the broadcast: if a node then loses the
+    cancellation, a resend must not put the withdrawal's own bytes on it (they would pay out)."""
+    w = _withdrawal_at(new_wallet()[0], 3, "ETH", 10**18)
+    original = _attempt(w, TxPurpose.WITHDRAWAL, 0, 21_000, 10)
+    bumped = _attempt(w, TxPurpose.WITHDRAWAL, 1, 21_000, 12)
+    assert resendable([original, bumped]) == [original, bumped]
+    bumped.outcome = TxOutcome.FAILED
+    assert resendable([original, bumped]) == [original]
+    cancel = _attempt(w, TxPurpose.CANCEL, 0, 21_000, 20)
+    assert resendable([original, bumped, cancel]) == [cancel]
