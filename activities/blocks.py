@@ -70,6 +70,11 @@ def token_balance_read(token: str, wallet: str) -> Read:
     return ("token_balance", token.lower(), wallet.lower()), "eth_call", partial(_at_block, [call])
 
 
+def code_read(address: str) -> Read:
+    """An address's code at the head block (never reused beyond its block: code can appear)."""
+    return ("code", address.lower()), "eth_getCode", partial(_at_block, [address])
+
+
 def nonce_read(wallet: str) -> Read:
     """A wallet's transaction count at the head block: the nonces below it are mined there."""
     return ("nonce", wallet.lower()), "eth_getTransactionCount", partial(_at_block, [wallet])

@@ -20,9 +20,9 @@ from activities.failures import fail, rpc_down
 from activities.fees import FeeAboveCap
 from activities.pauses import held_by_pause
 from activities.proof import find_nonce_holder
-from activities.rpc import Chains, RpcError, RpcUnavailable
+from activities.rpc import ChainIdMismatch, Chains, RpcError, RpcUnavailable
 from activities.signer import KeystoreSigner
-from activities.transactions import quote_fees, self_transfer
+from activities.transactions import preflight, quote_fees, self_transfer
 from models import repo
 from models.db import Database
 from models.domain import (
@@ -59,8 +59,23 @@ class NonceActivities:
 
     @activity.defn
     async def allocate_nonce(self, ref: WithdrawalRef) -> NonceAllocation:
-        async with self.db.transaction() as s:
+        """The withdrawal's nonce (a retry gets the same one). Before the first one is taken, a token
+        transfer the token would refuse fails non-retryable (`transactions.preflight`), so it parks
+        without a nonce that the wallet's later withdrawals would wait behind."""
+        async with self.db.read() as s:
             w = await repo.get_withdrawal(s, ref.withdrawal_id)
+            held = await held_by_pause(s, w.network, w.hot_wallet) if w else None
+            taken = await repo.active_allocation(s, ref.withdrawal_id) if w else None
+        if held is not None:  # the kill switch: the withdrawal stays PENDING, no nonce taken
+            raise held
+        if w is not None and taken is None and w.network in self.config.networks:
+            try:
+                await preflight(w, self.config.networks[w.network], self.chains[w.network])
+            except ChainIdMismatch as e:
+                raise fail(ErrorCode.CHAIN_ID_MISMATCH, str(e)) from e
+            except RpcUnavailable as e:
+                raise rpc_down(e) from e
+        async with self.db.transaction() as s:
             held = await held_by_pause(s, w.network, w.hot_wallet) if w else None
             if held is not None:  # the kill switch: the withdrawal stays PENDING, no nonce taken
                 raise held

@@ -13,7 +13,7 @@ from temporalio import activity
 
 from activities import fees as feemath
 from activities.alerts import Alerter
-from activities.blocks import Read, balance_read, nonce_read, token_balance_read, watcher_for
+from activities.blocks import Read, balance_read, code_read, nonce_read, token_balance_read, watcher_for
 from activities.failures import fail, rpc_down
 from activities.pauses import held_by_pause
 from activities.rpc import ChainIdMismatch, ChainRpc, Chains, RpcError, RpcUnavailable, balance_of_data
@@ -118,6 +118,58 @@ def _funds(coins: Any, tokens: Any) -> Funds:
     return Funds(coins=int(coins, 16), tokens=None if tokens is None else int(tokens, 16))
 
 
+def transfer(w: Withdrawal, cfg: NetworkConfig) -> dict[str, Any]:
+    """The withdrawal's transfer from its hot wallet, without gas, nonce and fees: the coins to the
+    recipient, or the token contract's transfer(recipient, amount)."""
+    if w.asset == cfg.native_asset:
+        return {"from": w.hot_wallet, "to": w.to_address, "value": w.amount, "data": "0x"}
+    return {
+        "from": w.hot_wallet,
+        "to": cfg.tokens[w.asset].address,
+        "value": 0,
+        "data": erc20_transfer_data(w.to_address, w.amount),
+    }
+
+
+async def estimate(rpc: ChainRpc, call: dict[str, Any]) -> int:
+    try:
+        return await rpc.estimate_gas(call)
+    except RpcError as e:
+        return estimated(e)
+
+
+def estimated(answer: Any) -> int:
+    """A gas estimate's answer: the gas, or EXECUTION_REVERTED (non-retryable) when the transfer would
+    revert; another node error is raised as it is (retried)."""
+    if isinstance(answer, RpcError):
+        if answer.kind is RpcErrorKind.EXECUTION_REVERTED:
+            raise fail(
+                ErrorCode.EXECUTION_REVERTED, f"the transfer would revert: {answer.message}"
+            ) from answer
+        raise answer
+    return int(answer, 16)
+
+
+def gas_limit(cfg: NetworkConfig, estimate: int, *, native: bool) -> int:
+    """The estimate with the network's margin, within its cap (GAS_ABOVE_CAP, non-retryable, above)."""
+    limit = int(Decimal(estimate) * cfg.gas_limit_margin)
+    cap = cfg.native_contract_gas_limit_cap if native else cfg.token_gas_limit_cap
+    if estimate > cap:
+        raise fail(ErrorCode.GAS_ABOVE_CAP, f"the transfer needs {estimate} gas, above the cap of {cap}")
+    return min(limit, cap)
+
+
+async def preflight(w: Withdrawal, cfg: NetworkConfig, rpc: ChainRpc) -> None:
+    """Before a token transfer takes a nonce: one the token would refuse (the recipient blacklisted,
+    the token paused) fails here, non-retryable (EXECUTION_REVERTED, or GAS_ABOVE_CAP), so the
+    withdrawal parks without a nonce that the wallet's later withdrawals would wait behind. Signing
+    estimates again (the chain may change in between). Native sends are not estimated here: the
+    recipient's code is read once, at signing (a send to a contract that reverts parks there, with
+    its nonce)."""
+    if w.asset != cfg.native_asset:
+        gas_limit(cfg, await estimate(rpc, transfer(w, cfg)), native=False)
+
+
 def new_attempt(
     *,
     withdrawal_id: str,
@@ -177,16 +229,8 @@ class TransactionActivities:
             return self_transfer(w.hot_wallet, cfg), None
         native = w.asset == cfg.native_asset
         token = None if native else cfg.tokens[w.asset].address
-        if token is None:
-            tx: dict[str, Any] = {"from": w.hot_wallet, "to": w.to_address, "value": w.amount, "data": "0x"}
-        else:
-            tx = {
-                "from": w.hot_wallet,
-                "to": token,
-                "value": 0,
-                "data": erc20_transfer_data(w.to_address, w.amount),
-            }
-        call = {k: v for k, v in tx.items() if k in ("from", "to", "value", "data")}
+        tx = transfer(w, cfg)
+        call = dict(tx)
         extra: list[tuple[str, list[Any]]] = []  # this transaction's own reads
         if token is not None:
             extra.append(("eth_estimateGas", [call]))
@@ -195,10 +239,9 @@ class TransactionActivities:
             # With the reads of the head block (the fee quote's, the recipient's code, the wallet's
             # balances and count): one batch, or none when another transaction read them at this head.
             fee = _fee_read("eth_gasPrice" if cfg.fee_model == "legacy" else "eth_maxPriorityFeePerGas")
-            to = w.to_address
             shared: list[Read] = [fee]
             if native:
-                shared.append((("code", to.lower()), "eth_getCode", lambda n: [to, hex(n)]))
+                shared.append(code_read(w.to_address))
             if funds:
                 shared += [balance_read(w.hot_wallet), nonce_read(w.hot_wallet)]
                 if token is not None:
@@ -221,9 +264,9 @@ class TransactionActivities:
             if code_answer in ("0x", "0x0", ""):
                 tx["gas"] = cfg.native_gas_limit
             else:
-                tx["gas"] = self._gas_limit(cfg, await self._estimate(rpc, call), native=True)
+                tx["gas"] = gas_limit(cfg, await estimate(rpc, call), native=True)
         else:
-            tx["gas"] = self._gas_limit(cfg, self._estimated(next(out)), native=False)
+            tx["gas"] = gas_limit(cfg, estimated(next(out)), native=False)
         if not funds:
             return tx, None
         if head is not None:
@@ -241,28 +284,6 @@ class TransactionActivities:
         assert w.hot_wallet is not None
         answers = await rpc.batch(_pending_reads(w.hot_wallet, token))
         return _funds(answers[0], answers[1] if token is not None else None)
-
-    async def _estimate(self, rpc: ChainRpc, call: dict[str, Any]) -> int:
-        try:
-            return await rpc.estimate_gas(call)
-        except RpcError as e:
-            return self._estimated(e)
-
-    def _estimated(self, answer: Any) -> int:
-        if isinstance(answer, RpcError):
-            if answer.kind is RpcErrorKind.EXECUTION_REVERTED:
-                raise fail(
-                    ErrorCode.EXECUTION_REVERTED, f"the transfer would revert: {answer.message}"
-                ) from answer
-            raise answer
-        return int(answer, 16)
-
-    def _gas_limit(self, cfg: NetworkConfig, estimate: int, *, native: bool) -> int:
-        limit = int(Decimal(estimate) * cfg.gas_limit_margin)
-        cap = cfg.native_contract_gas_limit_cap if native else cfg.token_gas_limit_cap
-        if estimate > cap:
-            raise fail(ErrorCode.GAS_ABOVE_CAP, f"the transfer needs {estimate} gas, above the cap of {cap}")
-        return min(limit, cap)
 
     async def _check_funds(
         self, w: Withdrawal, cfg: NetworkConfig, rpc: ChainRpc, funds: Funds, max_fee: int

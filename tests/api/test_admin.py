@@ -76,7 +76,9 @@ async def test_needs_attention_then_retry_from_the_cli_with_no_input(harness: Ha
     await assert_invariants(harness, [wid])
 
 
-async def test_cancel_in_needs_attention_fills_the_nonce_with_a_self_transfer(harness: Harness) -> None:
+async def test_a_transfer_that_would_revert_parks_without_a_nonce(harness: Harness) -> None:
+    """A token transfer the token refuses (a blacklisted recipient) is found before a nonce is taken:
+    it parks, and the wallet's later withdrawals are not held behind it; a cancel then sends nothing."""
     network = "bsc"
     url, token = harness.stack.rpc_urls[network], harness.stack.tokens[network]["USDT"]
     wallet = harness.config.networks[network].hot_wallets[0]
@@ -86,8 +88,40 @@ async def test_cancel_in_needs_attention_fills_the_nonce_with_a_self_transfer(ha
         {"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "7"}
     )
     wid = r.json()["id"]
-    await harness.wait_status(wid, {"NEEDS_ATTENTION"})
-    # Another withdrawal takes the next nonce and must not stall behind the parked one.
+    parked = await harness.wait_status(wid, {"NEEDS_ATTENTION"})
+    assert parked["error"]["code"] == "EXECUTION_REVERTED" and parked["tx_hash"] is None, parked
+    other = await harness.request(native_body(network, new_wallet()[0], "0.01"))
+    assert (await harness.wait_status(other.json()["id"], {"CONFIRMED"}))["status"] == "CONFIRMED"
+    async with harness.db.read() as s:
+        assert [a for a in await repo.nonce_allocations(s, network, wallet) if a.withdrawal_id == wid] == []
+    token_jwt = await _admin_token(harness)
+    c = await harness.http.post(
+        f"/admin/transactions/{wid}/cancel",
+        json={"reason": "customer asked"},
+        headers={"Authorization": f"Bearer {token_jwt}"},
+    )
+    assert c.status_code == 200 and c.json()["withdrawal"]["status"] == "CANCELLED", c.text
+    final = await harness.wait_status(wid, {"CANCELLED"})
+    assert final["error"]["message"] == "customer asked" and final["tx_hash"] is None
+    assert chain.token_balance(url, token, to) == 0
+    await assert_invariants(harness, [wid, other.json()["id"]])
+
+
+async def test_cancel_in_needs_attention_fills_the_nonce_with_a_self_transfer(harness: Harness) -> None:
+    """Parked holding a nonce (here: the signing key went missing after the nonce was taken): a
+    cancel fills that nonce with a 0-value self-transfer, so the wallet's later nonces are mined."""
+    network = "bsc"
+    url = harness.stack.rpc_urls[network]
+    wallet = harness.config.networks[network].hot_wallets[0]
+    to, _ = new_wallet()
+    key = harness.engine.signer._keys.pop(wallet)
+    try:
+        wid = (await harness.request(native_body(network, to, "0.02"))).json()["id"]
+        parked = await harness.wait_status(wid, {"NEEDS_ATTENTION"})
+        assert parked["error"]["code"] == "SIGNER_UNAVAILABLE", parked
+    finally:
+        harness.engine.signer._keys[wallet] = key
+    # Another withdrawal takes the next nonce; it is mined once the parked one's nonce is filled.
     other = await harness.request(native_body(network, new_wallet()[0], "0.01"))
     token_jwt = await _admin_token(harness)
     c = await harness.http.post(
@@ -101,7 +135,7 @@ async def test_cancel_in_needs_attention_fills_the_nonce_with_a_self_transfer(ha
     tx = processes.rpc(url, "eth_getTransactionByHash", [final["tx_hash"]])
     assert tx["to"].lower() == wallet.lower() and int(tx["value"], 16) == 0
     assert (await harness.wait_status(other.json()["id"], {"CONFIRMED"}))["status"] == "CONFIRMED"
-    assert chain.token_balance(url, token, to) == 0
+    assert int(processes.rpc(url, "eth_getBalance", [to, "latest"]), 16) == 0
     await assert_invariants(harness, [wid, other.json()["id"]])
 
 
