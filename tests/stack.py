@@ -195,6 +195,17 @@ class Harness:
         self.workers = build_workers(self.client, self.engine, self.settings.task_queue, self.settings)
         self._runs = [asyncio.create_task(w.run()) for w in self.workers]
 
+    @contextmanager
+    def signing_key_missing(self, network: str) -> Iterator[None]:
+        """Meanwhile the network's first hot wallet has no signing key in this engine: a withdrawal
+        takes its nonce and then parks (SIGNER_UNAVAILABLE) with nothing signed at it."""
+        wallet = self.config.networks[network].hot_wallets[0]
+        key = self.engine.signer._keys.pop(wallet)
+        try:
+            yield
+        finally:
+            self.engine.signer._keys[wallet] = key
+
     async def stop_worker(self) -> None:
         """Shut the workers down; bounded, as worker.py does (after a server restart it can hang)."""
         if self.workers:

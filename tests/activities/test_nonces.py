@@ -104,12 +104,9 @@ async def test_nonce_of_a_terminated_workflow_is_filled_and_later_withdrawals_pr
     harness: Harness,
 ) -> None:
     network = "polygon"
-    url, usdt = harness.stack.rpc_urls[network], harness.stack.tokens[network]["USDT"]
-    to = new_wallet()[0]
-    await asyncio.to_thread(chain.blacklist, url, usdt, to)
-    body = {"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "9"}
-    orphan = (await harness.request(body)).json()["id"]
-    await harness.wait_status(orphan, {"NEEDS_ATTENTION"})  # nonce 0 allocated, nothing signed
+    with harness.signing_key_missing(network):
+        orphan = (await harness.request(native_body(network, new_wallet()[0], "0.02"))).json()["id"]
+        await harness.wait_status(orphan, {"NEEDS_ATTENTION"})  # nonce 0 allocated, nothing signed
     await harness.client.get_workflow_handle(f"withdrawal-{orphan}").terminate("operator gave up")
     later = (await harness.request(native_body(network, new_wallet()[0], "0.01"))).json()["id"]  # nonce 1
     await asyncio.sleep(1.5)
@@ -180,18 +177,15 @@ async def test_signing_refuses_a_nonce_that_is_no_longer_the_withdrawals(harness
     """The nonce of a parked withdrawal was filled meanwhile (e.g. by the reconciler): a retry must not
     sign a second transaction at it; the withdrawal parks again, nothing is signed."""
     network = "bsc"
-    url, usdt = harness.stack.rpc_urls[network], harness.stack.tokens[network]["USDT"]
     wallet = harness.config.networks[network].hot_wallets[0]
     to = new_wallet()[0]
-    await asyncio.to_thread(chain.blacklist, url, usdt, to)
-    body = {"user_id": "u", "network": network, "asset": "USDT", "to_address": to, "amount": "4"}
-    wid = (await harness.request(body)).json()["id"]
-    parked = await harness.wait_status(wid, {"NEEDS_ATTENTION"})
-    assert parked["error"]["code"] == "EXECUTION_REVERTED"
+    with harness.signing_key_missing(network):
+        wid = (await harness.request(native_body(network, to, "0.04"))).json()["id"]
+        parked = await harness.wait_status(wid, {"NEEDS_ATTENTION"})
+    assert parked["error"]["code"] == "SIGNER_UNAVAILABLE"
     nonce = (await harness.operator_view(wid))["nonce"]
     async with harness.db.transaction() as s:
         await repo.mark_allocation(s, network, wallet, nonce, purpose=NoncePurpose.FILL)
-    await asyncio.to_thread(chain.blacklist, url, usdt, to, False)
     await harness.client.get_workflow_handle(f"withdrawal-{wid}").signal("retry")
     for _ in range(100):
         detail = await harness.operator_view(wid)
@@ -199,7 +193,7 @@ async def test_signing_refuses_a_nonce_that_is_no_longer_the_withdrawals(harness
             break
         await asyncio.sleep(0.2)
     assert detail["error"]["code"] == "NONCE_CONFLICT" and "no longer allocated" in detail["error"]["message"]
-    assert detail["attempts"] == [] and chain.token_balance(url, usdt, to) == 0
+    assert detail["attempts"] == [] and int(rpc(harness, network, "eth_getBalance", to, "latest"), 16) == 0
 
 
 async def test_only_not_found_or_a_closed_workflow_means_not_running(harness: Harness) -> None:

@@ -114,13 +114,10 @@ async def test_cancel_in_needs_attention_fills_the_nonce_with_a_self_transfer(ha
     url = harness.stack.rpc_urls[network]
     wallet = harness.config.networks[network].hot_wallets[0]
     to, _ = new_wallet()
-    key = harness.engine.signer._keys.pop(wallet)
-    try:
+    with harness.signing_key_missing(network):
         wid = (await harness.request(native_body(network, to, "0.02"))).json()["id"]
         parked = await harness.wait_status(wid, {"NEEDS_ATTENTION"})
         assert parked["error"]["code"] == "SIGNER_UNAVAILABLE", parked
-    finally:
-        harness.engine.signer._keys[wallet] = key
     # Another withdrawal takes the next nonce; it is mined once the parked one's nonce is filled.
     other = await harness.request(native_body(network, new_wallet()[0], "0.01"))
     token_jwt = await _admin_token(harness)
