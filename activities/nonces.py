@@ -59,18 +59,21 @@ class NonceActivities:
 
     @activity.defn
     async def allocate_nonce(self, ref: WithdrawalRef) -> NonceAllocation:
-        """The withdrawal's nonce (a retry gets the same one). Before the first one is taken, a token
-        transfer the token would refuse fails non-retryable (`transactions.preflight`), so it parks
-        without a nonce that the wallet's later withdrawals would wait behind."""
+        """The withdrawal's nonce (a retry gets the same one). First, for a token transfer, one the
+        token would refuse fails non-retryable (`transactions.preflight`), so it parks without a nonce
+        that the wallet's later withdrawals would wait behind (a repeat after the nonce was taken
+        estimates again: the same answer signing would get)."""
         async with self.db.read() as s:
             w = await repo.get_withdrawal(s, ref.withdrawal_id)
-            held = await held_by_pause(s, w.network, w.hot_wallet) if w else None
-            taken = await repo.active_allocation(s, ref.withdrawal_id) if w else None
-        if held is not None:  # the kill switch: the withdrawal stays PENDING, no nonce taken
+            cfg = self.config.networks.get(w.network) if w else None
+            token = w is not None and cfg is not None and w.asset != cfg.native_asset
+            held = await held_by_pause(s, w.network, w.hot_wallet) if w and token else None
+        if held is not None:  # the kill switch first: the withdrawal stays PENDING, no nonce taken
             raise held
-        if w is not None and taken is None and w.network in self.config.networks:
+        if token:
+            assert w is not None and cfg is not None
             try:
-                await preflight(w, self.config.networks[w.network], self.chains[w.network])
+                await preflight(w, cfg, self.chains[w.network])
             except ChainIdMismatch as e:
                 raise fail(ErrorCode.CHAIN_ID_MISMATCH, str(e)) from e
             except RpcUnavailable as e:
