@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from temporalio import activity
 
-from activities.blocks import BlockWatcher, Receipt, watcher_for
+from activities.blocks import BlockWatcher, Receipt, nonce_read, watcher_for
 from activities.broadcast import find_mined_attempt, resend
 from activities.rpc import ChainRpc, Chains, RpcError, RpcUnavailable
 from models import repo
@@ -51,9 +51,8 @@ class ConfirmationActivities:
         withdrawal); without a healthy watcher at most once per half block."""
         blocks = self.watcher(network)
         if blocks.healthy:
-            read = (("nonce", wallet.lower()), "eth_getTransactionCount", lambda n: [wallet, hex(n)])
-            with contextlib.suppress(RpcUnavailable):
-                _, (value,), _ = await blocks.at_head([read])
+            with contextlib.suppress(RpcUnavailable):  # the same read as signing's funds check
+                _, (value,), _ = await blocks.at_head([nonce_read(wallet)])
                 if not isinstance(value, RpcError):
                     return int(value, 16)
         key = (network, wallet)
