@@ -45,12 +45,14 @@ async def find_mined_attempt(
 
 def resendable(attempts: list[TxAttempt]) -> list[TxAttempt]:
     """The attempts a resend may send: every one not FAILED, except that once a cancellation is
-    signed at the nonce only cancellations are sent again. The withdrawal's own bytes are then never
-    put back on a node that lost them (a cancel accepted before the broadcast must not pay out
-    because a node dropped the cancellation); if one of them is mined anyway, it is found as before."""
+    signed at the nonce (even one that then failed) only live cancellations are sent again. The
+    withdrawal's own bytes are then never put back on a node that lost them (a cancel accepted
+    before the broadcast must not pay out because a node dropped the cancellation); if one of them
+    is mined anyway, it is found as before."""
     live = [a for a in attempts if a.outcome != TxOutcome.FAILED]
-    cancels = [a for a in live if a.purpose == TxPurpose.CANCEL]
-    return cancels or live
+    if any(a.purpose == TxPurpose.CANCEL for a in attempts):  # even one the node refused
+        return [a for a in live if a.purpose == TxPurpose.CANCEL]
+    return live
 
 
 async def resend(rpc: ChainRpc, withdrawal_id: str, attempts: list[TxAttempt]) -> None:

@@ -61,16 +61,18 @@ class NonceActivities:
     async def allocate_nonce(self, ref: WithdrawalRef) -> NonceAllocation:
         """The withdrawal's nonce (a retry gets the same one). First, for a token transfer, one the
         token would refuse fails non-retryable (`transactions.preflight`), so it parks without a nonce
-        that the wallet's later withdrawals would wait behind (a repeat after the nonce was taken
-        estimates again: the same answer signing would get)."""
+        that the wallet's later withdrawals would wait behind."""
         async with self.db.read() as s:
             w = await repo.get_withdrawal(s, ref.withdrawal_id)
             cfg = self.config.networks.get(w.network) if w else None
             token = w is not None and cfg is not None and w.asset != cfg.native_asset
             held = await held_by_pause(s, w.network, w.hot_wallet) if w and token else None
+            # A repeat after the nonce was taken returns it as it is (a refusal now would park the
+            # withdrawal without the nonce it holds).
+            taken = await repo.active_allocation(s, ref.withdrawal_id) if token else None
         if held is not None:  # the kill switch first: the withdrawal stays PENDING, no nonce taken
             raise held
-        if token:
+        if token and taken is None:
             assert w is not None and cfg is not None
             try:
                 await preflight(w, cfg, self.chains[w.network])

@@ -406,6 +406,8 @@ class TransactionActivities:
         if balances is not None:
             try:
                 await self._check_funds(w, cfg, rpc, balances, tx["gas"] * fees.per_gas_ceiling)
+            except ChainIdMismatch as e:
+                raise fail(ErrorCode.CHAIN_ID_MISMATCH, str(e)) from e
             except RpcUnavailable as e:
                 raise rpc_down(e) from e
         tx.pop("from")

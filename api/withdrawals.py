@@ -131,15 +131,24 @@ async def _read(state: AppState, withdrawal_id: str) -> Withdrawal | None:
 async def submit(
     state: AppState, client: ApiClient, key: str, body: WithdrawalBody
 ) -> tuple[int, dict[str, Any]]:
-    # The key first: a replay answers as the first request did (200 or the same refusal), and a
-    # different body under a used key is 409 even when that body would also fail validation, or
-    # when the limits changed since.
     wid = withdrawal_id_for(client.id, key)
     fp = fingerprint(body)
+    try:
+        to_address, units = validate(body, state.config)
+    except AppError as refused:
+        # A used key answers as its first request did (a replay: 200, or 409 for another body) even
+        # when this body alone is refused, e.g. the limits changed since. Bad input is never a 5xx:
+        # when the key cannot be looked up, the refusal stands.
+        try:
+            existing = await _read(state, wid)
+        except Exception:
+            raise refused from None
+        if existing is not None:
+            return _replay(existing, fp, state.config)
+        raise
     existing = await _read(state, wid)
     if existing is not None:
         return _replay(existing, fp, state.config)
-    to_address, units = validate(body, state.config)
 
     req = WithdrawalRequest(
         withdrawal_id=wid,

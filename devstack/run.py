@@ -59,7 +59,6 @@ async def main() -> None:
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     creds_path = data / "dev-credentials.json"
-    creds_path.unlink(missing_ok=True)  # a stale file must not look like this run is ready
     config = settings.engine_config
     children: list[Child] = [
         Child(
@@ -90,6 +89,7 @@ async def main() -> None:
     if busy:
         names = ", ".join(f"{c.name} (port {c.port})" for c in busy)
         raise SystemExit(f"ports already in use: {names}. Is another `make run` running?")
+    creds_path.unlink(missing_ok=True)  # a stale file must not look like this run is ready
     for c in children:
         c.start()
     for c in children:

@@ -174,3 +174,5 @@ def test_once_a_cancellation_is_signed_only_cancellations_are_sent_again() -> No
     assert resendable([original, bumped]) == [original]
     cancel = _attempt(w, TxPurpose.CANCEL, 0, 21_000, 20)
     assert resendable([original, bumped, cancel]) == [cancel]
+    cancel.outcome = TxOutcome.FAILED  # e.g. the node refused the cancellation: still never the original
+    assert resendable([original, bumped, cancel]) == []
