@@ -104,6 +104,16 @@ class Funds:
     at_block: tuple[int, int] | None = None
 
 
+def _funds_reads(wallet: str, token: str | None) -> list[Read]:
+    """The signing check's reads at the head block: the balances and the transaction count under keys
+    of their own (not admission's), so they are always read together, in one batch from one node:
+    a balance and a count from two forks at that height would leave a nonce uncharged."""
+    reads = [balance_read(wallet), nonce_read(wallet)]
+    if token is not None:
+        reads.append(token_balance_read(token, wallet))
+    return [(("funds", key), method, params) for key, method, params in reads]
+
+
 def _pending_reads(wallet: str, token: str | None) -> list[tuple[str, list[Any]]]:
     reads: list[tuple[str, list[Any]]] = [("eth_getBalance", [wallet, "pending"])]
     if token is not None:
@@ -243,9 +253,7 @@ class TransactionActivities:
             if native:
                 shared.append(code_read(w.to_address))
             if funds:
-                shared += [balance_read(w.hot_wallet), nonce_read(w.hot_wallet)]
-                if token is not None:
-                    shared.append(token_balance_read(token, w.hot_wallet))
+                shared += _funds_reads(w.hot_wallet, token)
             head, answers, own = await blocks.at_head(shared, extra)
             code_answer = answers[1] if native else None
             balances = answers[2:] if native else answers[1:]
@@ -294,23 +302,24 @@ class TransactionActivities:
         Balances read at a block (`Funds.at_block`): there the wallet has sent every nonce below its
         count, and only a transaction from it can take its coins or tokens, so what it has for this
         nonce is at least those balances less the most that the engine's transactions at the nonces in
-        between can take (each nonce's costliest attempt: value plus gas limit times fee ceiling), all
-        recorded before they were broadcast. When that does not cover this one, or a nonce in between
-        is not the engine's to know (sent outside it, or a fill), the node's pending balances decide,
-        read now, as they do without a healthy block watcher."""
+        between can take (each nonce's costliest attempt: value plus gas limit times fee ceiling, all
+        recorded before they were broadcast; a nonce with nothing signed yet: its amount and the most
+        its fee may be). That bound decides. Only when a nonce in between is not the engine's to
+        bound (sent outside it, a fill, not allocated, too many) do the node's pending balances
+        decide, read now, as they do without a healthy block watcher."""
         assert w.nonce is not None and w.hot_wallet is not None
         token = None if w.asset == cfg.native_asset else w.asset
         need_coins = max_fee + (w.amount if token is None else 0)
+        spent = None
         if funds.at_block is not None:
             spent = await self._spent_ahead(w, cfg, funds.at_block[1], token)
-            if spent is not None:
-                coins, tokens = spent
-                if funds.coins - coins >= need_coins and (
-                    funds.tokens is None or funds.tokens - tokens >= w.amount
-                ):
-                    return
-            funds = await self._pending_funds(w, rpc, None if token is None else cfg.tokens[token].address)
-        if funds.coins < need_coins or (funds.tokens is not None and funds.tokens < w.amount):
+            if spent is None:
+                token_address = None if token is None else cfg.tokens[token].address
+                funds = await self._pending_funds(w, rpc, token_address)
+        coins, tokens = spent or (0, 0)
+        if funds.coins - coins < need_coins or (
+            funds.tokens is not None and funds.tokens - tokens < w.amount
+        ):
             raise fail(
                 ErrorCode.INSUFFICIENT_HOT_WALLET_FUNDS,
                 f"hot wallet {w.hot_wallet} cannot cover the amount and a fee of up to {max_fee} wei",
@@ -336,8 +345,14 @@ class TransactionActivities:
                 return None
             coins.setdefault(nonce, 0)
             tokens.setdefault(nonce, 0)
-            if purpose is None:
-                continue  # allocated, nothing signed at it yet
+            if purpose is None:  # allocated, nothing signed at it yet: the most it may take
+                native = asset == cfg.native_asset
+                coins[nonce] = cfg.fee_allowance_wei(asset or cfg.native_asset) + (
+                    (amount or 0) if native else 0
+                )
+                if token is not None and asset == token:
+                    tokens[nonce] = amount or 0
+                continue
             pays = purpose == TxPurpose.WITHDRAWAL
             value = (amount or 0) if pays and asset == cfg.native_asset else 0
             fee = int(gas or 0) * (max_fee if max_fee is not None else gas_price or 0)

@@ -108,10 +108,11 @@ async def test_funds_read_at_a_block_count_what_the_engine_signed_at_the_nonces_
     """Balances read at a block (shared by every signature at that head) are what the wallet had with
     its nonces below the block's count sent. Only its own transactions can take from it, so the nonces
     between that count and this one are charged at their costliest attempt (value + gas x fee
-    ceiling; a cancellation's value is 0; tokens only for the same token). When that does not cover
-    the transaction, or a nonce in between is not the engine's to bound (sent outside it, a fill, not
-    allocated), the node's pending balance decides. The wallet here has nothing on chain, so a check
-    passes only if the block read passes it, until the chain says otherwise."""
+    ceiling; a cancellation's value is 0; tokens only for the same token), one with nothing signed
+    at its amount and the most its fee may be. That bound decides; only when a nonce in between is
+    not the engine's to bound (sent outside it, a fill, not allocated) does the node's pending
+    balance. The wallet here has nothing on chain, so a check passes only if the block read passes
+    it, until the chain says otherwise."""
     cfg = harness.config.networks["ethereum"]
     acts, rpc = harness.engine.transactions, harness.engine.chains["ethereum"]
     url = harness.stack.rpc_urls["ethereum"]
@@ -119,7 +120,7 @@ async def test_funds_read_at_a_block_count_what_the_engine_signed_at_the_nonces_
     a = _withdrawal_at(wallet, 10, "ETH", 5 * 10**18)  # replaced once: its costlier attempt counts
     b = _withdrawal_at(wallet, 11, "USDT", 7 * 10**6)  # a token transfer: its fee in coins, 7 USDT
     c = _withdrawal_at(wallet, 12, "ETH", 2 * 10**18)  # cancelled: only the cancellation's fee
-    d = _withdrawal_at(wallet, 13, "ETH", 10**18)  # nothing signed yet: nothing to charge
+    d = _withdrawal_at(wallet, 13, "ETH", 10**18)  # nothing signed yet: its amount and most fee
     mine = _withdrawal_at(wallet, 14, "ETH", 10**18)
     token = _withdrawal_at(wallet, 14, "USDT", 3 * 10**6)
     async with harness.db.transaction() as s:
@@ -135,6 +136,7 @@ async def test_funds_read_at_a_block_count_what_the_engine_signed_at_the_nonces_
             ]
         )
     spent = 5 * 10**18 + 21_000 * 200 * gwei + 60_000 * 100 * gwei + 21_000 * 300 * gwei
+    spent += d.amount + cfg.fee_allowance_wei("ETH")
     fee = 21_000 * 100 * gwei
     need = spent + mine.amount + fee
 
@@ -154,12 +156,15 @@ async def test_funds_read_at_a_block_count_what_the_engine_signed_at_the_nonces_
     assert await check(token, spent + fee, 10 * 10**6)  # a token transfer pays only its fee in coins
     assert not await check(token, spent + fee - 1, 10 * 10**6)
     assert not await check(token, 10**30, 10 * 10**6 - 1)  # 7 of the 10 USDT are taken by nonce 11
-    # The chain's pending balance decides when the block read falls short: there is enough now.
+    # The bound decides: the node's pending balance, which does not see what the engine signed and
+    # has not sent yet, is not asked even when it would say yes.
     processes.rpc(url, "anvil_setBalance", [wallet, hex(need)])
-    assert await check(mine, need - 1)
-    processes.rpc(url, "anvil_setBalance", [wallet, "0x0"])
+    assert not await check(mine, need - 1)
     async with harness.db.transaction() as s:  # nonce 12 was taken by a transaction outside the engine
         await repo.mark_allocation(s, "ethereum", wallet, 12, purpose=NoncePurpose.EXTERNAL)
+    # Now nothing bounds nonce 12: the pending balance decides, whatever was read at the block.
+    assert await check(mine, 0)
+    processes.rpc(url, "anvil_setBalance", [wallet, "0x0"])
     assert not await check(mine, 10**30)
 
 
