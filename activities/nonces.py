@@ -39,7 +39,8 @@ from models.domain import (
     WithdrawalRef,
     WithdrawalStatus,
 )
-from models.tables import utcnow
+from models.tables import NonceAllocation as AllocationRow
+from models.tables import Withdrawal, utcnow
 from settings import EngineConfig
 
 log = structlog.get_logger()
@@ -62,31 +63,36 @@ class NonceActivities:
         """The withdrawal's nonce (a retry gets the same one). First, for a token transfer, one the
         token would refuse fails non-retryable (`transactions.preflight`), so it parks without a nonce
         that the wallet's later withdrawals would wait behind."""
-        async with self.db.read() as s:
-            w = await repo.get_withdrawal(s, ref.withdrawal_id)
-            cfg = self.config.networks.get(w.network) if w else None
-            token = w is not None and cfg is not None and w.asset != cfg.native_asset
-            held = await held_by_pause(s, w.network, w.hot_wallet) if w and token else None
-            # A repeat after the nonce was taken returns it as it is (a refusal now would park the
-            # withdrawal without the nonce it holds).
-            taken = await repo.active_allocation(s, ref.withdrawal_id) if token else None
-        if held is not None:  # the kill switch first: the withdrawal stays PENDING, no nonce taken
-            raise held
-        if token and taken is None:
-            assert w is not None and cfg is not None
+        w, alloc = await self._allocate(ref.withdrawal_id, preflighted=False)
+        if alloc is None:  # estimated outside the write transaction, then allocated
+            assert w is not None
             try:
-                await preflight(w, cfg, self.chains[w.network])
+                await preflight(w, self.config.networks[w.network], self.chains[w.network])
             except ChainIdMismatch as e:
                 raise fail(ErrorCode.CHAIN_ID_MISMATCH, str(e)) from e
             except RpcUnavailable as e:
                 raise rpc_down(e) from e
-        async with self.db.transaction() as s:
-            held = await held_by_pause(s, w.network, w.hot_wallet) if w else None
-            if held is not None:  # the kill switch: the withdrawal stays PENDING, no nonce taken
-                raise held
-            alloc = await repo.allocate_nonce(s, ref.withdrawal_id)
+            w, alloc = await self._allocate(ref.withdrawal_id, preflighted=True)
+        assert alloc is not None
         log.info("withdrawal.nonce.allocated", withdrawal_id=ref.withdrawal_id, nonce=alloc.nonce)
         return NonceAllocation(hot_wallet=alloc.hot_wallet, nonce=Nonce(alloc.nonce))
+
+    async def _allocate(
+        self, withdrawal_id: str, *, preflighted: bool
+    ) -> tuple[Withdrawal | None, AllocationRow | None]:
+        """In one write transaction: the kill switch (the withdrawal stays PENDING, no nonce taken),
+        then the allocation; (withdrawal, None) instead when it is a token transfer that holds no
+        nonce yet and was not `preflighted` (a repeat after its nonce was taken gets it as it is)."""
+        async with self.db.transaction() as s:
+            w = await repo.get_withdrawal(s, withdrawal_id)
+            held = await held_by_pause(s, w.network, w.hot_wallet) if w else None
+            if held is not None:
+                raise held
+            cfg = self.config.networks.get(w.network) if w else None
+            token = w is not None and cfg is not None and w.asset != cfg.native_asset
+            if token and not preflighted and await repo.active_allocation(s, withdrawal_id) is None:
+                return w, None
+            return w, await repo.allocate_nonce(s, withdrawal_id)
 
     @activity.defn
     async def resolve_nonce_conflict(self, inp: NonceConflictInput) -> NonceResolution:

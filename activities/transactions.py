@@ -96,12 +96,12 @@ MAX_NONCES_AHEAD = 512  # more unmined nonces than this before one: its funds ar
 @dataclass(frozen=True)
 class Funds:
     """A hot wallet's balances to sign against: native wei and, for a token transfer, its units;
-    `at_block` = (block, the wallet's transaction count there) when read at that block, None when
-    they are the node's pending balances."""
+    `count` = the wallet's transaction count at the block they were read at, None when they are the
+    node's pending balances."""
 
     coins: int
     tokens: int | None
-    at_block: tuple[int, int] | None = None
+    count: int | None = None
 
 
 def _funds_reads(wallet: str, token: str | None) -> list[Read]:
@@ -233,7 +233,7 @@ class TransactionActivities:
 
         With a healthy block watcher the balances and the wallet's transaction count are read at its
         head block, once per block for every transaction signed meanwhile (and shared with admission):
-        `Funds.at_block`. Else the node's pending balances, for this transaction alone."""
+        `Funds.count`. Else the node's pending balances, for this transaction alone."""
         assert w.hot_wallet is not None
         if purpose is TxPurpose.CANCEL:
             return self_transfer(w.hot_wallet, cfg), None
@@ -254,12 +254,12 @@ class TransactionActivities:
                 shared.append(code_read(w.to_address))
             if funds:
                 shared += _funds_reads(w.hot_wallet, token)
-            head, answers, own = await blocks.at_head(shared, extra)
+            _, answers, own = await blocks.at_head(shared, extra)
             code_answer = answers[1] if native else None
             balances = answers[2:] if native else answers[1:]
             out = iter(own)
         else:
-            head, balances = None, []
+            balances = []
             if funds:
                 extra += _pending_reads(w.hot_wallet, token)
             reads = ([("eth_getCode", [w.to_address, "latest"])] if native else []) + extra
@@ -277,12 +277,12 @@ class TransactionActivities:
             tx["gas"] = gas_limit(cfg, estimated(next(out)), native=False)
         if not funds:
             return tx, None
-        if head is not None:
+        if balances:  # read at the head block
             if any(isinstance(b, RpcError) for b in balances):  # e.g. a node behind the watcher's head
                 return tx, await self._pending_funds(w, rpc, token)
             coins, count = int(balances[0], 16), int(balances[1], 16)
             tokens = int(balances[2], 16) if token is not None else None
-            return tx, Funds(coins=coins, tokens=tokens, at_block=(head, count))
+            return tx, Funds(coins=coins, tokens=tokens, count=count)
         coins_answer = next(out)
         tokens_answer = next(out) if token is not None else None
         return tx, _funds(coins_answer, tokens_answer)
@@ -299,7 +299,7 @@ class TransactionActivities:
         """Right before signing: the hot wallet can pay the amount and the most this transaction can
         pay in fees, after everything it sends before (else WAITING_FOR_FUNDS, nothing signed).
 
-        Balances read at a block (`Funds.at_block`): there the wallet has sent every nonce below its
+        Balances read at a block (with `Funds.count`): there the wallet has sent every nonce below its
         count, and only a transaction from it can take its coins or tokens, so what it has for this
         nonce is at least those balances less the most that the engine's transactions at the nonces in
         between can take (each nonce's costliest attempt: value plus gas limit times fee ceiling, all
@@ -311,8 +311,8 @@ class TransactionActivities:
         token = None if w.asset == cfg.native_asset else w.asset
         need_coins = max_fee + (w.amount if token is None else 0)
         spent = None
-        if funds.at_block is not None:
-            spent = await self._spent_ahead(w, cfg, funds.at_block[1], token)
+        if funds.count is not None:
+            spent = await self._spent_ahead(w, cfg, funds.count, token)
             if spent is None:
                 token_address = None if token is None else cfg.tokens[token].address
                 funds = await self._pending_funds(w, rpc, token_address)

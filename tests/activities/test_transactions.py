@@ -3,8 +3,6 @@ absolute fee ceiling of cancellations and nonce fills, and the funds check right
 
 from __future__ import annotations
 
-import secrets
-import uuid
 from decimal import Decimal
 
 import httpx
@@ -18,7 +16,8 @@ from activities.transactions import Funds, fee_cap, quote_fees
 from devstack import processes
 from models import repo
 from models.domain import NoncePurpose, TxOutcome, TxPurpose, WithdrawalStatus
-from models.tables import NonceAllocation, TxAttempt, Withdrawal
+from models.tables import NonceAllocation, Withdrawal
+from tests.rows import attempt_row, withdrawal_row
 from tests.stack import Harness, Stack, native_body, new_wallet
 
 # A contract whose fallback writes three fresh storage slots (~66k gas): more than the native cap.
@@ -65,40 +64,14 @@ async def test_cancellations_have_an_absolute_fee_ceiling(stack: Stack, harness:
 
 
 def _withdrawal_at(wallet: str, nonce: int, asset: str, amount: int) -> Withdrawal:
-    wid = str(uuid.uuid4())
-    return Withdrawal(
-        id=wid,
-        client_id="c",
-        idempotency_key=wid,
-        fingerprint="f",
-        user_id="u",
-        network="ethereum",
-        asset=asset,
+    return withdrawal_row(
+        amount,
         to_address=new_wallet()[0],
-        amount=amount,
-        decimals=18 if asset == "ETH" else 6,
+        asset=asset,
         status=WithdrawalStatus.BROADCAST,
         required_confirmations=1,
         hot_wallet=wallet,
         nonce=nonce,
-    )
-
-
-def _attempt(w: Withdrawal, purpose: TxPurpose, seq: int, gas: int, max_fee: int) -> TxAttempt:
-    assert w.nonce is not None and w.hot_wallet is not None
-    return TxAttempt(
-        withdrawal_id=w.id,
-        purpose=purpose,
-        seq=seq,
-        network=w.network,
-        hot_wallet=w.hot_wallet,
-        nonce=w.nonce,
-        tx_hash="0x" + secrets.token_hex(32),
-        raw_tx="0x00",
-        tx_type=2,
-        gas_limit=gas,
-        max_fee_per_gas=max_fee,
-        max_priority_fee_per_gas=1,
     )
 
 
@@ -129,10 +102,10 @@ async def test_funds_read_at_a_block_count_what_the_engine_signed_at_the_nonces_
             s.add(NonceAllocation(network="ethereum", hot_wallet=wallet, nonce=nonce, withdrawal_id=w.id))
         s.add_all(
             [
-                _attempt(a, TxPurpose.WITHDRAWAL, 0, 21_000, 100 * gwei),
-                _attempt(a, TxPurpose.WITHDRAWAL, 1, 21_000, 200 * gwei),
-                _attempt(b, TxPurpose.WITHDRAWAL, 0, 60_000, 100 * gwei),
-                _attempt(c, TxPurpose.CANCEL, 0, 21_000, 300 * gwei),
+                attempt_row(a, TxPurpose.WITHDRAWAL, 0, 21_000, 100 * gwei),
+                attempt_row(a, TxPurpose.WITHDRAWAL, 1, 21_000, 200 * gwei),
+                attempt_row(b, TxPurpose.WITHDRAWAL, 0, 60_000, 100 * gwei),
+                attempt_row(c, TxPurpose.CANCEL, 0, 21_000, 300 * gwei),
             ]
         )
     spent = 5 * 10**18 + 21_000 * 200 * gwei + 60_000 * 100 * gwei + 21_000 * 300 * gwei
@@ -142,7 +115,7 @@ async def test_funds_read_at_a_block_count_what_the_engine_signed_at_the_nonces_
 
     async def check(w: Withdrawal, coins: int, tokens: int | None = None, count: int = 10) -> bool:
         try:
-            await acts._check_funds(w, cfg, rpc, Funds(coins, tokens, at_block=(1, count)), fee)
+            await acts._check_funds(w, cfg, rpc, Funds(coins, tokens, count=count), fee)
         except ApplicationError as e:
             assert e.type == "INSUFFICIENT_HOT_WALLET_FUNDS", e
             return False
@@ -172,12 +145,12 @@ def test_once_a_cancellation_is_signed_only_cancellations_are_sent_again() -> No
     """A cancel accepted after signing but before the broadcast: if a node then loses the
     cancellation, a resend must not put the withdrawal's own bytes on it (they would pay out)."""
     w = _withdrawal_at(new_wallet()[0], 3, "ETH", 10**18)
-    original = _attempt(w, TxPurpose.WITHDRAWAL, 0, 21_000, 10)
-    bumped = _attempt(w, TxPurpose.WITHDRAWAL, 1, 21_000, 12)
+    original = attempt_row(w, TxPurpose.WITHDRAWAL, 0, 21_000, 10)
+    bumped = attempt_row(w, TxPurpose.WITHDRAWAL, 1, 21_000, 12)
     assert resendable([original, bumped]) == [original, bumped]
     bumped.outcome = TxOutcome.FAILED
     assert resendable([original, bumped]) == [original]
-    cancel = _attempt(w, TxPurpose.CANCEL, 0, 21_000, 20)
+    cancel = attempt_row(w, TxPurpose.CANCEL, 0, 21_000, 20)
     assert resendable([original, bumped, cancel]) == [cancel]
     cancel.outcome = TxOutcome.FAILED  # e.g. the node refused the cancellation: still never the original
     assert resendable([original, bumped, cancel]) == []

@@ -25,6 +25,7 @@ from models.lifecycle import StaleTransition
 from models.tables import FundReservation, HotWallet, NonceAllocation, TxAttempt, WalletHold, Withdrawal
 from settings import ROOT, AssetLimits, EngineConfig, NetworkConfig
 from tests.databases import create_database, start_mariadb
+from tests.rows import attempt_row, withdrawal_row
 
 S = WithdrawalStatus
 
@@ -73,21 +74,7 @@ def _cfg(wallets: list[str] | None = None) -> NetworkConfig:
 
 
 def _withdrawal(amount: int, user: str = "u") -> Withdrawal:
-    wid = str(uuid.uuid4())
-    return Withdrawal(
-        id=wid,
-        client_id="c",
-        idempotency_key=wid,
-        fingerprint="f",
-        user_id=user,
-        network="ethereum",
-        asset="ETH",
-        to_address=WALLET,
-        amount=amount,
-        decimals=18,
-        status=WithdrawalStatus.PENDING,
-        required_confirmations=3,
-    )
+    return withdrawal_row(amount, to_address=WALLET, user=user)
 
 
 async def test_uint256_amounts_round_trip_exactly(db_pair: tuple[Database, Database]) -> None:
@@ -536,19 +523,7 @@ async def test_nonces_ahead_lists_each_allocation_with_its_attempts(
     small, unsigned, other_wallet = _withdrawal(5), _withdrawal(6), _withdrawal(7)
 
     def attempt(w: Withdrawal, nonce: int, seq: int, fee: int) -> TxAttempt:
-        return TxAttempt(
-            withdrawal_id=w.id,
-            purpose=TxPurpose.WITHDRAWAL,
-            seq=seq,
-            network="ethereum",
-            hot_wallet=WALLET,
-            nonce=nonce,
-            tx_hash=f"0x{uuid.uuid4().hex}{seq}",
-            raw_tx="0x00",
-            tx_type=2,
-            gas_limit=21_000,
-            max_fee_per_gas=fee,
-        )
+        return attempt_row(w, TxPurpose.WITHDRAWAL, seq, 21_000, fee, nonce=nonce, hot_wallet=WALLET)
 
     async with db.transaction() as s:
         s.add_all([big, small, unsigned, other_wallet])
