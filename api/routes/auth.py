@@ -168,7 +168,8 @@ async def login(
     async with state.db.read() as s:
         user = await users.get(s, body.username)
     # The same bcrypt work whether or not the user exists or is active.
-    stored = user.password_hash if user is not None else dummy_password_hash()
+    # (The dummy hash is made once, at bcrypt cost, so off the event loop.)
+    stored = user.password_hash if user is not None else await asyncio.to_thread(dummy_password_hash)
     password_ok = await asyncio.to_thread(verify_password, body.password, stored)
     if user is None or not password_ok or not user.active:
         reason = "unknown_user" if user is None else ("wrong_password" if not password_ok else "disabled")
