@@ -430,9 +430,9 @@ async def test_approve_and_reject_answer_200_or_409_and_need_an_approver(h: Harn
 async def test_stats_daily_network_and_status(stack: Stack) -> None:
     async with running_harness(stack, await fresh_db(stack), fund_wallets=False, start_worker=False) as h:
         now = utcnow()
-        today = now.replace(hour=12, minute=0, second=0, microsecond=0)
-        if today > now:
-            today -= timedelta(days=1)  # keep "today" in the past
+        # "Today"'s rows are in the past and outside the last hour (the `since` query below), whatever
+        # the time of day the test runs at; before 02:00 UTC they fall on yesterday's date.
+        today = (now - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
         c = str(uuid.uuid4())
         recent = row(
             c, now - timedelta(minutes=5), status="CONFIRMED", amount=2 * 10**18, fee_wei=21_000 * 10**9
