@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, update
+from sqlalchemy import bindparam, case, func, insert, or_, update
 from sqlalchemy import select as sa_select  # more columns than sqlmodel's select types
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -57,8 +58,8 @@ async def _all(s: AsyncSession, q: Any) -> list[Any]:
     return list((await s.exec(q)).all())
 
 
-async def _update(s: AsyncSession, stmt: Any) -> int:
-    result: Any = await s.exec(stmt)
+async def _update(s: AsyncSession, stmt: Any, params: Mapping[str, Any] | None = None) -> int:
+    result: Any = await s.exec(stmt, params=params)
     return int(result.rowcount or 0)
 
 
@@ -137,6 +138,81 @@ async def insert_withdrawal(s: AsyncSession, w: Withdrawal) -> None:
     await webhooks.enqueue_event(s, w.id, seq=0, event_type=webhooks.status_event_type(w.status))
 
 
+# --- a status move: core statements on the tables, built once per target status --------------------
+#
+# The move runs in every status change of every withdrawal, so it skips the ORM's per-statement work
+# (building the expression, the ORM compile step, the unit of work): each statement below is built
+# once and executed with its parameters. Objects of these rows already loaded in the caller's session
+# get the written values (`_sync_loaded`), as the ORM's own UPDATE would have given them.
+
+_W = Withdrawal.__table__  # type: ignore[attr-defined]
+_EVENTS = StatusEvent.__table__  # type: ignore[attr-defined]
+_RESERVATIONS = FundReservation.__table__  # type: ignore[attr-defined]
+_NONCES = NonceAllocation.__table__  # type: ignore[attr-defined]
+
+_ROW: Any = sa_select(_W).where(_W.c.id == bindparam("w_id"))
+_INSERT_EVENT = insert(_EVENTS)
+_HELD_OF = (
+    _RESERVATIONS.c.withdrawal_id == bindparam("w_id"),
+    _RESERVATIONS.c.state == ReservationState.HELD,
+)
+_HELD_ROWS: Any = (
+    sa_select(
+        _RESERVATIONS.c.id,
+        _RESERVATIONS.c.network,
+        _RESERVATIONS.c.hot_wallet,
+        _RESERVATIONS.c.asset,
+        _RESERVATIONS.c.amount,
+    )
+    .where(*_HELD_OF)
+    .with_for_update()
+)
+_SETTLE = (
+    update(_RESERVATIONS)
+    .where(*_HELD_OF, _RESERVATIONS.c.id.in_(bindparam("ids", expanding=True)))
+    .values(state=bindparam("r_state"), settled_at=bindparam("r_at"), settled_block=bindparam("r_block"))
+)
+_ACTIVE_NONCE = (_NONCES.c.withdrawal_id == bindparam("w_id"), _NONCES.c.active.is_(True))
+_CLOSE_NONCE = {
+    NonceEffect.CONSUMED: update(_NONCES).where(*_ACTIVE_NONCE).values(active=False),
+    NonceEffect.FILLED: update(_NONCES).where(*_ACTIVE_NONCE).values(active=False, purpose=NoncePurpose.FILL),
+}
+_MOVES: dict[WithdrawalStatus, Any] = {}
+
+
+def _move_statement(to: WithdrawalStatus) -> Any:
+    """UPDATE withdrawals guarded by the lifecycle (`status IN predecessors(to)`) and the number."""
+    stmt = _MOVES.get(to)
+    if stmt is None:
+        values: dict[str, Any] = {
+            "status": bindparam("m_status"),
+            "status_seq": bindparam("m_seq"),
+            "error_code": bindparam("m_code"),
+            "error_message": bindparam("m_message"),
+            "updated_at": bindparam("m_at"),
+        }
+        if to in lifecycle.CLEARS_INCLUSION:
+            values.update(block_number=None, confirmations=0, fee_wei=None)
+        stmt = _MOVES[to] = (
+            update(_W)
+            .where(
+                _W.c.id == bindparam("w_id"),
+                _W.c.status.in_(sorted(lifecycle.predecessors(to))),
+                _W.c.status_seq == bindparam("m_prev"),
+            )
+            .values(**values)
+        )
+    return stmt
+
+
+def _sync_loaded(s: AsyncSession, model: type[Any], match: Any, values: Mapping[str, Any]) -> None:
+    """Give `values` to the objects of `model` loaded in `s` that `match` (what a core UPDATE wrote)."""
+    for obj in list(s.sync_session.identity_map.values()):
+        if isinstance(obj, model) and match(obj):
+            for key, value in values.items():
+                set_committed_value(obj, key, value)
+
+
 async def _status_of(s: AsyncSession, withdrawal_id: str, to: WithdrawalStatus) -> tuple[str, int]:
     """The row's (status, status_seq); a missing row is a stale move to `to`."""
     row = (
@@ -160,7 +236,7 @@ async def transition(
     A single UPDATE guarded by `status IN predecessors(to)` and by the transition number
     (`status_seq = seq - 1`); in the same transaction it applies the lifecycle's effects (reservation
     consumed or released, nonce allocation closed, inclusion data cleared), appends the status event
-    numbered `seq` and queues its webhook deliveries (the outbox, `models.webhooks.enqueue_event`).
+    numbered `seq` and queues its webhook deliveries (the outbox, `models.webhooks.queue_deliveries`).
 
     `seq` is the workflow's own count of its moves, so a move re-executed after a crash (a local
     activity whose completion was lost) is recognised by its number and changes nothing (returns
@@ -168,27 +244,32 @@ async def transition(
     withdrawal whose workflow has ended) pass no `seq` and take the next number. Any move the row's
     status or number does not allow raises `StaleTransition` and changes nothing.
     """
+    await s.flush()  # the statements below are core ones: what the caller added must be written first
     if seq is None:
         row = await _status_of(s, withdrawal_id, to)
         if row[0] == to:
             return False
         seq = int(row[1]) + 1
+    now = utcnow()
     values: dict[str, Any] = {
         "status": to,
         "status_seq": seq,
         "error_code": error.code if error else None,
         "error_message": error.message if error else None,
-        "updated_at": utcnow(),
+        "updated_at": now,
     }
-    if to in lifecycle.CLEARS_INCLUSION:
-        values.update(block_number=None, confirmations=0, fee_wei=None)
     moved = await _update(
         s,
-        update(Withdrawal)
-        .where(col(Withdrawal.id) == withdrawal_id)
-        .where(col(Withdrawal.status).in_(lifecycle.predecessors(to)))
-        .where(col(Withdrawal.status_seq) == seq - 1)
-        .values(**values),
+        _move_statement(to),
+        {
+            "w_id": withdrawal_id,
+            "m_prev": seq - 1,
+            "m_status": to,
+            "m_seq": seq,
+            "m_code": values["error_code"],
+            "m_message": values["error_message"],
+            "m_at": now,
+        },
     )
     if not moved:
         row = await _status_of(s, withdrawal_id, to)
@@ -202,40 +283,39 @@ async def transition(
             if done == to:
                 return False  # this very move was made before
         raise StaleTransition(withdrawal_id, WithdrawalStatus(row[0]), to)
+    if to in lifecycle.CLEARS_INCLUSION:
+        values.update(block_number=None, confirmations=0, fee_wei=None)
+    _sync_loaded(s, Withdrawal, lambda w: w.id == withdrawal_id, values)
+    w = (await s.exec(_ROW, params={"w_id": withdrawal_id})).one()  # as it stands now: the events' data
     reservation = lifecycle.RESERVATION_EFFECT[to]
     holds: HoldChanges = {}
     if reservation is not ReservationEffect.HOLD:
-        mined_in: int | None = await _first(
-            s, select(Withdrawal.block_number).where(Withdrawal.id == withdrawal_id)
-        )
         state = (
             ReservationState.CONSUMED
             if reservation is ReservationEffect.CONSUME
             else ReservationState.RELEASED
         )
-        holds = await _settle_reservations(s, withdrawal_id, state, mined_in)
+        holds = await _settle_reservations(s, withdrawal_id, state, w.block_number)
     nonce = lifecycle.NONCE_EFFECT[to]
     if nonce is not NonceEffect.KEEP:
-        close: dict[str, Any] = {"active": False}
+        await _update(s, _CLOSE_NONCE[nonce], {"w_id": withdrawal_id})
+        closed: dict[str, Any] = {"active": False}
         if nonce is NonceEffect.FILLED:
-            close["purpose"] = NoncePurpose.FILL
-        await _update(
-            s,
-            update(NonceAllocation)
-            .where(col(NonceAllocation.withdrawal_id) == withdrawal_id, col(NonceAllocation.active).is_(True))
-            .values(**close),
-        )
-    s.add(
-        StatusEvent(
-            withdrawal_id=withdrawal_id,
-            seq=seq,
-            status=to,
-            error_code=error.code if error else None,
-            error_message=error.message if error else None,
-        )
+            closed["purpose"] = NoncePurpose.FILL
+        _sync_loaded(s, NonceAllocation, lambda a: a.withdrawal_id == withdrawal_id and a.active, closed)
+    await s.exec(
+        _INSERT_EVENT,
+        params={
+            "withdrawal_id": withdrawal_id,
+            "seq": seq,
+            "status": to,
+            "error_code": values["error_code"],
+            "error_message": values["error_message"],
+            "created_at": now,
+        },
     )
-    await s.flush()
-    await webhooks.enqueue_event(s, withdrawal_id, seq=seq, event_type=webhooks.status_event_type(to))
+    # A fresh move: its number was never taken before, so no delivery of its event exists yet.
+    await webhooks.queue_deliveries(s, w, seq=seq, event_type=webhooks.status_event_type(to), fresh=True)
     await _apply_holds(s, holds)
     return True
 
@@ -487,27 +567,16 @@ async def _settle_reservations(
     rows move, so a repeat changes nothing. Returns what the wallet's running totals must lose, by
     exactly the rows this call settled (locked first); the caller applies it (`_apply_holds`) in
     the same transaction, as late as it can (the totals row is every settlement's on that wallet)."""
-    held_now = (
-        col(FundReservation.withdrawal_id) == withdrawal_id,
-        col(FundReservation.state) == ReservationState.HELD,
-    )
-    q = sa_select(
-        col(FundReservation.id),
-        col(FundReservation.network),
-        col(FundReservation.hot_wallet),
-        col(FundReservation.asset),
-        col(FundReservation.amount),
-    ).where(*held_now)
-    rows = await _all(s, q.with_for_update())
+    rows = list((await s.exec(_HELD_ROWS, params={"w_id": withdrawal_id})).all())
     changes: HoldChanges = {}
     if not rows:
         return changes
-    await _update(
-        s,
-        update(FundReservation)
-        .where(*held_now, col(FundReservation.id).in_([r[0] for r in rows]))
-        .values(state=state, settled_at=utcnow(), settled_block=mined_in),
-    )
+    ids = [r[0] for r in rows]
+    at = utcnow()
+    settled = {"state": state, "settled_at": at, "settled_block": mined_in}
+    params = {"w_id": withdrawal_id, "ids": ids, "r_state": state, "r_at": at, "r_block": mined_in}
+    await _update(s, _SETTLE, params)
+    _sync_loaded(s, FundReservation, lambda r: r.id in ids and r.state == ReservationState.HELD, settled)
     for _, network, wallet, asset, amount in rows:
         changes.setdefault((str(network), str(wallet)), {})[str(asset)] = (-int(amount), -1)
     return changes

@@ -1,7 +1,8 @@
 """Webhook endpoints and the delivery outbox: every query the webhooks need.
 
-The outbox: `enqueue_event` runs inside the transaction that changes a withdrawal's status
-(`repo.transition`, `repo.insert_withdrawal`, `repo.record_reorg`) and inserts one `WebhookDelivery`
+The outbox: `enqueue_event` (`queue_deliveries` for a row already read) runs inside the transaction
+that changes a withdrawal's status (`repo.transition`, `repo.insert_withdrawal`, `repo.record_reorg`)
+and inserts one `WebhookDelivery`
 per active endpoint of the withdrawal's client subscribed to the event, with the exact JSON body that
 will be signed. The move and its deliveries commit together or not at all; the delivery workflow of
 the endpoint (workflows/webhooks.py) then sends them in batches, in `seq` order per withdrawal:
@@ -20,7 +21,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -79,31 +81,50 @@ def queued_in(s: AsyncSession) -> set[tuple[str, str]]:
     return pairs
 
 
+_ENDPOINTS = WebhookEndpoint.__table__  # type: ignore[attr-defined]
+_DELIVERIES = WebhookDelivery.__table__  # type: ignore[attr-defined]
+_W = Withdrawal.__table__  # type: ignore[attr-defined]
+# Built once: the outbox runs in every status move (core statements, no ORM work per call).
+_ROW: Any = sa_select(_W).where(_W.c.id == bindparam("w_id"))
+_ACTIVE_ENDPOINTS: Any = sa_select(_ENDPOINTS.c.id, _ENDPOINTS.c.events).where(
+    _ENDPOINTS.c.client_id == bindparam("client_id"),
+    _ENDPOINTS.c.active.is_(True),
+    _ENDPOINTS.c.deleted_at.is_(None),
+)
+_QUEUED: Any = sa_select(_DELIVERIES.c.endpoint_id).where(
+    _DELIVERIES.c.event_id == bindparam("event_id"),
+    _DELIVERIES.c.endpoint_id.in_(bindparam("endpoint_ids", expanding=True)),
+)
+_INSERT_DELIVERY = insert(_DELIVERIES)
+
+
 async def enqueue_event(s: AsyncSession, withdrawal_id: str, *, seq: int, event_type: str) -> int:
     """Insert the event's delivery for each subscribed active endpoint of the withdrawal's client, in
     the caller's transaction. The body's `data` is the withdrawal as the row stands now. An event
     already queued for an endpoint (a repeated call) is not queued twice. Returns how many were."""
-    client_of = select(Withdrawal.client_id).where(Withdrawal.id == withdrawal_id).scalar_subquery()
-    endpoints = list(
-        (
-            await s.exec(
-                select(WebhookEndpoint).where(
-                    col(WebhookEndpoint.client_id) == client_of,
-                    col(WebhookEndpoint.active).is_(True),
-                    col(WebhookEndpoint.deleted_at).is_(None),
-                )
-            )
-        ).all()
-    )
-    endpoints = [e for e in endpoints if subscribed(e.events, event_type)]
+    await s.flush()
+    w = (await s.exec(_ROW, params={"w_id": withdrawal_id})).one()
+    return await queue_deliveries(s, w, seq=seq, event_type=event_type)
+
+
+async def queue_deliveries(s: AsyncSession, w: Any, *, seq: int, event_type: str, fresh: bool = False) -> int:
+    """`enqueue_event` for the withdrawal's row `w` as it stands now in this transaction (a row of
+    the withdrawals table, read by the caller). `fresh`: the caller knows no delivery of this event
+    can exist yet (a move numbered `seq` was made just now for the first time), so none is looked for."""
+    endpoints = [
+        str(eid)
+        for eid, events in (await s.exec(_ACTIVE_ENDPOINTS, params={"client_id": w.client_id})).all()
+        if subscribed(events, event_type)
+    ]
     if not endpoints:
         return 0
-    w = (
-        await s.exec(
-            select(Withdrawal).where(Withdrawal.id == withdrawal_id).execution_options(populate_existing=True)
-        )
-    ).one()
-    eid = event_id(withdrawal_id, seq, event_type)
+    eid = event_id(w.id, seq, event_type)
+    if not fresh:
+        queued = await s.exec(_QUEUED, params={"event_id": eid, "endpoint_ids": endpoints})
+        have = {str(e) for e in queued.all()}
+        endpoints = [e for e in endpoints if e not in have]
+        if not endpoints:
+            return 0
     created_at = w.updated_at if event_type != REORGED else utcnow()
     body = json.dumps(
         {
@@ -114,41 +135,29 @@ async def enqueue_event(s: AsyncSession, withdrawal_id: str, *, seq: int, event_
         },
         separators=(",", ":"),
     )
-    have = set(
-        (
-            await s.exec(
-                select(WebhookDelivery.endpoint_id).where(
-                    WebhookDelivery.event_id == eid,
-                    col(WebhookDelivery.endpoint_id).in_([e.id for e in endpoints]),
-                )
-            )
-        ).all()
-    )
-    pairs = s.info.setdefault(_KICK, set())
-    queued = 0
     now = utcnow()
-    for e in endpoints:
-        if e.id in have:
-            continue
-        s.add(
-            WebhookDelivery(
-                id=str(uuid.uuid4()),
-                event_id=eid,
-                endpoint_id=e.id,
-                client_id=w.client_id,
-                withdrawal_id=withdrawal_id,
-                seq=seq,
-                event_type=event_type,
-                payload=body,
-                created_at=now,
-                next_attempt_at=now,
-                window_start=now,
-            )
-        )
-        pairs.add((e.id, withdrawal_id))
-        queued += 1
-    await s.flush()
-    return queued
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "event_id": eid,
+            "endpoint_id": endpoint,
+            "client_id": w.client_id,
+            "withdrawal_id": w.id,
+            "seq": seq,
+            "event_type": event_type,
+            "payload": body,
+            "state": DeliveryState.PENDING,
+            "attempts": 0,
+            "created_at": now,
+            "next_attempt_at": now,
+            "window_start": now,
+        }
+        for endpoint in endpoints
+    ]
+    await s.exec(_INSERT_DELIVERY, params=rows)
+    pairs = s.info.setdefault(_KICK, set())
+    pairs.update((endpoint, w.id) for endpoint in endpoints)
+    return len(rows)
 
 
 async def enqueue_reorg(s: AsyncSession, withdrawal_id: str) -> int:
