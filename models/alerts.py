@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -166,8 +166,13 @@ async def firing_keys(s: AsyncSession, keys: Sequence[str]) -> list[str]:
     """Those of `keys` that are FIRING."""
     if not keys:
         return []
-    q = select(Alert.dedup_key).where(col(Alert.dedup_key).in_(keys), Alert.state == AlertState.FIRING)
-    return [str(k) for k in (await s.exec(q)).all()]
+    return [str(k) for k in (await s.exec(_FIRING_KEYS, params={"keys": list(keys)})).all()]
+
+
+# Built once: every status move asks (activities/lifecycle.py).
+_FIRING_KEYS = select(Alert.dedup_key).where(
+    col(Alert.dedup_key).in_(bindparam("keys", expanding=True)), Alert.state == AlertState.FIRING
+)
 
 
 async def firing(s: AsyncSession, *, kind: AlertKind | None = None, prefix: str | None = None) -> list[Alert]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, bindparam, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -31,20 +31,23 @@ async def active(s: AsyncSession) -> list[Pause]:
 async def covering(s: AsyncSession, network: str, hot_wallet: str | None) -> Pause | None:
     """The oldest active pause that covers (network, hot_wallet): everything, the network, or the
     wallet (on this network or on every network)."""
-    wallet_match = (
-        col(Pause.hot_wallet).is_(None)
-        if hot_wallet is None
-        else or_(col(Pause.hot_wallet).is_(None), col(Pause.hot_wallet) == hot_wallet)
-    )
-    q = (
-        select(Pause)
-        .where(col(Pause.resumed_at).is_(None))
-        .where(or_(col(Pause.network).is_(None), col(Pause.network) == network))
-        .where(wallet_match)
-        .order_by(col(Pause.id))
-        .limit(1)
-    )
-    return (await s.exec(q)).first()
+    if hot_wallet is None:
+        return (await s.exec(_COVERING_NETWORK, params={"network": network})).first()
+    return (await s.exec(_COVERING_WALLET, params={"network": network, "hot_wallet": hot_wallet})).first()
+
+
+# Built once: every withdrawal asks before it takes a nonce and before it signs.
+_ACTIVE_ON_NETWORK = (
+    select(Pause)
+    .where(col(Pause.resumed_at).is_(None))
+    .where(or_(col(Pause.network).is_(None), col(Pause.network) == bindparam("network")))
+    .order_by(col(Pause.id))
+    .limit(1)
+)
+_COVERING_NETWORK = _ACTIVE_ON_NETWORK.where(col(Pause.hot_wallet).is_(None))
+_COVERING_WALLET = _ACTIVE_ON_NETWORK.where(
+    or_(col(Pause.hot_wallet).is_(None), col(Pause.hot_wallet) == bindparam("hot_wallet"))
+)
 
 
 async def pause(

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, case, func, insert, or_, update
 from sqlalchemy import select as sa_select  # more columns than sqlmodel's select types
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -63,6 +63,60 @@ async def _update(s: AsyncSession, stmt: Any, params: Mapping[str, Any] | None =
     return int(result.rowcount or 0)
 
 
+# Core statements for the hot paths (every withdrawal runs them several times): built once, executed
+# with parameters, no ORM work per call. The ORM's own UPDATE also writes its values into the objects
+# of those rows loaded in the session; `_sync_loaded` does the same for these.
+
+_SETS: dict[tuple[Any, ...], Any] = {}
+
+
+def _sync_loaded(s: AsyncSession, model: type[Any], match: Any, values: Mapping[str, Any]) -> None:
+    """Give `values` to the objects of `model` loaded in `s` that `match` (a function of the object's
+    loaded attributes, a dict): what a core UPDATE wrote to their rows."""
+    for obj in list(s.sync_session.identity_map.values()):
+        if isinstance(obj, model) and match(instance_dict(obj)):
+            for key, value in values.items():
+                set_committed_value(obj, key, value)
+
+
+def _matches(where: Mapping[str, Any]) -> Any:
+    def match(loaded: Mapping[str, Any]) -> bool:
+        for key, want in where.items():
+            have = loaded.get(key, _UNLOADED)
+            if have is _UNLOADED or (have not in want if isinstance(want, tuple) else have != want):
+                return False
+        return True
+
+    return match
+
+
+_UNLOADED = object()
+
+
+async def _set(s: AsyncSession, model: type[Any], where: Mapping[str, Any], **values: Any) -> int:
+    """UPDATE `model`'s rows whose columns equal `where`'s values (a tuple: are one of them) SET
+    `values`; returns the rows changed. One core statement per shape, built once; what the caller
+    added to the session is flushed first (as the ORM's autoflush would)."""
+    shape = (model, *((k, isinstance(v, tuple)) for k, v in where.items()), *values)
+    stmt = _SETS.get(shape)
+    if stmt is None:
+        t = model.__table__
+        conditions = [
+            t.c[k].in_(bindparam(f"w_{k}", expanding=True))
+            if isinstance(v, tuple)
+            else t.c[k] == bindparam(f"w_{k}")
+            for k, v in where.items()
+        ]
+        stmt = _SETS[shape] = update(t).where(*conditions).values({k: bindparam(f"v_{k}") for k in values})
+    await s.flush()
+    params = {f"w_{k}": list(v) if isinstance(v, tuple) else v for k, v in where.items()}
+    params.update((f"v_{k}", v) for k, v in values.items())
+    changed = await _update(s, stmt, params)
+    if changed:
+        _sync_loaded(s, model, _matches(where), values)
+    return changed
+
+
 # --- users -------------------------------------------------------------------------
 
 
@@ -82,17 +136,20 @@ async def create_user(s: AsyncSession, user: User) -> None:
 async def get_withdrawal(
     s: AsyncSession, withdrawal_id: str, *, client_id: str | None = None
 ) -> Withdrawal | None:
-    q = select(Withdrawal).where(Withdrawal.id == withdrawal_id)
-    if client_id is not None:
-        q = q.where(Withdrawal.client_id == client_id)
-    w: Withdrawal | None = await _first(s, q)
-    return w
+    if client_id is None:
+        w: Withdrawal | None = (await s.exec(_WITHDRAWAL, params={"w_id": withdrawal_id})).first()
+        return w
+    q = select(Withdrawal).where(Withdrawal.id == withdrawal_id, Withdrawal.client_id == client_id)
+    theirs: Withdrawal | None = await _first(s, q)
+    return theirs
+
+
+_WITHDRAWAL = select(Withdrawal).where(Withdrawal.id == bindparam("w_id"))
+_LOCKED_WITHDRAWAL = _WITHDRAWAL.with_for_update()
 
 
 async def lock_withdrawal(s: AsyncSession, withdrawal_id: str) -> Withdrawal:
-    w: Withdrawal | None = await _first(
-        s, select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
-    )
+    w: Withdrawal | None = (await s.exec(_LOCKED_WITHDRAWAL, params={"w_id": withdrawal_id})).first()
     if w is None:
         raise LookupError(f"withdrawal {withdrawal_id} not found")
     return w
@@ -141,9 +198,7 @@ async def insert_withdrawal(s: AsyncSession, w: Withdrawal) -> None:
 # --- a status move: core statements on the tables, built once per target status --------------------
 #
 # The move runs in every status change of every withdrawal, so it skips the ORM's per-statement work
-# (building the expression, the ORM compile step, the unit of work): each statement below is built
-# once and executed with its parameters. Objects of these rows already loaded in the caller's session
-# get the written values (`_sync_loaded`), as the ORM's own UPDATE would have given them.
+# (building the expression, the ORM compile step, the unit of work; see `_set` above).
 
 _W = Withdrawal.__table__  # type: ignore[attr-defined]
 _EVENTS = StatusEvent.__table__  # type: ignore[attr-defined]
@@ -203,14 +258,6 @@ def _move_statement(to: WithdrawalStatus) -> Any:
             .values(**values)
         )
     return stmt
-
-
-def _sync_loaded(s: AsyncSession, model: type[Any], match: Any, values: Mapping[str, Any]) -> None:
-    """Give `values` to the objects of `model` loaded in `s` that `match` (what a core UPDATE wrote)."""
-    for obj in list(s.sync_session.identity_map.values()):
-        if isinstance(obj, model) and match(obj):
-            for key, value in values.items():
-                set_committed_value(obj, key, value)
 
 
 async def _status_of(s: AsyncSession, withdrawal_id: str, to: WithdrawalStatus) -> tuple[str, int]:
@@ -285,7 +332,7 @@ async def transition(
         raise StaleTransition(withdrawal_id, WithdrawalStatus(row[0]), to)
     if to in lifecycle.CLEARS_INCLUSION:
         values.update(block_number=None, confirmations=0, fee_wei=None)
-    _sync_loaded(s, Withdrawal, lambda w: w.id == withdrawal_id, values)
+    _sync_loaded(s, Withdrawal, _matches({"id": withdrawal_id}), values)
     w = (await s.exec(_ROW, params={"w_id": withdrawal_id})).one()  # as it stands now: the events' data
     reservation = lifecycle.RESERVATION_EFFECT[to]
     holds: HoldChanges = {}
@@ -302,7 +349,7 @@ async def transition(
         closed: dict[str, Any] = {"active": False}
         if nonce is NonceEffect.FILLED:
             closed["purpose"] = NoncePurpose.FILL
-        _sync_loaded(s, NonceAllocation, lambda a: a.withdrawal_id == withdrawal_id and a.active, closed)
+        _sync_loaded(s, NonceAllocation, _matches({"withdrawal_id": withdrawal_id, "active": True}), closed)
     await s.exec(
         _INSERT_EVENT,
         params={
@@ -335,26 +382,33 @@ async def record_inclusion(
     fee_wei: int,
 ) -> None:
     """Record which attempt is in a block (the other live ones are replaced)."""
-    await _update(
+    now = utcnow()
+    await _set(
         s,
-        update(Withdrawal)
-        .where(col(Withdrawal.id) == withdrawal_id)
-        .values(
-            tx_hash=tx_hash,
-            block_number=block_number,
-            confirmations=confirmations,
-            fee_wei=fee_wei,
-            updated_at=utcnow(),
-        ),
+        Withdrawal,
+        {"id": withdrawal_id},
+        tx_hash=tx_hash,
+        block_number=block_number,
+        confirmations=confirmations,
+        fee_wei=fee_wei,
+        updated_at=now,
     )
-    mined = col(TxAttempt.tx_hash) == tx_hash
-    await _update(
-        s,
-        update(TxAttempt)
-        .where(col(TxAttempt.withdrawal_id) == withdrawal_id)
-        .where(or_(mined, col(TxAttempt.outcome).in_(_LIVE_ATTEMPT)))
-        .values(outcome=case((mined, TxOutcome.MINED), else_=TxOutcome.REPLACED), updated_at=utcnow()),
-    )
+    await _update(s, _INCLUDED, {"w_id": withdrawal_id, "t_hash": tx_hash, "t_at": now})
+    for outcome, where in (
+        (TxOutcome.MINED, {"withdrawal_id": withdrawal_id, "tx_hash": tx_hash}),
+        (TxOutcome.REPLACED, {"withdrawal_id": withdrawal_id, "outcome": _LIVE_ATTEMPT}),
+    ):
+        _sync_loaded(s, TxAttempt, _matches(where), {"outcome": outcome, "updated_at": now})
+
+
+_ATTEMPTS = TxAttempt.__table__  # type: ignore[attr-defined]
+_MINED = _ATTEMPTS.c.tx_hash == bindparam("t_hash")
+_INCLUDED = (
+    update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.withdrawal_id == bindparam("w_id"))
+    .where(or_(_MINED, _ATTEMPTS.c.outcome.in_(_LIVE_ATTEMPT)))
+    .values(outcome=case((_MINED, TxOutcome.MINED), else_=TxOutcome.REPLACED), updated_at=bindparam("t_at"))
+)
 
 
 async def record_reorg(s: AsyncSession, withdrawal_id: str) -> None:
@@ -376,9 +430,16 @@ async def record_reorg(s: AsyncSession, withdrawal_id: str) -> None:
 # --- admission: limits and reservations ----------------------------------------------------------
 
 
+_LOCKED_WALLETS = (
+    select(HotWallet)
+    .where(HotWallet.network == bindparam("network"))
+    .order_by(col(HotWallet.id))
+    .with_for_update()
+)
+
+
 async def lock_wallets(s: AsyncSession, network: str) -> list[HotWallet]:
-    q = select(HotWallet).where(HotWallet.network == network).order_by(col(HotWallet.id)).with_for_update()
-    return await _all(s, q)
+    return list((await s.exec(_LOCKED_WALLETS, params={"network": network})).all())
 
 
 def settled_after_query(network: str, as_of_block: int) -> Any:
@@ -395,10 +456,13 @@ def settled_after_query(network: str, as_of_block: int) -> Any:
 async def _holds(s: AsyncSession, network: str) -> list[tuple[str, str, int, int]]:
     """(hot wallet, asset, held, holders) of the network: columns, not objects, so a second read in
     one session sees the row as it is now (an object already loaded would be handed back unchanged)."""
-    q = select(WalletHold.hot_wallet, WalletHold.asset, WalletHold.held, WalletHold.holders).where(
-        WalletHold.network == network
-    )
-    return [(str(w), str(a), int(h), int(n)) for w, a, h, n in await _all(s, q)]
+    rows = await s.exec(_HOLDS, params={"network": network})
+    return [(str(w), str(a), int(h), int(n)) for w, a, h, n in rows.all()]
+
+
+_HOLDS = select(WalletHold.hot_wallet, WalletHold.asset, WalletHold.held, WalletHold.holders).where(
+    WalletHold.network == bindparam("network")
+)
 
 
 async def held_amounts(
@@ -478,7 +542,8 @@ async def _adjust_holds(
         held, holders = int(row[0]) + amount, int(row[1]) + count
         if held < 0 or holders < 0:
             held, holders = await _recount(s, network, hot_wallet, asset)
-        await _update(s, update(WalletHold).where(*key).values(held=held, holders=holders))
+        at = {"network": network, "hot_wallet": hot_wallet, "asset": asset}
+        await _set(s, WalletHold, at, held=held, holders=holders)
 
 
 async def recount_holds(s: AsyncSession, network: str, hot_wallet: str) -> list[tuple[str, int, int]]:
@@ -521,15 +586,18 @@ async def daily_total(
 ) -> int:
     """What one client's user withdrew (or is withdrawing) of an asset since `since`: a user id is
     the client's own, so the same id at two clients is two people."""
-    q = select(Withdrawal.amount).where(
-        Withdrawal.client_id == client_id,
-        Withdrawal.network == network,
-        Withdrawal.asset == asset,
-        Withdrawal.user_id == user_id,
-        col(Withdrawal.created_at) >= since,
-        col(Withdrawal.status).not_in(_NOT_COUNTED),
-    )
-    return sum(int(a) for a in await _all(s, q))
+    params = {"client_id": client_id, "network": network, "asset": asset, "user_id": user_id, "since": since}
+    return sum(int(a) for a in (await s.exec(_DAILY, params=params)).all())
+
+
+_DAILY = select(Withdrawal.amount).where(
+    Withdrawal.client_id == bindparam("client_id"),
+    Withdrawal.network == bindparam("network"),
+    Withdrawal.asset == bindparam("asset"),
+    Withdrawal.user_id == bindparam("user_id"),
+    col(Withdrawal.created_at) >= bindparam("since"),
+    col(Withdrawal.status).not_in(_NOT_COUNTED),
+)
 
 
 async def reserve(
@@ -547,13 +615,7 @@ async def reserve(
                 amount=amount,
             )
         )
-    await _update(
-        s,
-        update(Withdrawal)
-        .where(col(Withdrawal.id) == withdrawal_id)
-        .values(hot_wallet=hot_wallet, updated_at=utcnow()),
-    )
-    await s.flush()
+    await _set(s, Withdrawal, {"id": withdrawal_id}, hot_wallet=hot_wallet, updated_at=utcnow())
     await _adjust_holds(s, network, hot_wallet, {a: (int(n), 1) for a, n in amounts.items()})
 
 
@@ -576,7 +638,7 @@ async def _settle_reservations(
     settled = {"state": state, "settled_at": at, "settled_block": mined_in}
     params = {"w_id": withdrawal_id, "ids": ids, "r_state": state, "r_at": at, "r_block": mined_in}
     await _update(s, _SETTLE, params)
-    _sync_loaded(s, FundReservation, lambda r: r.id in ids and r.state == ReservationState.HELD, settled)
+    _sync_loaded(s, FundReservation, _matches({"id": tuple(ids), "state": ReservationState.HELD}), settled)
     for _, network, wallet, asset, amount in rows:
         changes.setdefault((str(network), str(wallet)), {})[str(asset)] = (-int(amount), -1)
     return changes
@@ -601,27 +663,28 @@ async def ensure_hot_wallet(s: AsyncSession, network: str, address: str, chain_n
         await s.flush()
 
 
+_LOCKED_HOT_WALLET = (
+    select(HotWallet)
+    .where(HotWallet.network == bindparam("network"), HotWallet.address == bindparam("address"))
+    .with_for_update()
+)
+_NEXT_NONCE = select(HotWallet.next_nonce).where(HotWallet.id == bindparam("hw_id"))
+
+
 async def lock_hot_wallet(s: AsyncSession, network: str, address: str) -> HotWallet:
-    q = select(HotWallet).where(HotWallet.network == network, HotWallet.address == address).with_for_update()
-    hw: HotWallet = (await s.exec(q)).one()
+    hw: HotWallet = (await s.exec(_LOCKED_HOT_WALLET, params={"network": network, "address": address})).one()
     return hw
 
 
 async def _take_nonce(s: AsyncSession, hw: HotWallet, withdrawal_id: str) -> NonceAllocation:
     """The wallet's next nonce for the withdrawal. `hw` must be locked; its counter is read here."""
-    next_nonce: int = (await s.exec(select(HotWallet.next_nonce).where(HotWallet.id == hw.id))).one()
+    next_nonce: int = (await s.exec(_NEXT_NONCE, params={"hw_id": hw.id})).one()
     alloc = NonceAllocation(
         network=hw.network, hot_wallet=hw.address, nonce=next_nonce, withdrawal_id=withdrawal_id
     )
     s.add(alloc)
-    await _update(s, update(HotWallet).where(col(HotWallet.id) == hw.id).values(next_nonce=next_nonce + 1))
-    await _update(
-        s,
-        update(Withdrawal)
-        .where(col(Withdrawal.id) == withdrawal_id)
-        .values(nonce=alloc.nonce, updated_at=utcnow()),
-    )
-    await s.flush()
+    await _set(s, HotWallet, {"id": hw.id}, next_nonce=next_nonce + 1)  # flushes the allocation first
+    await _set(s, Withdrawal, {"id": withdrawal_id}, nonce=alloc.nonce, updated_at=utcnow())
     return alloc
 
 
@@ -640,11 +703,13 @@ async def allocate_nonce(s: AsyncSession, withdrawal_id: str) -> NonceAllocation
     return await _take_nonce(s, hw, w.id)
 
 
+_ACTIVE_ALLOCATION = select(NonceAllocation).where(
+    NonceAllocation.withdrawal_id == bindparam("w_id"), col(NonceAllocation.active).is_(True)
+)
+
+
 async def active_allocation(s: AsyncSession, withdrawal_id: str) -> NonceAllocation | None:
-    q = select(NonceAllocation).where(
-        NonceAllocation.withdrawal_id == withdrawal_id, col(NonceAllocation.active).is_(True)
-    )
-    alloc: NonceAllocation | None = await _first(s, q)
+    alloc: NonceAllocation | None = (await s.exec(_ACTIVE_ALLOCATION, params={"w_id": withdrawal_id})).first()
     return alloc
 
 
@@ -780,8 +845,11 @@ async def attempts_for_many(s: AsyncSession, withdrawal_ids: Sequence[str]) -> d
     return out
 
 
+_ATTEMPT_BY_HASH = select(TxAttempt).where(TxAttempt.tx_hash == bindparam("t_hash"))
+
+
 async def attempt_by_hash(s: AsyncSession, tx_hash: str) -> TxAttempt | None:
-    a: TxAttempt | None = await _first(s, select(TxAttempt).where(TxAttempt.tx_hash == tx_hash))
+    a: TxAttempt | None = (await s.exec(_ATTEMPT_BY_HASH, params={"t_hash": tx_hash})).first()
     return a
 
 
@@ -836,20 +904,10 @@ async def nonces_ahead(
 async def record_attempt(s: AsyncSession, attempt: TxAttempt) -> None:
     """Record a signed transaction (before it is broadcast) as the withdrawal's latest."""
     s.add(attempt)
-    await _update(
-        s,
-        update(Withdrawal)
-        .where(col(Withdrawal.id) == attempt.withdrawal_id)
-        .values(tx_hash=attempt.tx_hash, updated_at=utcnow()),
-    )
-    await s.flush()
+    await _set(s, Withdrawal, {"id": attempt.withdrawal_id}, tx_hash=attempt.tx_hash, updated_at=utcnow())
 
 
 async def mark_attempt(s: AsyncSession, tx_hash: str, outcome: TxOutcome, error: str | None = None) -> None:
     """Move a live (SIGNED or BROADCAST) attempt to `outcome`."""
-    await _update(
-        s,
-        update(TxAttempt)
-        .where(col(TxAttempt.tx_hash) == tx_hash, col(TxAttempt.outcome).in_(_LIVE_ATTEMPT))
-        .values(outcome=outcome, error=error, updated_at=utcnow()),
-    )
+    live = {"tx_hash": tx_hash, "outcome": _LIVE_ATTEMPT}
+    await _set(s, TxAttempt, live, outcome=outcome, error=error, updated_at=utcnow())
