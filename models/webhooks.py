@@ -121,7 +121,7 @@ async def queue_deliveries(s: AsyncSession, w: Any, *, seq: int, event_type: str
     eid = event_id(w.id, seq, event_type)
     if not fresh:
         queued = await s.exec(_QUEUED, params={"event_id": eid, "endpoint_ids": endpoints})
-        have = {str(e) for e in queued.all()}
+        have = {str(row[0]) for row in queued.all()}
         endpoints = [e for e in endpoints if e not in have]
         if not endpoints:
             return 0
