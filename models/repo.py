@@ -96,7 +96,10 @@ _UNLOADED = object()
 async def _set(s: AsyncSession, model: type[Any], where: Mapping[str, Any], **values: Any) -> int:
     """UPDATE `model`'s rows whose columns equal `where`'s values (a tuple: are one of them) SET
     `values`; returns the rows changed. One core statement per shape, built once; what the caller
-    added to the session is flushed first (as the ORM's autoflush would)."""
+    added to the session is flushed first (as the ORM's autoflush would). A key's value is never None
+    (`col = NULL` matches nothing) nor a list (a tuple is the IN form)."""
+    if any(v is None or isinstance(v, list) for v in where.values()):
+        raise ValueError(f"_set: a key of {model.__name__} is None or a list: {sorted(where)}")
     shape = (model, *((k, isinstance(v, tuple)) for k, v in where.items()), *values)
     stmt = _SETS.get(shape)
     if stmt is None:

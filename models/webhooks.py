@@ -103,8 +103,8 @@ async def enqueue_event(s: AsyncSession, withdrawal_id: str, *, seq: int, event_
     the caller's transaction. The body's `data` is the withdrawal as the row stands now. An event
     already queued for an endpoint (a repeated call) is not queued twice. Returns how many were."""
     await s.flush()
-    w = (await s.exec(_ROW, params={"w_id": withdrawal_id})).one()
-    return await queue_deliveries(s, w, seq=seq, event_type=event_type)
+    w = (await s.exec(_ROW, params={"w_id": withdrawal_id})).first()
+    return 0 if w is None else await queue_deliveries(s, w, seq=seq, event_type=event_type)
 
 
 async def queue_deliveries(s: AsyncSession, w: Any, *, seq: int, event_type: str, fresh: bool = False) -> int:
