@@ -1,7 +1,9 @@
 """Every query of the engine. Callers pass an open transaction (`Database.transaction()` or `read()`).
 
-Write style: new rows are inserted as model objects (`s.add`); existing rows change only through
-UPDATE statements, never by mutating a loaded object. A withdrawal's status changes only in
+Write style: new rows are inserted as model objects (`s.add`), except the status move's own rows
+(its event and webhook deliveries: core INSERTs); existing rows change only through UPDATE
+statements (on the hot paths core ones built once, `_set`, which also update the loaded objects of
+those rows), never by mutating a loaded object. A withdrawal's status changes only in
 `transition`, the single guarded writer of the lifecycle in `models.lifecycle`.
 
 Locking: allocation of nonces and reservations lock the network's hot-wallet rows

@@ -20,7 +20,14 @@ from devstack.bootstrap import migrate
 from models import repo
 from models.amounts import MAX_AMOUNT_UNITS
 from models.db import Database
-from models.domain import NoncePurpose, ReservationState, TxPurpose, WithdrawalRequest, WithdrawalStatus
+from models.domain import (
+    NoncePurpose,
+    ReservationState,
+    TxOutcome,
+    TxPurpose,
+    WithdrawalRequest,
+    WithdrawalStatus,
+)
 from models.lifecycle import StaleTransition
 from models.tables import FundReservation, HotWallet, NonceAllocation, TxAttempt, WalletHold, Withdrawal
 from settings import ROOT, AssetLimits, EngineConfig, NetworkConfig
@@ -548,3 +555,54 @@ async def test_nonces_ahead_lists_each_allocation_with_its_attempts(
         (4, "EXTERNAL", "WITHDRAWAL", 21_000, 9, None, "ETH", 5),
         (5, "WITHDRAWAL", None, None, None, None, "ETH", 6),
     ]
+
+
+async def test_objects_loaded_in_a_session_see_the_hot_paths_writes(
+    db_pair: tuple[Database, Database],
+) -> None:
+    """The hot-path writes are core statements (no ORM UPDATE): objects of those rows already loaded
+    in the same session must still read what was written, as after the ORM's own UPDATE."""
+    a, _ = db_pair
+    cfg = _cfg()
+    async with a.transaction() as s:
+        await repo.ensure_hot_wallet(s, "ethereum", WALLET, 0)
+    w = await _funds(a, cfg).record_admission(_request(10**15), cfg, Balances({(WALLET, "ETH"): 10**18}))
+    async with a.transaction() as s:
+        hw = await repo.lock_hot_wallet(s, "ethereum", WALLET)
+        loaded = await repo.get_withdrawal(s, w.id)
+        assert loaded is not None and loaded.status == S.PENDING
+        held = await repo.reservations_for(s, w.id)
+        first_nonce = hw.next_nonce
+        alloc = await repo.allocate_nonce(s, w.id)
+        assert (loaded.nonce, hw.next_nonce) == (alloc.nonce, first_nonce + 1)
+        await repo.transition(s, w.id, S.PROCESSING, seq=1)
+        attempt = attempt_row(loaded, TxPurpose.WITHDRAWAL, 1, 21_000, 10**9)
+        await repo.record_attempt(s, attempt)
+        assert loaded.tx_hash == attempt.tx_hash
+        await repo.mark_attempt(s, attempt.tx_hash, TxOutcome.BROADCAST)
+        assert attempt.outcome == TxOutcome.BROADCAST
+        await repo.transition(s, w.id, S.BROADCAST, seq=2)
+        await repo.record_inclusion(
+            s, w.id, tx_hash=attempt.tx_hash, block_number=7, confirmations=1, fee_wei=5
+        )
+        assert (attempt.outcome, loaded.block_number, loaded.fee_wei) == (TxOutcome.MINED, 7, 5)
+        await repo.transition(s, w.id, S.CONFIRMING, seq=3)
+        await repo.transition(s, w.id, S.CONFIRMED, seq=4)
+        assert (loaded.status, loaded.status_seq) == (S.CONFIRMED, 4)
+        assert [r.state for r in held] == [ReservationState.CONSUMED]
+        assert held[0].settled_block == 7
+        assert alloc.active is False
+        totals = (await s.exec(select(WalletHold).where(WalletHold.hot_wallet == WALLET))).all()
+        assert [(t.held, t.holders) for t in totals] == [(0, 0)]
+    async with a.read() as s:  # and the rows say the same
+        row = await repo.get_withdrawal(s, w.id)
+        assert row is not None and (row.status, row.nonce, row.tx_hash) == (
+            S.CONFIRMED,
+            alloc.nonce,
+            attempt.tx_hash,
+        )
+        assert [r.state for r in await repo.reservations_for(s, w.id)] == [ReservationState.CONSUMED]
+        assert await repo.active_allocation(s, w.id) is None
+    with pytest.raises(ValueError, match="None or a list"):
+        async with a.transaction() as s:
+            await repo._set(s, Withdrawal, {"tx_hash": None}, confirmations=1)
