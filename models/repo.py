@@ -206,16 +206,9 @@ async def insert_withdrawal(s: AsyncSession, w: Withdrawal) -> None:
 # (building the expression, the ORM compile step, the unit of work; see `_set` above).
 
 _W = Withdrawal.__table__  # type: ignore[attr-defined]
-_EVENTS = StatusEvent.__table__  # type: ignore[attr-defined]
 _RESERVATIONS = FundReservation.__table__  # type: ignore[attr-defined]
-_NONCES = NonceAllocation.__table__  # type: ignore[attr-defined]
 
-_ROW: Any = sa_select(_W).where(_W.c.id == bindparam("w_id"))
-_INSERT_EVENT = insert(_EVENTS)
-_HELD_OF = (
-    _RESERVATIONS.c.withdrawal_id == bindparam("w_id"),
-    _RESERVATIONS.c.state == ReservationState.HELD,
-)
+_INSERT_EVENT = insert(StatusEvent.__table__)  # type: ignore[attr-defined]
 _HELD_ROWS: Any = (
     sa_select(
         _RESERVATIONS.c.id,
@@ -224,19 +217,9 @@ _HELD_ROWS: Any = (
         _RESERVATIONS.c.asset,
         _RESERVATIONS.c.amount,
     )
-    .where(*_HELD_OF)
+    .where(_RESERVATIONS.c.withdrawal_id == bindparam("w_id"), _RESERVATIONS.c.state == ReservationState.HELD)
     .with_for_update()
 )
-_SETTLE = (
-    update(_RESERVATIONS)
-    .where(*_HELD_OF, _RESERVATIONS.c.id.in_(bindparam("ids", expanding=True)))
-    .values(state=bindparam("r_state"), settled_at=bindparam("r_at"), settled_block=bindparam("r_block"))
-)
-_ACTIVE_NONCE = (_NONCES.c.withdrawal_id == bindparam("w_id"), _NONCES.c.active.is_(True))
-_CLOSE_NONCE = {
-    NonceEffect.CONSUMED: update(_NONCES).where(*_ACTIVE_NONCE).values(active=False),
-    NonceEffect.FILLED: update(_NONCES).where(*_ACTIVE_NONCE).values(active=False, purpose=NoncePurpose.FILL),
-}
 _MOVES: dict[WithdrawalStatus, Any] = {}
 
 
@@ -338,7 +321,7 @@ async def transition(
     if to in lifecycle.CLEARS_INCLUSION:
         values.update(block_number=None, confirmations=0, fee_wei=None)
     _sync_loaded(s, Withdrawal, _matches({"id": withdrawal_id}), values)
-    w = (await s.exec(_ROW, params={"w_id": withdrawal_id})).one()  # as it stands now: the events' data
+    w = await webhooks.withdrawal_row(s, withdrawal_id)  # as it stands now: the events' data
     reservation = lifecycle.RESERVATION_EFFECT[to]
     holds: HoldChanges = {}
     if reservation is not ReservationEffect.HOLD:
@@ -350,11 +333,10 @@ async def transition(
         holds = await _settle_reservations(s, withdrawal_id, state, w.block_number)
     nonce = lifecycle.NONCE_EFFECT[to]
     if nonce is not NonceEffect.KEEP:
-        await _update(s, _CLOSE_NONCE[nonce], {"w_id": withdrawal_id})
         closed: dict[str, Any] = {"active": False}
         if nonce is NonceEffect.FILLED:
             closed["purpose"] = NoncePurpose.FILL
-        _sync_loaded(s, NonceAllocation, _matches({"withdrawal_id": withdrawal_id, "active": True}), closed)
+        await _set(s, NonceAllocation, {"withdrawal_id": withdrawal_id, "active": True}, **closed)
     await s.exec(
         _INSERT_EVENT,
         params={
@@ -639,11 +621,8 @@ async def _settle_reservations(
     if not rows:
         return changes
     ids = [r[0] for r in rows]
-    at = utcnow()
-    settled = {"state": state, "settled_at": at, "settled_block": mined_in}
-    params = {"w_id": withdrawal_id, "ids": ids, "r_state": state, "r_at": at, "r_block": mined_in}
-    await _update(s, _SETTLE, params)
-    _sync_loaded(s, FundReservation, _matches({"id": tuple(ids), "state": ReservationState.HELD}), settled)
+    held = {"withdrawal_id": withdrawal_id, "state": ReservationState.HELD, "id": tuple(ids)}
+    await _set(s, FundReservation, held, state=state, settled_at=utcnow(), settled_block=mined_in)
     for _, network, wallet, asset, amount in rows:
         changes.setdefault((str(network), str(wallet)), {})[str(asset)] = (-int(amount), -1)
     return changes

@@ -86,6 +86,14 @@ _DELIVERIES = WebhookDelivery.__table__  # type: ignore[attr-defined]
 _W = Withdrawal.__table__  # type: ignore[attr-defined]
 # Built once: the outbox runs in every status move (core statements, no ORM work per call).
 _ROW: Any = sa_select(_W).where(_W.c.id == bindparam("w_id"))
+
+
+async def withdrawal_row(s: AsyncSession, withdrawal_id: str) -> Any:
+    """The withdrawal's row as it stands now in this transaction (a core row, attribute access as
+    on a `Withdrawal`; not a session object), or None: what an event's `data` is made from."""
+    return (await s.exec(_ROW, params={"w_id": withdrawal_id})).first()
+
+
 _ACTIVE_ENDPOINTS: Any = sa_select(_ENDPOINTS.c.id, _ENDPOINTS.c.events).where(
     _ENDPOINTS.c.client_id == bindparam("client_id"),
     _ENDPOINTS.c.active.is_(True),
@@ -103,13 +111,13 @@ async def enqueue_event(s: AsyncSession, withdrawal_id: str, *, seq: int, event_
     the caller's transaction. The body's `data` is the withdrawal as the row stands now. An event
     already queued for an endpoint (a repeated call) is not queued twice. Returns how many were."""
     await s.flush()
-    w = (await s.exec(_ROW, params={"w_id": withdrawal_id})).first()
+    w = await withdrawal_row(s, withdrawal_id)
     return 0 if w is None else await queue_deliveries(s, w, seq=seq, event_type=event_type)
 
 
 async def queue_deliveries(s: AsyncSession, w: Any, *, seq: int, event_type: str, fresh: bool = False) -> int:
-    """`enqueue_event` for the withdrawal's row `w` as it stands now in this transaction (a row of
-    the withdrawals table, read by the caller). `fresh`: the caller knows no delivery of this event
+    """`enqueue_event` for the withdrawal's row `w` as it stands now in this transaction
+    (`withdrawal_row`, read by the caller). `fresh`: the caller knows no delivery of this event
     can exist yet (a move numbered `seq` was made just now for the first time), so none is looked for."""
     endpoints = [
         str(eid)
