@@ -35,6 +35,7 @@ from activities.rpc import Chains
 from activities.signer import KeystoreSigner
 from activities.transactions import TransactionActivities
 from activities.webhooks import UrlGuard, WebhookActivities, WebhookKicker, ensure_sweeper_schedule
+from gc_setup import freeze_startup_heap
 from logging_setup import configure_logging
 from models.alerts import MonitorInput
 from models.db import Database
@@ -250,6 +251,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    freeze_startup_heap()
     log.info("worker.started", task_queue=settings.task_queue, networks=list(config.networks))
     runs = [asyncio.create_task(w.run()) for w in workers]
     stopping = asyncio.create_task(stop.wait())

@@ -40,6 +40,7 @@ from api.routes import (
 from api.schemas import openapi_document
 from api.security_headers import SecurityHeaders
 from api.usage import UsageMiddleware, UsageRecorder
+from gc_setup import freeze_startup_heap
 from logging_setup import configure_logging
 from models.db import Database
 from models.errors import ErrorCode
@@ -71,6 +72,8 @@ def create_app(state: AppState | None = None) -> FastAPI:
         else:
             app.state.engine = state
         flusher = asyncio.create_task(usage.run(app.state.engine.db))
+        if owned:
+            freeze_startup_heap()
         yield
         flusher.cancel()  # its last flush writes what is left
         await asyncio.gather(flusher, return_exceptions=True)

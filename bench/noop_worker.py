@@ -28,6 +28,7 @@ from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from bench.noop_workflow import NOOP_ACTIVITIES, NoopWithdrawalWorkflow  # noqa: E402
+from gc_setup import freeze_startup_heap  # noqa: E402
 from models.domain import waits_queue  # noqa: E402
 from settings import Settings  # noqa: E402
 from worker import wait_worker_limits, worker_limits  # noqa: E402
@@ -69,6 +70,7 @@ async def main(argv: list[str] | None = None) -> None:
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     main_worker, wait_worker = build_noop_workers(client, args.task_queue)
+    freeze_startup_heap()  # as the engine's worker
     async with main_worker, wait_worker:
         sys.stdout.write(f"ready {os.getpid()}\n")
         sys.stdout.flush()
